@@ -1,0 +1,120 @@
+"""Splits and streaming: shuffled uint8 batches from a packed memmap, never all in RAM.
+
+``PatchStream`` is a ``keras.utils.PyDataset``, so one class feeds every backend (on
+TensorFlow Keras wraps it in a prefetching ``tf.data`` pipeline). A batch is one fancy-index
+read of sorted rows from the memmap; the per-epoch order depends only on (seed, epoch), so
+a resumed run sees the same batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+
+from .sources import DataError
+
+
+def split_indices(
+    labels: np.ndarray,
+    val_fraction: float = 0.25,
+    seed: int = 42,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (default) or slide-grouped train/validation split of row indices.
+
+    With ``groups`` (slide per patch) no slide lands on both sides: patches of one slide are
+    strongly correlated, and a random split inflates validation AUC.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = np.asarray(labels)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    index = np.arange(len(labels))
+    if groups is None:
+        train, val = train_test_split(
+            index, test_size=val_fraction, stratify=labels, random_state=seed
+        )
+        return np.sort(train), np.sort(val)
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    n_splits = max(2, round(1 / val_fraction))
+    if n_groups < n_splits:
+        raise DataError(f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train, val = next(folds.split(index, labels, groups))
+    return np.sort(train), np.sort(val)
+
+
+def dihedral(batch: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Apply dihedral transform ``k`` (0–7: k%4 quarter turns, then a flip when k≥4) per image."""
+    out = np.empty_like(batch)
+    ks = np.broadcast_to(np.asarray(k), (len(batch),))
+    for i, (image, t) in enumerate(zip(batch, ks)):
+        view = np.rot90(image, int(t) % 4, axes=(0, 1))
+        out[i] = view[:, ::-1] if t >= 4 else view
+    return out
+
+
+class PatchStream(keras.utils.PyDataset):
+    """Batches ``(uint8 images, float32 labels)`` for the rows ``indices`` of a memmap.
+
+    Args:
+        images: (N, 96, 96, 3) uint8 array or memmap.
+        labels: (N,) 0/1 labels, or None for prediction.
+        indices: rows to use (default all).
+        shuffle: new order every epoch, from (seed, epoch).
+        augment: random dihedral view per image (tissue has no orientation).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        indices: np.ndarray | None = None,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        workers: int = 1,
+        **kwargs,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+        if len(self.indices) == 0:
+            raise DataError("no images to stream (empty index)")
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.epoch = seed, epoch
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to ``epoch``'s order (used when resuming)."""
+        self.epoch = epoch
+        self._order = self._epoch_order()
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        rows = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        rows = np.sort(rows)  # sequential reads from the memmap; order inside a batch is irrelevant
+        x = np.asarray(self.images[rows])
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            x = dihedral(x, rng.integers(0, 8, len(x)))
+        if self.labels is None:
+            return (x,)
+        return x, np.asarray(self.labels[rows], np.float32)

@@ -1,0 +1,141 @@
+"""Architecture diagrams (visualkeras layered view) that work under Keras 3.
+
+visualkeras 0.2.0 reads ``layer.output_shape``, which Keras 3 layers no longer
+have, so it fails on every model. Its layered renderer only touches
+``model.layers``, ``type(layer)`` and ``layer.output_shape``, so we hand it
+lightweight read-only views of the layers instead of patching the model: the
+model is never mutated and nothing can be left behind if rendering fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+from PIL import Image, ImageFont
+
+__all__ = ["draw_model"]
+
+
+class _LayerView:
+    """Stand-in layer exposing ``output_shape``; other attributes delegate."""
+
+    def __init__(self, layer, output_shape):
+        self._layer = layer
+        self.output_shape = output_shape
+
+    def __getattr__(self, name):  # only called for attributes not set above
+        return getattr(self._layer, name)
+
+
+class _ModelView:
+    def __init__(self, layers):
+        self.layers = layers
+
+
+def _output_shape(layer):
+    """Shape of the layer's (first) symbolic output, as a plain tuple."""
+    out = layer.output  # raises if the layer was never called symbolically
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return tuple(None if d is None else int(d) for d in out.shape)
+
+
+def _flatten(model, expand_nested, top=True):
+    """Layers to draw; nested models become one block unless expanded."""
+    import keras
+
+    for layer in model.layers:
+        if expand_nested and isinstance(layer, keras.Model):
+            yield from _flatten(layer, expand_nested, top=False)
+        elif top or not isinstance(layer, keras.layers.InputLayer):
+            yield layer  # a nested model's own InputLayer would duplicate a box
+
+
+def _legend_font(size=14):
+    """A readable TrueType font, falling back to PIL's built-in one."""
+    for load in (
+        lambda: ImageFont.truetype("DejaVuSans.ttf", size),
+        lambda: ImageFont.load_default(size=size),
+        ImageFont.load_default,
+    ):
+        try:
+            return load()
+        except Exception:  # noqa: BLE001 - missing font file / no FreeType
+            continue
+    return None
+
+
+def _save_atomic(img, path):
+    """Write via a temp file in the same dir so readers never see a partial file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext, "PNG")
+    if fmt in ("JPEG", "BMP"):  # no alpha channel support
+        img = img.convert("RGB")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _render(model, expand_nested, legend, kwargs):
+    import keras
+    import visualkeras
+
+    if getattr(model, "inputs", None) is None:
+        raise TypeError(
+            f"{type(model).__name__} is not a functional graph (subclassed model, "
+            "or a Sequential model built without keras.Input); nothing to draw"
+        )
+    # One proxy class per real layer type (or per nested model, labelled by its
+    # name) so visualkeras' legend and colours, keyed by type(layer), still work.
+    classes, views = {}, []
+    for layer in _flatten(model, expand_nested):
+        key = layer.name if isinstance(layer, keras.Model) else type(layer)
+        if key not in classes:
+            label = key if isinstance(key, str) else key.__name__
+            classes[key] = type(label, (_LayerView,), {"wrapped_type": type(layer)})
+        views.append(classes[key](layer, _output_shape(layer)))
+
+    def remap(types):  # user color_map / type_ignore use real Keras classes
+        return {c: types[c.wrapped_type] for c in classes.values() if c.wrapped_type in types}
+
+    if kwargs.get("color_map"):
+        kwargs["color_map"] = remap(kwargs["color_map"])
+    if kwargs.get("type_ignore"):
+        ignore = set(kwargs["type_ignore"])
+        kwargs["type_ignore"] = [c for c in classes.values() if c.wrapped_type in ignore]
+    kwargs.setdefault("legend_text_spacing_offset", 0)  # silences a deprecation warning
+    if legend and kwargs.get("font") is None:
+        kwargs["font"] = _legend_font()
+    return visualkeras.layered_view(_ModelView(views), legend=legend, **kwargs)
+
+
+def draw_model(model, path: str | os.PathLike | None = None, *, expand_nested: bool = False,
+               legend: bool = True, **kwargs) -> Image.Image | None:
+    """Render ``model`` as a visualkeras layered view; optionally save it to ``path``.
+
+    Never raises: a diagram must not break a training run or notebook, so any
+    failure (subclassed model, render or write error) becomes a warning and
+    ``None``. ``kwargs`` go to ``visualkeras.layered_view`` (not ``to_file``).
+    """
+    try:
+        img = _render(model, expand_nested, legend, dict(kwargs))
+        if path is not None:
+            _save_atomic(img, path)
+        return img
+    except Exception as exc:  # noqa: BLE001 - by design, see docstring
+        name = getattr(model, "name", type(model).__name__)
+        warnings.warn(f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}",
+                      stacklevel=2)
+        return None

@@ -1,0 +1,244 @@
+"""Evaluation metrics and batched, optionally test-time-augmented, tumour-probability inference."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+from tqdm.auto import tqdm
+
+__all__ = [
+    "binary_metrics",
+    "calibration_bins",
+    "dihedral",
+    "dihedral_views",
+    "expected_calibration_error",
+    "predict_proba",
+    "require_both_classes",
+    "validate_binary",
+]
+
+N_DIHEDRAL = 8
+
+
+def _first_bad(mask: np.ndarray, values: np.ndarray, what: str, limit: int = 5) -> str:
+    """Describe the first few offending rows so the caller can find them."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(f"row {i}: {values[i]!r}" for i in rows[:limit])
+    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"{len(rows)} {what}: {shown}{more}"
+
+
+def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check labels/probabilities once so every metric and plot fails with the same clear message."""
+    yt = np.asarray(y_true)
+    yp = np.asarray(y_prob)
+    if yt.ndim == 2 and yt.shape[1] == 1:
+        yt = yt[:, 0]
+    if yp.ndim == 2 and yp.shape[1] == 1:
+        yp = yp[:, 0]
+    if yt.ndim != 1 or yp.ndim != 1:
+        raise ValueError(
+            f"y_true and y_prob must be 1-D (or (N, 1)); got shapes {yt.shape} and {yp.shape}"
+        )
+    if len(yt) != len(yp):
+        raise ValueError(f"y_true has {len(yt)} rows but y_prob has {len(yp)}")
+    if len(yt) == 0:
+        raise ValueError("y_true and y_prob are empty")
+    if yt.dtype == bool:
+        yt = yt.astype(np.int64)
+    if not np.issubdtype(yt.dtype, np.number):
+        raise ValueError(f"y_true must be numeric 0/1 labels; got dtype {yt.dtype}")
+    bad = ~np.isin(yt, (0, 1))
+    if bad.any():
+        raise ValueError("y_true must contain only 0/1 labels; " + _first_bad(bad, yt, "bad labels"))
+    if not np.issubdtype(yp.dtype, np.number) or np.issubdtype(yp.dtype, np.complexfloating):
+        raise ValueError(f"y_prob must be real probabilities; got dtype {yp.dtype}")
+    yp = yp.astype(np.float64)
+    bad = ~np.isfinite(yp)
+    if bad.any():
+        raise ValueError("y_prob must be finite; " + _first_bad(bad, yp, "non-finite values"))
+    bad = (yp < 0.0) | (yp > 1.0)
+    if bad.any():
+        raise ValueError(
+            "y_prob must lie in [0, 1] (sigmoid outputs, not logits); "
+            + _first_bad(bad, yp, "values outside [0, 1]")
+        )
+    return yt.astype(np.int64), yp
+
+
+def require_both_classes(yt: np.ndarray) -> None:
+    """ROC/PR AUC are undefined with one class, so refuse instead of returning NaN."""
+    n_pos = int(yt.sum())
+    if n_pos == 0 or n_pos == len(yt):
+        only = "1 (tumour)" if n_pos else "0 (normal)"
+        raise ValueError(
+            f"y_true contains only class {only} ({len(yt)} rows); ROC AUC and PR AUC need both "
+            "classes - evaluate on a split with positives and negatives"
+        )
+
+
+def calibration_bins(y_true: Any, y_prob: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per-bin counts, mean predicted probability and observed tumour rate for calibration."""
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+    yt, yp = validate_binary(y_true, y_prob)
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    # Bins are [e_i, e_{i+1}); the last bin also holds p == 1.0.
+    idx = np.clip(np.searchsorted(edges, yp, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    sum_p = np.bincount(idx, weights=yp, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=yt, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
+        frac_pos = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
+    return {"edges": edges, "count": count, "mean_prob": mean_prob, "frac_pos": frac_pos}
+
+
+def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
+    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over equal-width bins of p."""
+    bins = calibration_bins(y_true, y_prob, n_bins)
+    filled = bins["count"] > 0
+    weights = bins["count"][filled] / bins["count"].sum()
+    gaps = np.abs(bins["frac_pos"][filled] - bins["mean_prob"][filled])
+    return float(np.sum(weights * gaps))
+
+
+def binary_metrics(
+    y_true: Any,
+    y_prob: Any,
+    threshold: float = 0.5,
+    operating_point: float | None = None,
+) -> dict[str, float]:
+    """One dict of the ranking, thresholded and calibration metrics used to compare models.
+
+    Thresholded metrics predict tumour when ``y_prob >= threshold`` (the same rule as
+    ``sklearn.metrics.roc_curve``). ``ece`` uses 10 equal-width probability bins, see
+    :func:`expected_calibration_error`. With ``operating_point`` (a target sensitivity such as
+    0.95) the ROC curve gives the highest threshold whose sensitivity reaches the target:
+    ``op_threshold``, ``op_sensitivity`` (achieved) and ``op_specificity`` there.
+    """
+    if not (0.0 <= float(threshold) <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
+    yt, yp = validate_binary(y_true, y_prob)
+    require_both_classes(yt)
+    y_hat = (yp >= threshold).astype(np.int64)
+    tn, fp, fn, tp = skm.confusion_matrix(yt, y_hat, labels=[0, 1]).ravel()
+    out: dict[str, float] = {
+        "roc_auc": float(skm.roc_auc_score(yt, yp)),
+        "pr_auc": float(skm.average_precision_score(yt, yp)),
+        "accuracy": float(skm.accuracy_score(yt, y_hat)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(yt, y_hat)),
+        "sensitivity": float(tp / (tp + fn)),
+        "specificity": float(tn / (tn + fp)),
+        "log_loss": float(skm.log_loss(yt, yp, labels=[0, 1])),
+        "ece": expected_calibration_error(yt, yp, n_bins=10),
+        "threshold": float(threshold),
+        "n": int(len(yt)),
+        "n_pos": int(yt.sum()),
+    }
+    if operating_point is not None:
+        target = float(operating_point)
+        if not (0.0 < target <= 1.0):
+            raise ValueError(f"operating_point is a target sensitivity in (0, 1]; got {target!r}")
+        fpr, tpr, thr = skm.roc_curve(yt, yp, drop_intermediate=False)
+        # tpr is non-decreasing as thresholds fall, so the first hit keeps the most specificity.
+        i = int(np.argmax(tpr >= target - 1e-12))
+        out["op_target_sensitivity"] = target
+        out["op_threshold"] = float(thr[i])
+        out["op_sensitivity"] = float(tpr[i])
+        out["op_specificity"] = float(1.0 - fpr[i])
+    return out
+
+
+def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 dihedral views (k % 4 quarter-turns, then a left-right flip if k >= 4)."""
+    x = np.asarray(batch)
+    if x.ndim != 4:
+        raise ValueError(f"expected an NHWC batch (4-D); got shape {x.shape}")
+    if int(k) != k or not 0 <= k < N_DIHEDRAL:
+        raise ValueError(f"k must be an integer in 0..7; got {k!r}")
+    if k % 2 and x.shape[1] != x.shape[2]:
+        raise ValueError(f"rotating by 90 degrees needs square patches; got H, W = {x.shape[1:3]}")
+    out = np.rot90(x, k % 4, axes=(1, 2))
+    if k >= 4:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
+    """All 8 dihedral views; tissue has no canonical orientation so each is an equally valid input."""
+    return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
+
+
+def _predict_batch(model: Any, x: np.ndarray, start: int) -> np.ndarray:
+    """Run one batch and insist on one finite probability per image."""
+    y = model.predict_on_batch(x)
+    if isinstance(y, (list, tuple, dict)):
+        raise ValueError(f"model must have a single (B, 1) sigmoid output; got {type(y).__name__}")
+    y = np.asarray(y, dtype=np.float32)
+    if y.shape not in ((len(x),), (len(x), 1)):
+        raise ValueError(
+            f"model output for images {start}..{start + len(x) - 1} has shape {y.shape}; "
+            f"expected ({len(x)}, 1) sigmoid probabilities"
+        )
+    y = y.reshape(-1)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"model produced a non-finite output ({y[i]}) for image {start + i}")
+    bad = (y < 0.0) | (y > 1.0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"model output {y[i]} for image {start + i} is outside [0, 1]; "
+            "predict_proba expects a sigmoid output, not logits"
+        )
+    return y
+
+
+def predict_proba(
+    model: Any,
+    images: Any,
+    *,
+    batch_size: int = 256,
+    tta: int = 1,
+    progress: bool = True,
+) -> np.ndarray:
+    """Tumour probabilities (N,) float32, streamed in batches so a 6 GB memmap never loads whole.
+
+    ``tta=8`` averages the sigmoid outputs over the 8 dihedral views of each patch.
+    ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays.
+    """
+    if tta not in (1, N_DIHEDRAL):
+        raise ValueError(f"tta must be 1 or 8; got {tta!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    n = len(images)
+    out = np.empty(n, dtype=np.float32)
+    starts = range(0, n, int(batch_size))
+    bar = tqdm(
+        starts,
+        total=math.ceil(n / batch_size),
+        disable=not progress,
+        desc=f"predict (tta={tta})",
+        unit="batch",
+    )
+    for start in bar:
+        x = np.asarray(images[start : start + batch_size])
+        expected = min(batch_size, n - start)
+        if x.ndim != 4 or len(x) != expected:
+            raise ValueError(
+                f"images[{start}:{start + batch_size}] gave shape {x.shape}; "
+                f"expected ({expected}, H, W, C)"
+            )
+        if tta == 1:
+            out[start : start + len(x)] = _predict_batch(model, x, start)
+        else:
+            acc = np.zeros(len(x), dtype=np.float64)
+            for k in range(N_DIHEDRAL):
+                acc += _predict_batch(model, dihedral(x, k), start)
+            out[start : start + len(x)] = acc / N_DIHEDRAL
+    return out

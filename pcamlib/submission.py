@@ -1,0 +1,186 @@
+"""Write and check Kaggle submission CSVs so a bad file is caught before it costs a submission."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SubmissionError", "check_submission", "expected_test_ids", "write_submission"]
+
+COLUMNS = ("id", "label")
+_SHOW = 5
+
+
+class SubmissionError(ValueError):
+    """A submission that Kaggle would reject or score badly."""
+
+
+def _few(values: Iterable[Any], total: int | None = None) -> str:
+    """Name a handful of offenders plus a count, so messages stay short but actionable."""
+    values = list(values)
+    total = len(values) if total is None else total
+    shown = ", ".join(repr(v) for v in values[:_SHOW])
+    return f"{shown} (+{total - _SHOW} more)" if total > _SHOW else shown
+
+
+def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
+    """Test ids from ``sample_submission.csv`` (file order) or a directory of ``<id>.tif`` (sorted)."""
+    p = Path(path)
+    if p.is_dir():
+        ids = sorted(f.stem for f in p.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
+        if not ids:
+            raise SubmissionError(f"no .tif files in test directory {p}")
+        return ids
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is neither a sample_submission.csv nor a test directory")
+    frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    if "id" not in frame.columns:
+        raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
+    ids = frame["id"].tolist()
+    dup = frame["id"][frame["id"].duplicated()].unique().tolist()
+    if dup:
+        raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {_few(dup)}")
+    return ids
+
+
+def _read(path_or_frame: Any) -> tuple[pd.DataFrame, str]:
+    """Load a CSV as strings (so odd cells are reported, not silently coerced) or copy a frame."""
+    if isinstance(path_or_frame, pd.DataFrame):
+        return path_or_frame.copy(), "submission frame"
+    p = Path(path_or_frame)
+    try:
+        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:
+        raise SubmissionError(f"{p} is empty; expected a header row 'id,label'") from err
+    return frame, str(p)
+
+
+def check_submission(
+    path_or_frame: str | os.PathLike[str] | pd.DataFrame,
+    expected_ids: Iterable[str] | None,
+) -> pd.DataFrame:
+    """Validate a submission (columns, ids, probabilities) and return it as ``id`` str, ``label`` float.
+
+    ``expected_ids=None`` skips the missing/extra-id checks (duplicates are still refused).
+    All problems found are reported together in one :class:`SubmissionError`.
+    """
+    frame, where = _read(path_or_frame)
+    frame = frame.reset_index(drop=True)
+    cols = [str(c) for c in frame.columns]
+    if cols != list(COLUMNS):
+        missing = [c for c in COLUMNS if c not in cols]
+        extra = [c for c in cols if c not in COLUMNS]
+        detail = []
+        if missing:
+            detail.append(f"missing column(s) {missing}")
+        if extra:
+            detail.append(f"unexpected column(s) {_few(extra)}")
+        if not missing and not extra:
+            detail.append("columns in the wrong order")
+        hint = " - is the header row 'id,label' missing?" if missing else ""
+        raise SubmissionError(
+            f"{where}: expected exactly the columns ['id', 'label'], got {_few(cols)}: "
+            + "; ".join(detail)
+            + hint
+        )
+    ids = frame["id"].astype(str)
+    raw = frame["label"]
+    labels = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+    problems: list[str] = []
+    if len(frame) == 0:
+        problems.append("no rows")
+    empty_id = ids.str.strip() == ""
+    if empty_id.any():
+        problems.append(f"{int(empty_id.sum())} empty id(s) at row(s) {_few(ids.index[empty_id])}")
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        problems.append(f"{len(dup)} duplicate id(s): {_few(dup)}")
+    if expected_ids is not None:
+        expected = [str(i) for i in expected_ids]
+        expected_set = set(expected)
+        got = set(ids)
+        missing = [i for i in expected if i not in got]
+        extra = [i for i in ids.drop_duplicates() if i not in expected_set]
+        if missing:
+            problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {_few(missing)}")
+        if extra:
+            problems.append(f"{len(extra)} unexpected id(s) not in the test set: {_few(extra)}")
+    non_numeric = labels.isna() & ~pd.isna(raw) & ~raw.astype(str).str.strip().str.lower().isin(["nan", ""])
+    nan = labels.isna() & ~non_numeric
+    inf = np.isinf(labels)
+    finite = labels[~labels.isna() & ~inf]
+    outside = finite[(finite < 0.0) | (finite > 1.0)]
+    if non_numeric.any():
+        bad = [f"{ids[i]}={raw[i]!r}" for i in frame.index[non_numeric]]
+        problems.append(f"{len(bad)} non-numeric label(s): {_few(bad)}")
+    if nan.any():
+        problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {_few(ids[nan])}")
+    if inf.any():
+        problems.append(f"{int(inf.sum())} infinite label(s) for id(s) {_few(ids[inf])}")
+    if len(outside):
+        bad = [f"{ids[i]}={labels[i]:g}" for i in outside.index]
+        problems.append(f"{len(bad)} label(s) outside [0, 1]: {_few(bad)}")
+    if problems:
+        raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
+    if len(labels) > 1 and labels.isin([0.0, 1.0]).all():
+        raise SubmissionError(
+            f"{where}: all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition "
+            "by ROC AUC, which only uses the ranking of the tumour probabilities; hard 0/1 labels "
+            "collapse that ranking into two ties and throw most of the AUC away (the reference "
+            "solution lost most of its score this way). Write the sigmoid probabilities instead."
+        )
+    if len(labels) > 1 and labels.nunique() == 1:
+        raise SubmissionError(
+            f"{where}: all {len(labels)} labels equal {labels.iloc[0]:g}; a constant submission "
+            "has no ranking, so its ROC AUC is 0.5 - did the model collapse?"
+        )
+    return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
+
+
+def write_submission(
+    ids: Iterable[Any],
+    probs: Any,
+    path: str | os.PathLike[str],
+    *,
+    expected_ids: Iterable[str] | None = None,
+) -> Path:
+    """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass the checks.
+
+    Rows follow ``expected_ids`` order when given (e.g. ``expected_test_ids(sample_submission)``).
+    The CSV goes to a temp file in the target directory, is re-read and checked, then
+    ``os.replace``-d into place, so a failed write never leaves a partial or invalid file.
+    """
+    ids = [str(i) for i in ids]
+    p = np.asarray(probs)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim != 1:
+        raise SubmissionError(f"probs must be 1-D (N,) or (N, 1); got shape {p.shape}")
+    if len(ids) != len(p):
+        raise SubmissionError(f"{len(ids)} ids but {len(p)} probabilities")
+    if not np.issubdtype(p.dtype, np.floating):
+        p = p.astype(np.float64) if np.issubdtype(p.dtype, np.number) else p
+    frame = pd.DataFrame({"id": ids, "label": p})
+    expected = None if expected_ids is None else [str(i) for i in expected_ids]
+    frame = check_submission(frame, expected)
+    if expected is not None:
+        frame = frame.set_index("id").loc[expected].reset_index()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        check_submission(tmp, expected)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
