@@ -1,27 +1,30 @@
 """Pack once, stream many epochs: a verified uint8 memmap cache of decoded patches.
 
-Decoding TIFF/JPEG runs at a few thousand images/s on 2 cores; a memmap reads at 60k+.
-``pack`` decodes every item once, in parallel, chunk by chunk, recording progress after each
-chunk so a killed run resumes where it stopped. It finishes atomically (a cache directory is
+Decoding TIFF/JPEG runs at a few thousand images/s; a memmap reads at 50k+. ``pack`` decodes
+every item once, in parallel threads, chunk by chunk, recording progress after each chunk so
+that a killed run resumes where it stopped. It finishes atomically (a cache directory is
 either complete with its ``meta.json`` or not a cache), and ``PackedCache.open`` checks shape,
 dtype, count and content checksums.
 
 Layout of a cache directory::
 
-    images.npy   (N, 96, 96, 3) uint8, a plain .npy readable with np.load(mmap_mode="r")
-    index.csv    id, label (-1 when unlabelled), group (slide, when known)
-    meta.json    source name + fingerprint, count, per-chunk blake2b checksums
-    excluded.csv items left out on request (only with on_error="exclude")
+    images.npy    (N, 96, 96, 3) uint8, a plain .npy readable with np.load(mmap_mode="r")
+    index.csv     id, label (-1 when unlabelled), group (slide, when known)
+    meta.json     source name + fingerprint, count, per-chunk CRC32 checksums; written last
+    excluded.csv  items left out on request (only with on_error="exclude"): id, where, reason
+    .partial/     work in progress: images.npy + state.json (chunks done, bad items so far)
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +35,9 @@ from tqdm.auto import tqdm
 
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 
-CHUNK = 1024
-FORMAT_VERSION = 1
+CHUNK = 1024  # images per resume point and per checksum
+FORMAT_VERSION = 2
+_EXCLUDE_HINT = "pass on_error='exclude' to leave them out (listed in excluded.csv)"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -41,6 +45,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; caches and run dirs may be shared
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -50,7 +55,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _digest(block: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).hexdigest()
+    return f"{zlib.crc32(np.ascontiguousarray(block).data):08x}"
+
+
+def _bad_items_error(problems: list[Problem], name: str) -> DataError:
+    return DataError(f"{format_problems(problems, name)}\n({_EXCLUDE_HINT})", problems)
 
 
 @dataclass
@@ -67,69 +76,112 @@ class PackedCache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def excluded(self) -> list[Problem]:
+        """Items left out when packing with on_error='exclude'."""
+        path = self.path / "excluded.csv"
+        if not path.is_file():
+            return []
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return [Problem(*row) for row in frame[["id", "where", "reason"]].itertuples(index=False)]
+
     @classmethod
     def open(cls, path: str | os.PathLike, verify: str = "quick") -> PackedCache:
-        """Open and check a cache. ``verify``: 'full' hashes every chunk, 'quick' a sample, 'none'."""
+        """Open and check a cache. ``verify``: 'full' checksums every chunk, 'quick' 8, 'none'."""
+        if verify not in ("quick", "full", "none"):
+            raise ValueError(f"verify must be 'quick', 'full' or 'none', got {verify!r}")
         path = Path(path)
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"{path}: not a finished pcamlib cache (no meta.json)")
-        meta = json.loads(meta_path.read_text())
-        images = np.load(path / "images.npy", mmap_mode="r")
-        expected = (meta["count"], *PATCH_SHAPE)
+        try:
+            meta = json.loads(meta_path.read_text())
+            count, chunk, digests = meta["count"], meta["chunk"], meta["chunk_digests"]
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"{meta_path}: unreadable ({type(exc).__name__}: {exc})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise DataError(f"{path}: cache format {meta.get('format')}, expected {FORMAT_VERSION}")
+        try:
+            images = np.load(path / "images.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"{path}/images.npy: unreadable ({exc}); delete it and re-pack"
+            ) from None
+        expected = (count, *PATCH_SHAPE)
         if images.shape != expected or images.dtype != np.uint8:
             raise DataError(
                 f"{path}/images.npy: {images.shape} {images.dtype}, meta.json says {expected} uint8"
             )
-        index = pd.read_csv(path / "index.csv", dtype={"id": str, "group": str}, keep_default_na=False)
-        if len(index) != meta["count"]:
-            raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {meta['count']}")
-        _verify_chunks(path, images, meta["chunk_digests"], verify)
-        labels = index["label"].to_numpy(np.int8)
-        groups = index["group"].to_numpy() if "group" in index and (index["group"] != "").all() else None
-        return cls(path, images, index["id"].tolist(), None if (labels < 0).all() else labels,
-                   groups, meta)
+        index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
+        if len(index) != count:
+            raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {count}")
+        if len(digests) != -(-count // chunk):
+            raise DataError(f"{meta_path}: {len(digests)} checksums for {count} images")
+        _verify_chunks(path, images, digests, chunk, verify)
+        labels = index["label"].astype(np.int8).to_numpy()
+        groups = None
+        if "group" in index and (index["group"] != "").all():
+            groups = index["group"].to_numpy()
+        labels = None if (labels < 0).all() else labels
+        return cls(path, images, index["id"].tolist(), labels, groups, meta)
 
 
-def _verify_chunks(path: Path, images: np.ndarray, digests: list[str], verify: str) -> None:
+def _verify_chunks(path: Path, images, digests: list[str], chunk: int, verify: str) -> None:
     if verify == "none":
         return
     chunks = range(len(digests))
     if verify == "quick" and len(digests) > 8:
-        rng = np.random.default_rng(len(digests))
-        chunks = sorted({0, len(digests) - 1, *rng.choice(len(digests), 6, replace=False).tolist()})
+        rng = np.random.default_rng()  # a different sample each open
+        chunks = sorted({0, len(digests) - 1, *rng.choice(len(digests), 6, replace=False)})
     for c in chunks:
-        if _digest(images[c * CHUNK:(c + 1) * CHUNK]) != digests[c]:
+        lo, hi = c * chunk, min((c + 1) * chunk, len(images))
+        if _digest(images[lo:hi]) != digests[c]:
             raise DataError(
-                f"{path}/images.npy: checksum mismatch in chunk {c} (images {c * CHUNK}–"
-                f"{min((c + 1) * CHUNK, len(images)) - 1}); the cache is corrupt, delete it and re-pack"
+                f"{path}/images.npy: checksum mismatch in chunk {c} (images {lo}–{hi - 1}); "
+                "the cache is corrupt: delete it and pack again"
             )
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
-    """Next to the data when writable (``DATA/.pcam-cache/SPLIT``), else a per-user cache dir."""
-    configured = os.environ.get("PCAM_CACHE_DIR")
+    """``PCAM_CACHE_DIR`` if set; else next to the data when writable; else a per-user dir."""
+    import hashlib
+
     key = hashlib.blake2b(source.name.encode(), digest_size=6).hexdigest()
+    configured = os.environ.get("PCAM_CACHE_DIR")
     if configured:
         return Path(configured) / f"{split}-{key}"
     if data_root is not None and data_root.is_dir() and os.access(data_root, os.W_OK):
-        return data_root / ".pcam-cache" / split
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcamlib" / f"{split}-{key}"
+        # One cache per source, whatever split name asked for it (Kaggle train = "valid" too).
+        kind = source.name.split(":", 1)[0]
+        named = {"kaggle-train": "train", "kaggle-test": "test"}
+        return data_root / ".pcam-cache" / named.get(kind, f"{kind}-{key}")
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return user_cache / "pcamlib" / f"{split}-{key}"
 
 
-def _find_problems(source: PatchSource, workers: int, progress: bool) -> list[Problem]:
-    """Decode everything once just to list the offenders by name (only called after a failure)."""
-    def check(i: int) -> Problem | None:
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One packer per cache directory at a time (a second process waits, then reuses)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; packing the same dir twice is on you
+        yield
+        return
+    try:
+        f = open(out / ".lock", "a")
+    except OSError:  # a read-only cache can still be reused; packing into it fails clearly
+        yield
+        return
+    with f:
         try:
-            source.read(i)
-        except DataError as exc:
-            return Problem(source.ids[i], str(source.paths[i]) if source.paths else source.name,
-                           str(exc).split(": ", 1)[-1])
-        return None
-
-    with ThreadPoolExecutor(workers) as pool:
-        found = pool.map(check, range(len(source)))
-        return [p for p in tqdm(found, total=len(source), desc="checking", disable=not progress) if p]
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            tqdm.write(f"waiting for another process that is packing {out} …")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def pack(
@@ -141,105 +193,205 @@ def pack(
     workers: int | None = None,
     progress: bool = True,
 ) -> PackedCache:
-    """Decode ``source`` into a cache at ``out``; resumes an interrupted pack of the same source.
+    """Decode ``source`` into a cache at ``out``, or reuse the one there if the source is unchanged.
 
-    ``on_error='raise'`` (default) stops with every offending item named; ``'exclude'`` leaves
-    them out and lists them in ``excluded.csv``. Nothing is ever dropped silently.
+    An interrupted pack of the same source resumes at its last finished chunk.
+    ``on_error='raise'`` (default) stops with every offending item named (``DataError.problems``);
+    ``'exclude'`` leaves them out and lists them in ``excluded.csv``. Nothing is dropped silently.
     """
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     if not isinstance(source, PatchSource):
         source = open_source(source, split)
     out = Path(out)
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    if source.problems:
-        if on_error == "raise":
-            raise DataError(format_problems(source.problems, f"{source.name}") +
-                            "\n(pass on_error='exclude' / --exclude-bad to leave them out, listed)")
-        source = source.drop([])  # already excluded by the reader; keep its list
-    if len(source) == 0:
-        raise DataError(f"{source.name}: no images to pack")
-    if (out / "meta.json").is_file():
-        cache = PackedCache.open(out, verify="quick")
-        if cache.meta["fingerprint"] == source.fingerprint():
-            return cache
-        for name in ("meta.json", "images.npy", "index.csv", "excluded.csv"):  # source changed
-            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with _locked(out):
+        fingerprint = source.fingerprint()
+        if (out / "meta.json").is_file():
+            try:
+                cache = PackedCache.open(out, verify="quick")
+            except DataError as exc:
+                warnings.warn(f"{exc}; packing it again", stacklevel=2)
+            else:
+                if cache.meta["fingerprint"] == fingerprint:
+                    if cache.meta["excluded"] and on_error == "raise":
+                        raise _bad_items_error(cache.excluded, source.name)
+                    return cache
+            (out / "meta.json").unlink()  # from here on `out` is no longer a cache
+            for name in ("images.npy", "index.csv", "excluded.csv"):
+                (out / name).unlink(missing_ok=True)
+        return _pack(source, out, fingerprint, on_error, workers, progress)
+
+
+def _load_state(work: Path, fingerprint: str, count: int) -> tuple[dict, int] | None:
+    """Resume point of an interrupted pack of the same source: (state, data offset) or None.
+
+    Chunks recorded as done are checksummed again, so a resume never trusts lost writes.
+    """
     try:
-        return _pack_chunks(source, out, workers, progress)
-    except DataError:
-        problems = _find_problems(source, workers, progress)
-        if not problems:
-            raise
-        if on_error == "raise":
-            raise DataError(format_problems(problems, f"{source.name}") +
-                            "\n(pass on_error='exclude' / --exclude-bad to leave them out, listed)") from None
-        shutil.rmtree(out / ".partial", ignore_errors=True)
-        return _pack_chunks(source.drop(problems), out, workers, progress)
+        state = json.loads((work / "state.json").read_text())
+        images = np.load(work / "images.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    same = (state.get("format"), state.get("fingerprint"), state.get("count"))
+    if same != (FORMAT_VERSION, fingerprint, count) or images.shape != (count, *PATCH_SHAPE):
+        return None
+    chunk, done = state["chunk"], 0
+    for c, digest in enumerate(state["digests"][: state["done_chunks"]]):
+        if _digest(images[c * chunk : (c + 1) * chunk]) != digest:
+            break
+        done = c + 1
+    state.update(done_chunks=done, digests=state["digests"][:done])
+    state["bad"] = [b for b in state["bad"] if b[0] < done * chunk]
+    return state, images.offset
 
 
-def _pack_chunks(source: PatchSource, out: Path, workers: int, progress: bool) -> PackedCache:
-    fingerprint = source.fingerprint()
+def _pack(
+    source: PatchSource, out: Path, fingerprint: str, on_error: str, workers: int, progress: bool
+) -> PackedCache:
+    n = len(source)
+    if n == 0:
+        if source.problems:
+            raise _bad_items_error(source.problems, f"{source.name} (nothing left to pack)")
+        raise DataError(f"{source.name}: no images to pack")
+    if source.problems and progress:
+        tqdm.write(f"{len(source.problems)} bad item(s) in the listing; checking every image too")
     work = out / ".partial"
-    state_path = work / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    if state is None or state["fingerprint"] != fingerprint:
+    resume = _load_state(work, fingerprint, n)
+    if resume is None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (len(source), *PATCH_SHAPE))
-        state = {"fingerprint": fingerprint, "done_chunks": 0, "digests": []}
-        atomic_write_text(state_path, json.dumps(state))
-    images = np.load(work / "images.npy", mmap_mode="r+")
-    n_chunks = -(-len(source) // CHUNK)
-    start_time = time.perf_counter()
-    start_chunk = state["done_chunks"]
+        header = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
+        state = dict(format=FORMAT_VERSION, fingerprint=fingerprint, count=n, chunk=CHUNK)
+        state.update(done_chunks=0, digests=[], bad=[])
+        atomic_write_text(work / "state.json", json.dumps(state))
+        resume, header = (state, header.offset), None
+    state, offset = resume
+    chunk, start_chunk = state["chunk"], state["done_chunks"]
+    n_chunks, resumed = -(-n // chunk), start_chunk * chunk
+    # Decode into two reused RAM buffers (no page faults) and write each chunk with one pwrite.
+    buffers = [np.zeros((min(chunk, n), *PATCH_SHAPE), np.uint8) for _ in range(2)]
 
-    def read(i: int) -> np.ndarray:
-        return source.read(i)
+    def decode(buf: np.ndarray, base: int, lo: int, hi: int) -> list[tuple[int, str]]:
+        bad = []
+        for i in range(lo, hi):
+            try:
+                buf[i - base] = source.read(i)
+            except DataError as exc:
+                buf[i - base] = 0
+                bad.append((i, str(exc).removeprefix(f"{source.where(i)}: ")))
+        return bad
 
-    with ThreadPoolExecutor(workers) as pool, tqdm(
-        total=len(source), initial=start_chunk * CHUNK, unit="img", desc=f"packing {out.name}",
-        disable=not progress,
-    ) as bar:
-        for c in range(start_chunk, n_chunks):
-            lo, hi = c * CHUNK, min((c + 1) * CHUNK, len(source))
-            if hasattr(source, "x_path"):  # HDF5: one sliced read beats per-item reads
-                block = source.read_many(lo, hi)
-            else:
-                block = np.stack(list(pool.map(read, range(lo, hi))))
-            images[lo:hi] = block
-            images.flush()
-            state["digests"].append(_digest(block))
-            state["done_chunks"] = c + 1
-            atomic_write_text(state_path, json.dumps(state))
-            bar.update(hi - lo)
-    del images
+    def commit(fd: int, c: int, block: np.ndarray, bad: list) -> None:
+        # In chunk order, on one thread, while the next chunk decodes: data first, then state.
+        os.pwrite(fd, block.data, offset + c * chunk * block[0].nbytes)
+        state["digests"].append(_digest(block))
+        state["bad"] += bad
+        state["done_chunks"] = c + 1
+        atomic_write_text(work / "state.json", json.dumps(state))
+
+    start_time, n_bad = time.perf_counter(), len(state["bad"])
+    bar = tqdm(
+        total=n, initial=resumed, unit="img", desc=f"packing {out.name}", disable=not progress
+    )
+    fd = os.open(work / "images.npy", os.O_WRONLY)
+    try:
+        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as committer, bar:
+            pending = None
+            for c in range(start_chunk, n_chunks):
+                lo, hi = c * chunk, min((c + 1) * chunk, n)
+                block = buffers[c % 2][: hi - lo]  # its previous commit finished (see below)
+                if source.block_reads:
+                    block[:] = source.read_many(lo, hi)
+                    bad = []
+                else:
+                    starts = range(lo, hi, -(-(hi - lo) // workers))  # one slice per worker
+                    parts = pool.map(
+                        decode, [block] * len(starts), [lo] * len(starts), starts, [*starts[1:], hi]
+                    )
+                    bad = [b for part in parts for b in part]
+                if pending is not None:
+                    pending.result()
+                pending = committer.submit(commit, fd, c, block, bad)
+                bar.update(hi - lo)
+                n_bad += len(bad)
+                if n_bad:
+                    bar.set_postfix(bad=n_bad, refresh=False)
+            if pending is not None:
+                pending.result()
+        os.fsync(fd)  # a finished cache is on disk before its meta.json says so
+    finally:
+        os.close(fd)
     elapsed = time.perf_counter() - start_time
-    _finalise(source, out, work, state["digests"], fingerprint)
+
+    decode_problems = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
+    problems = source.problems + decode_problems
+    if problems and on_error == "raise":
+        # .partial stays: a rerun with on_error='exclude' finishes without decoding again.
+        raise _bad_items_error(problems, source.name)
+    row_of = {item_id: i for i, item_id in enumerate(source.ids)}
+    drop = {i for i, _ in state["bad"]} | {row_of[p.id] for p in source.problems if p.id in row_of}
+    _finalise(source, out, work, state, sorted(drop), problems, fingerprint)
     cache = PackedCache.open(out, verify="none")
     if progress:
-        rate = (len(source) - start_chunk * CHUNK) / max(elapsed, 1e-9)
-        pos = int((cache.labels == 1).sum()) if cache.labels is not None else "?"
-        tqdm.write(f"packed {len(cache)} patches ({pos} tumour) into {out} at {rate:,.0f} img/s")
+        rate = (n - resumed) / max(elapsed, 1e-9)
+        pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
+        classes = f" ({pos} tumour, {len(cache) - pos} normal)" if pos is not None else ""
+        extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
+        size = len(cache) * np.prod(PATCH_SHAPE) / 2**20
+        tqdm.write(
+            f"packed {len(cache)} patches{classes} into {out} ({size:,.0f} MiB) "
+            f"at {rate:,.0f} img/s{' after resuming' if resumed else ''}{extra}"
+        )
     return cache
 
 
-def _finalise(source: PatchSource, out: Path, work: Path, digests: list[str], fp: str) -> None:
+def _finalise(
+    source: PatchSource,
+    out: Path,
+    work: Path,
+    state: dict,
+    drop: list[int],
+    problems: list[Problem],
+    fingerprint: str,
+) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
-    labels = source.labels if source.labels is not None else np.full(len(source), -1, np.int8)
+    n, chunk = len(source), state["chunk"]
+    keep = np.setdiff1d(np.arange(n), np.asarray(drop, dtype=np.int64))
+    if len(keep) == 0:
+        raise _bad_items_error(problems, f"{source.name} (nothing left to pack)")
+    array, digests = work / "images.npy", state["digests"]
+    if drop:  # copy the good rows into a compact array (the full one stays for a rerun)
+        full = np.load(array, mmap_mode="r")
+        array, digests = work / "compact.npy", []
+        compact = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
+        for lo in range(0, len(keep), chunk):
+            compact[lo : lo + chunk] = full[keep[lo : lo + chunk]]
+            digests.append(_digest(compact[lo : lo + chunk]))
+        compact.flush()
+        del full, compact
+    labels = source.labels if source.labels is not None else np.full(n, -1, np.int8)
     index = pd.DataFrame({"id": source.ids, "label": labels})
     if source.groups is not None:
         index["group"] = source.groups
-    atomic_write_text(work / "index.csv", index.to_csv(index=False))
-    os.replace(work / "images.npy", out / "images.npy")
-    os.replace(work / "index.csv", out / "index.csv")
-    if source.problems:
-        frame = pd.DataFrame([p.__dict__ for p in source.problems])
+    atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
+    if problems:
+        frame = pd.DataFrame([vars(p) for p in problems], columns=["id", "where", "reason"])
         atomic_write_text(out / "excluded.csv", frame.to_csv(index=False))
+    else:
+        (out / "excluded.csv").unlink(missing_ok=True)
+    os.replace(array, out / "images.npy")
     meta = {
-        "format": FORMAT_VERSION, "source": source.name, "fingerprint": fp,
-        "count": len(source), "shape": list(PATCH_SHAPE), "dtype": "uint8", "chunk": CHUNK,
-        "chunk_digests": digests, "excluded": len(source.problems),
+        "format": FORMAT_VERSION,
+        "source": source.name,
+        "fingerprint": fingerprint,
+        "count": int(len(keep)),
+        "shape": list(PATCH_SHAPE),
+        "dtype": "uint8",
+        "chunk": chunk,
+        "chunk_digests": digests,
+        "excluded": len(problems),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
@@ -253,19 +405,17 @@ def load_patches(
     cache_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
     groups_csv: str | os.PathLike | None = None,
+    workers: int | None = None,
     progress: bool = True,
 ) -> PackedCache:
-    """The one call: a data path (any supported layout) or a cache dir → an opened cache.
+    """The one call: a data path (any supported layout), ``tfds:…`` or a cache dir → a cache.
 
-    Packs transparently on first use and reuses the cache while the source is unchanged.
+    Packs on first use (into ``cache_dir``, default: see :func:`default_cache_dir`) and reuses
+    the cache while the source is unchanged.
     """
     if not isinstance(data, PatchSource) and (Path(data) / "meta.json").is_file():
         return PackedCache.open(data)
     source = data if isinstance(data, PatchSource) else open_source(data, split, groups_csv)
-    if source.problems and on_error == "raise":
-        raise DataError(format_problems(source.problems, source.name) +
-                        "\n(pass on_error='exclude' / --exclude-bad to leave them out, listed)")
     root = None if isinstance(data, PatchSource) or str(data).startswith("tfds:") else Path(data)
     out = Path(cache_dir) if cache_dir else default_cache_dir(source, split, root)
-    out.mkdir(parents=True, exist_ok=True)
-    return pack(source, out, split=split, on_error=on_error, progress=progress)
+    return pack(source, out, split=split, on_error=on_error, workers=workers, progress=progress)

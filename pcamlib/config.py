@@ -13,9 +13,28 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """The checkout with ``data/sample``: $PCAM_HOME, else cwd or a parent, else the package's."""
+    if os.environ.get("PCAM_HOME"):
+        return Path(os.environ["PCAM_HOME"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data" / "sample" / "train_labels.csv").is_file():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+REPO_ROOT = project_root()
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 FULL_DIR = REPO_ROOT / "data" / "full"
+
+
+def output_dir() -> Path:
+    """Where notebooks write runs, figures and submission.csv ($PCAM_OUT, else ``outputs/``)."""
+    path = Path(os.environ.get("PCAM_OUT", REPO_ROOT / "outputs"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def smoke() -> bool:
@@ -99,22 +118,30 @@ class Settings:
 
     smoke: bool
     data_dir: Path
+    out_dir: Path
     weights: str | None
     steps_per_epoch: int | None
-    max_predict: int | None
+    eval_limit: int | None
+    accelerator: str
 
-    def epochs(self, full: int) -> int:
-        """``full`` epochs in a real run, one in smoke mode."""
-        return 1 if self.smoke else full
+    def epochs(self, full: int, cpu: int | None = None) -> int:
+        """``full`` epochs on a GPU/TPU, ``cpu`` (if given) without one, 1 in smoke mode."""
+        if self.smoke:
+            return 1
+        return cpu if cpu is not None and self.accelerator == "cpu" else full
 
 
 def settings() -> Settings:
     """Read the environment once: smoke switch, data location, pretrained weights on or off."""
+    from .devices import accelerator
+
     is_smoke = smoke()
     return Settings(
         smoke=is_smoke,
         data_dir=default_data_dir(),
+        out_dir=output_dir(),
         weights=None if is_smoke or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
         steps_per_epoch=3 if is_smoke else None,
-        max_predict=None,
+        eval_limit=64 if is_smoke else None,
+        accelerator=accelerator()[0],
     )

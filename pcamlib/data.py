@@ -8,8 +8,8 @@ a resumed run sees the same batches it would have seen.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 
 from .sources import DataError
 
@@ -28,6 +28,8 @@ def split_indices(
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels = np.asarray(labels)
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     index = np.arange(len(labels))
@@ -40,31 +42,38 @@ def split_indices(
     n_groups = len(np.unique(groups))
     n_splits = max(2, round(1 / val_fraction))
     if n_groups < n_splits:
-        raise DataError(f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide")
+        raise DataError(
+            f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide"
+        )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train, val = next(folds.split(index, labels, groups))
     return np.sort(train), np.sort(val)
 
 
 def dihedral(batch: np.ndarray, k: np.ndarray | int) -> np.ndarray:
-    """Apply dihedral transform ``k`` (0–7: k%4 quarter turns, then a flip when k≥4) per image."""
-    out = np.empty_like(batch)
+    """Dihedral view ``k`` (0–7: k%4 quarter turns, then a left-right flip when k≥4) per image."""
     ks = np.broadcast_to(np.asarray(k), (len(batch),))
-    for i, (image, t) in enumerate(zip(batch, ks)):
-        view = np.rot90(image, int(t) % 4, axes=(0, 1))
-        out[i] = view[:, ::-1] if t >= 4 else view
-    return out
+    # Move whole 3-byte pixels, not single bytes: twice as fast as rotating (…, 3) uint8.
+    pixels = np.ascontiguousarray(batch).view(np.dtype((np.void, batch.shape[-1])))[..., 0]
+    out = np.empty_like(pixels)
+    for t in np.unique(ks):
+        sel = ks == t
+        view = np.rot90(pixels[sel], int(t) % 4, axes=(1, 2))
+        out[sel] = view[:, :, ::-1] if t >= 4 else view
+    return out[..., None].view(batch.dtype).reshape(out.shape + batch.shape[-1:])
 
 
 class PatchStream(keras.utils.PyDataset):
-    """Batches ``(uint8 images, float32 labels)`` for the rows ``indices`` of a memmap.
+    """Batches ``(uint8 images, float32 labels)`` read from the rows ``indices`` of a memmap.
 
     Args:
-        images: (N, 96, 96, 3) uint8 array or memmap.
-        labels: (N,) 0/1 labels, or None for prediction.
-        indices: rows to use (default all).
-        shuffle: new order every epoch, from (seed, epoch).
-        augment: random dihedral view per image (tissue has no orientation).
+        images: (N, 96, 96, 3) uint8 array or memmap (``PackedCache.images``).
+        labels: (N,) 0/1 labels, or None for prediction (batches are then ``(images,)``).
+        indices: rows to use (default all), e.g. from :func:`split_indices`.
+        shuffle: a new order every epoch, from (seed, epoch) only.
+        augment: a random dihedral view per image (tissue has no orientation).
+        crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
+        workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
     """
 
     def __init__(
@@ -76,19 +85,29 @@ class PatchStream(keras.utils.PyDataset):
         batch_size: int = 128,
         shuffle: bool = False,
         augment: bool = False,
+        crop: int | None = None,
         seed: int = 0,
         epoch: int = 0,
         workers: int = 1,
-        **kwargs,
+        max_queue_size: int = 10,
     ):
-        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        side = images.shape[1]
+        if crop is not None and not 0 < crop <= side:
+            raise ValueError(f"crop must be in 1..{side}, got {crop}")
         self.images, self.labels = images, labels
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         if len(self.indices) == 0:
             raise DataError("no images to stream (empty index)")
+        if self.indices.min() < 0 or self.indices.max() >= len(images):
+            raise IndexError(f"indices outside 0..{len(images) - 1}")
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        offset = (side - crop) // 2 if crop else 0
+        self._window = slice(offset, offset + crop) if crop else slice(None)
         self.seed, self.epoch = seed, epoch
         self._order = self._epoch_order()
 
@@ -103,18 +122,22 @@ class PatchStream(keras.utils.PyDataset):
         self._order = self._epoch_order()
 
     def on_epoch_end(self) -> None:
+        # Keras calls this after every epoch (and once before the first): next order.
         self.set_epoch(self.epoch + 1)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
 
     def __getitem__(self, i: int):
-        rows = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        rows = np.sort(rows)  # sequential reads from the memmap; order inside a batch is irrelevant
-        x = np.asarray(self.images[rows])
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        # Sorted rows read the memmap front to back; order inside a batch does not matter.
+        rows = np.sort(self._order[i * self.batch_size : (i + 1) * self.batch_size])
+        x = self.images[rows, self._window, self._window]
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             x = dihedral(x, rng.integers(0, 8, len(x)))
+        x = np.asarray(x)
         if self.labels is None:
             return (x,)
         return x, np.asarray(self.labels[rows], np.float32)

@@ -3,14 +3,20 @@
 Mixed precision pays off only on GPUs/TPUs (bfloat16 on Ampere+ and TPUs, float16 before),
 and costs accuracy for nothing on a CPU, so ``auto`` switches it by device. Strategies wrap
 existing engines: tf.distribute on the TensorFlow backend, keras.distribution on JAX.
+
+Nothing here imports TensorFlow unless the Keras backend is TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import keras
+
+PRECISION_MODES = ("auto", "on", "off", "bfloat16", "float16")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu", "data_parallel")
 
 
 def accelerator() -> tuple[str, int]:
@@ -60,59 +66,106 @@ def _gpu_supports_bfloat16() -> bool:
     return False
 
 
-def precision_policy(mode: str = "auto") -> str:
-    """Resolve 'auto'|'off'|'on'|'bfloat16'|'float16' to a Keras dtype policy name."""
+def precision_policy(mode: str | bool | None = "auto") -> str:
+    """Resolve a ``mixed_precision`` setting to a Keras dtype policy name.
+
+    'auto': mixed on GPU/TPU, float32 on CPU; 'on': mixed wherever we are; 'off': float32;
+    'bfloat16'/'float16': that mixed policy. Mixed means bfloat16 on TPUs and GPUs of compute
+    capability ≥ 8, float16 (with loss scaling, added by ``compile``) on older GPUs.
+    """
     if mode in ("off", "float32", "none", False, None):
         return "float32"
+    if mode is True:
+        mode = "on"
     if mode in ("bfloat16", "float16"):
         return f"mixed_{mode}"
-    kind, _ = accelerator()
-    if mode == "auto" and kind == "cpu":
-        return "float32"
     if mode not in ("auto", "on"):
-        raise ValueError(f"mixed_precision must be auto, on, off, bfloat16 or float16; got {mode!r}")
-    if kind == "tpu" or (kind == "gpu" and _gpu_supports_bfloat16()):
-        return "mixed_bfloat16"
-    return "mixed_float16" if kind == "gpu" else "mixed_bfloat16"
+        raise ValueError(f"mixed_precision must be one of {PRECISION_MODES}; got {mode!r}")
+    kind, _ = accelerator()
+    if kind == "cpu":
+        return "float32" if mode == "auto" else "mixed_bfloat16"  # CPUs have no fast float16
+    if kind == "gpu" and not _gpu_supports_bfloat16():
+        return "mixed_float16"
+    return "mixed_bfloat16"
 
 
-STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu", "data_parallel")
+@contextlib.contextmanager
+def precision(mode: str | bool | None = "auto"):
+    """Set the global dtype policy for the block (models built inside it), then restore it."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision_policy(mode))
+    try:
+        yield keras.config.dtype_policy().name
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def is_chief() -> bool:
+    """False on the non-chief workers of a multi-worker (TF_CONFIG) cluster: they write nothing."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    if not task:
+        return True
+    has_chief = "chief" in config.get("cluster", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    return kind == "chief" or (not has_chief and kind == "worker" and index == 0)
 
 
 def distribution(name: str = "auto"):
-    """Enter the requested strategy; returns (context manager, number of replicas).
+    """A context manager for the requested strategy, and the number of replicas it trains on.
 
-    'auto' uses every local GPU when there are several, else nothing. On the TensorFlow
-    backend 'mirrored' (local GPUs), 'multiworker' (TF_CONFIG) and 'tpu' map to tf.distribute;
-    on JAX 'mirrored'/'data_parallel' map to ``keras.distribution.DataParallel``.
+    Build, compile and fit the model inside the context. 'auto' uses every local GPU (or TPU
+    core) when there are several, else nothing. On the TensorFlow backend 'mirrored' and
+    'data_parallel' are ``tf.distribute.MirroredStrategy`` over the local GPUs (over the
+    logical CPUs when there is no GPU, which is how the tests run it), 'multiworker' is
+    ``MultiWorkerMirroredStrategy`` (cluster from TF_CONFIG) and 'tpu' is ``TPUStrategy``. On
+    JAX 'mirrored'/'data_parallel' (and 'tpu' on a TPU host) are
+    ``keras.distribution.DataParallel`` over every local device.
+
+    The caller scales the batch and the learning rate by the replica count (``train`` does:
+    ``batch_size`` is per replica, the peak LR grows linearly with the global batch).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if name == "none":
+        return contextlib.nullcontext(), 1
     backend = keras.backend.backend()
+    if backend == "tensorflow" and name in ("multiworker", "tpu"):
+        strategy = _tf_cluster_strategy(name)  # before anything starts the TF runtime
+        return strategy.scope(), strategy.num_replicas_in_sync
     kind, count = accelerator()
-    if name == "none" or (name == "auto" and (kind == "cpu" or count < 2)):
+    if name == "auto" and (kind == "cpu" or count < 2):
         return contextlib.nullcontext(), 1
     if name == "auto":
-        name = "mirrored"
+        name = "tpu" if kind == "tpu" else "mirrored"
     if backend == "tensorflow":
         import tensorflow as tf
 
-        if name in ("mirrored", "data_parallel"):
-            strategy = tf.distribute.MirroredStrategy()
-        elif name == "multiworker":
-            if "TF_CONFIG" not in os.environ:
-                raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable")
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if name == "tpu":
+            strategy = _tf_cluster_strategy(name)
         else:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            strategy = tf.distribute.TPUStrategy(resolver)
+            devices = None  # MirroredStrategy's default: every local GPU
+            if kind == "cpu":
+                devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+            strategy = tf.distribute.MirroredStrategy(devices)
         return strategy.scope(), strategy.num_replicas_in_sync
     if backend == "jax":
-        if name == "multiworker" or name == "tpu" and kind != "tpu":
+        if name == "multiworker" or (name == "tpu" and kind != "tpu"):
             raise ValueError(f"strategy {name!r} is not available on the JAX backend here")
         devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext(), len(devices)
+        return keras.distribution.DataParallel(devices=devices).scope(), len(devices)
     raise ValueError(f"strategy {name!r} is not supported on the {backend} backend")
+
+
+def _tf_cluster_strategy(name: str):
+    """MultiWorkerMirroredStrategy (TF_CONFIG) or TPUStrategy: both must exist before TF starts."""
+    import tensorflow as tf
+
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)

@@ -121,8 +121,14 @@ def _render(model, expand_nested, legend, kwargs):
     return visualkeras.layered_view(_ModelView(views), legend=legend, **kwargs)
 
 
-def draw_model(model, path: str | os.PathLike | None = None, *, expand_nested: bool = False,
-               legend: bool = True, **kwargs) -> Image.Image | None:
+def draw_model(
+    model,
+    path: str | os.PathLike | None = None,
+    *,
+    expand_nested: bool = False,
+    legend: bool = True,
+    **kwargs,
+) -> Image.Image | None:
     """Render ``model`` as a visualkeras layered view; optionally save it to ``path``.
 
     Never raises: a diagram must not break a training run or notebook, so any
@@ -136,6 +142,7 @@ def draw_model(model, path: str | os.PathLike | None = None, *, expand_nested: b
         return img
     except Exception as exc:  # noqa: BLE001 - by design, see docstring
         name = getattr(model, "name", type(model).__name__)
-        warnings.warn(f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}",
-                      stacklevel=2)
+        warnings.warn(
+            f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}", stacklevel=2
+        )
         return None

@@ -23,16 +23,21 @@ __all__ = [
 N_DIHEDRAL = 8
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, so messages read ``2`` rather than ``np.int64(2)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _first_bad(mask: np.ndarray, values: np.ndarray, what: str, limit: int = 5) -> str:
     """Describe the first few offending rows so the caller can find them."""
     rows = np.flatnonzero(mask)
-    shown = ", ".join(f"row {i}: {values[i]!r}" for i in rows[:limit])
+    shown = ", ".join(f"row {i}: {_plain(values[i])!r}" for i in rows[:limit])
     more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
     return f"{len(rows)} {what}: {shown}{more}"
 
 
 def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Check labels/probabilities once so every metric and plot fails with the same clear message."""
+    """Check labels/probabilities once, so every metric and plot fails with the same message."""
     yt = np.asarray(y_true)
     yp = np.asarray(y_prob)
     if yt.ndim == 2 and yt.shape[1] == 1:
@@ -53,7 +58,9 @@ def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"y_true must be numeric 0/1 labels; got dtype {yt.dtype}")
     bad = ~np.isin(yt, (0, 1))
     if bad.any():
-        raise ValueError("y_true must contain only 0/1 labels; " + _first_bad(bad, yt, "bad labels"))
+        raise ValueError(
+            "y_true must contain only 0/1 labels; " + _first_bad(bad, yt, "bad labels")
+        )
     if not np.issubdtype(yp.dtype, np.number) or np.issubdtype(yp.dtype, np.complexfloating):
         raise ValueError(f"y_prob must be real probabilities; got dtype {yp.dtype}")
     yp = yp.astype(np.float64)
@@ -169,7 +176,7 @@ def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
 
 
 def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
-    """All 8 dihedral views; tissue has no canonical orientation so each is an equally valid input."""
+    """The 8 dihedral views; tissue has no canonical orientation, so each view is as valid."""
     return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 

@@ -8,9 +8,11 @@ training. Built from ``keras`` alone, so the same code runs on TensorFlow, JAX o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 PATCH_SHAPE = (96, 96, 3)
@@ -65,7 +67,9 @@ class ConvBlock:
                 x = layers.Activation(self.activation, name=f"{prefix}act{i}")(x)
             else:
                 x = layers.Conv2D(
-                    self.n_filter, self.kernel_sz, activation=self.activation,
+                    self.n_filter,
+                    self.kernel_sz,
+                    activation=self.activation,
                     name=f"{prefix}conv{i}",
                 )(x)
         return layers.MaxPooling2D(self.pool_sz, name=f"{prefix}pool")(x)
@@ -125,7 +129,7 @@ def CNNModel1(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference
 
 
 def CNNModel2(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference's name)
-    """BatchNorm ConvBlocks 32/32 → Dense(512): the reference's second baseline (2,799,073 params)."""
+    """BatchNorm ConvBlocks 32/32 → Dense(512): the reference's 2nd baseline (2,799,073 params)."""
     inputs = _patch_input()
     x = _rescaled(inputs, image_size)
     x = ConvBlock(32, batch_norm=True, name="block1")(x)
@@ -153,9 +157,7 @@ def backbone_model(
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
     factory, default_rate = BACKBONES[name]
     rate = default_rate if drop_rate is None else drop_rate
-    backbone = factory(
-        weights=weights, include_top=False, input_shape=(image_size, image_size, 3)
-    )
+    backbone = factory(weights=weights, include_top=False, input_shape=(image_size, image_size, 3))
     backbone.trainable = trainable
     inputs = _patch_input()
     x = inputs
@@ -199,6 +201,44 @@ def PCamNet(
     return keras.Model(inputs, _probability(x), name="pcamnet")
 
 
+def parameter_table(models: dict[str, keras.Model]):
+    """Total / trainable / frozen parameters per model (a DataFrame): a summary's stable part."""
+    import pandas as pd
+
+    def count(weights) -> int:
+        return int(sum(int(np.prod(w.shape)) for w in weights))
+
+    rows = {
+        name: {
+            "total": m.count_params(),
+            "trainable": count(m.trainable_weights),
+            "frozen": count(m.non_trainable_weights),
+        }
+        for name, m in models.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def resolve_weights(weights: str | None, probe: str = "vgg16") -> str | None:
+    """'imagenet' if the ImageNet weights can be loaded here (cached or downloadable), else None.
+
+    Keeps the series running on offline machines: transfer learning then starts from random
+    weights, with a warning that says so, instead of crashing on the download.
+    """
+    if weights != "imagenet":
+        return weights
+    try:
+        BACKBONES[probe][0](weights="imagenet", include_top=False, input_shape=PATCH_SHAPE)
+    except Exception as exc:  # no network, blocked URL, proxy…
+        warnings.warn(
+            f"ImageNet weights are not available here ({type(exc).__name__}); "
+            "backbones start from random weights (weights=None)",
+            stacklevel=2,
+        )
+        return None
+    return "imagenet"
+
+
 def build_model(
     name: str,
     *,
@@ -207,7 +247,7 @@ def build_model(
     trainable: bool | None = None,
     **kwargs,
 ) -> keras.Model:
-    """One entry point by short name (``cnn1``, ``cnn2``, ``vgg16``, ``vgg19``, ``resnet50``, ``pcamnet``).
+    """One entry point by short name: cnn1, cnn2, vgg16, vgg19, resnet50 or pcamnet.
 
     Backbones default to training from scratch when ``weights`` is None and to a frozen
     (transfer-learning) backbone when ``weights='imagenet'``, unless ``trainable`` says otherwise.

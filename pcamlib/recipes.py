@@ -13,15 +13,34 @@ from .config import TrainConfig
 RECIPES: dict[str, dict] = {
     # Trains on 20k PCam patches in ≲30 min on a 2-core CPU (TF backend); see README for numbers.
     "pcam-cpu": dict(
-        model="pcamnet", image_size=64, batch_size=128, epochs=12, lr=2e-3, optimizer="adamw",
-        weight_decay=1e-4, schedule="cosine", warmup_epochs=0.5, augment=True,
-        val_fraction=0.1, tta=8,
+        model="pcamnet",
+        image_size=64,
+        batch_size=128,
+        epochs=12,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_epochs=0.5,
+        augment=True,
+        val_fraction=0.1,
+        tta=8,
     ),
     # The same recipe scaled for one GPU and the full data (220k Kaggle / 262k PCam patches).
     "pcam-gpu": dict(
-        model="pcamnet", image_size=64, batch_size=256, epochs=20, lr=2e-3, optimizer="adamw",
-        weight_decay=1e-4, schedule="cosine", warmup_epochs=1, augment=True,
-        val_fraction=0.1, tta=8, mixed_precision="auto",
+        model="pcamnet",
+        image_size=64,
+        batch_size=256,
+        epochs=20,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_epochs=1,
+        augment=True,
+        val_fraction=0.1,
+        tta=8,
+        mixed_precision="auto",
         model_kwargs={"widths": [64, 128, 256, 512]},
     ),
 }
@@ -41,6 +60,7 @@ def apply_recipe(config: TrainConfig, explicit: set[str] | None = None) -> Train
 def _non_default_fields(config: TrainConfig) -> set[str]:
     default = TrainConfig()
     return {
-        f.name for f in dataclasses.fields(config)
+        f.name
+        for f in dataclasses.fields(config)
         if getattr(config, f.name) != getattr(default, f.name)
     } - {"recipe", "data", "out"}

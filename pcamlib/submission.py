@@ -21,16 +21,16 @@ class SubmissionError(ValueError):
     """A submission that Kaggle would reject or score badly."""
 
 
-def _few(values: Iterable[Any], total: int | None = None) -> str:
+def _few(values: Iterable[Any], quote: bool = True) -> str:
     """Name a handful of offenders plus a count, so messages stay short but actionable."""
     values = list(values)
-    total = len(values) if total is None else total
-    shown = ", ".join(repr(v) for v in values[:_SHOW])
+    total = len(values)
+    shown = ", ".join(repr(v) if quote else str(v) for v in values[:_SHOW])
     return f"{shown} (+{total - _SHOW} more)" if total > _SHOW else shown
 
 
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Test ids from ``sample_submission.csv`` (file order) or a directory of ``<id>.tif`` (sorted)."""
+    """Test ids from ``sample_submission.csv`` (file order) or a dir of ``<id>.tif`` (sorted)."""
     p = Path(path)
     if p.is_dir():
         ids = sorted(f.stem for f in p.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
@@ -65,7 +65,7 @@ def check_submission(
     path_or_frame: str | os.PathLike[str] | pd.DataFrame,
     expected_ids: Iterable[str] | None,
 ) -> pd.DataFrame:
-    """Validate a submission (columns, ids, probabilities) and return it as ``id`` str, ``label`` float.
+    """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label`` float.
 
     ``expected_ids=None`` skips the missing/extra-id checks (duplicates are still refused).
     All problems found are reported together in one :class:`SubmissionError`.
@@ -85,7 +85,7 @@ def check_submission(
             detail.append("columns in the wrong order")
         hint = " - is the header row 'id,label' missing?" if missing else ""
         raise SubmissionError(
-            f"{where}: expected exactly the columns ['id', 'label'], got {_few(cols)}: "
+            f"{where}: expected exactly the columns ['id', 'label'], got {cols}: "
             + "; ".join(detail)
             + hint
         )
@@ -111,21 +111,23 @@ def check_submission(
             problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {_few(missing)}")
         if extra:
             problems.append(f"{len(extra)} unexpected id(s) not in the test set: {_few(extra)}")
-    non_numeric = labels.isna() & ~pd.isna(raw) & ~raw.astype(str).str.strip().str.lower().isin(["nan", ""])
+    non_numeric = (
+        labels.isna() & ~pd.isna(raw) & ~raw.astype(str).str.strip().str.lower().isin(["nan", ""])
+    )
     nan = labels.isna() & ~non_numeric
     inf = np.isinf(labels)
     finite = labels[~labels.isna() & ~inf]
     outside = finite[(finite < 0.0) | (finite > 1.0)]
     if non_numeric.any():
-        bad = [f"{ids[i]}={raw[i]!r}" for i in frame.index[non_numeric]]
-        problems.append(f"{len(bad)} non-numeric label(s): {_few(bad)}")
+        bad = [f"{ids[i]!r}: {raw[i]!r}" for i in frame.index[non_numeric]]
+        problems.append(f"{len(bad)} non-numeric label(s): {_few(bad, quote=False)}")
     if nan.any():
         problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {_few(ids[nan])}")
     if inf.any():
         problems.append(f"{int(inf.sum())} infinite label(s) for id(s) {_few(ids[inf])}")
     if len(outside):
-        bad = [f"{ids[i]}={labels[i]:g}" for i in outside.index]
-        problems.append(f"{len(bad)} label(s) outside [0, 1]: {_few(bad)}")
+        bad = [f"{ids[i]!r}: {labels[i]:g}" for i in outside.index]
+        problems.append(f"{len(bad)} label(s) outside [0, 1]: {_few(bad, quote=False)}")
     if problems:
         raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
     if len(labels) > 1 and labels.isin([0.0, 1.0]).all():
@@ -150,7 +152,7 @@ def write_submission(
     *,
     expected_ids: Iterable[str] | None = None,
 ) -> Path:
-    """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass the checks.
+    """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass checks.
 
     Rows follow ``expected_ids`` order when given (e.g. ``expected_test_ids(sample_submission)``).
     The CSV goes to a temp file in the target directory, is re-read and checked, then

@@ -1,17 +1,36 @@
 """Training runs that leave a complete, resumable run directory behind.
 
-``RUN_DIR/`` holds ``config.json``, ``split.csv`` (which id was train or val, and how the split
-was made), ``history.csv``, ``best.keras`` (best val AUC), ``last.keras`` + ``state.json``
-(resume point, rewritten atomically every epoch) and ``final.keras``. Running the same
-config on the same run directory after an interruption continues from the last finished epoch.
+``RUN_DIR/`` holds
+
+* ``config.json`` (the run's :class:`TrainConfig`) and ``split.csv`` (which id was train or
+  val, and how the split was made);
+* ``history.csv``: one row per finished epoch (metrics, learning rate at the epoch's end,
+  seconds);
+* ``best.keras``: the model of the best val AUC so far;
+* ``last.keras``: the resume point after the last finished epoch (weights, optimizer state,
+  whose step counter drives the LR schedule, and the run state: epoch, best, patience,
+  history). The state is stored *inside* the same file, so one atomic rename moves both and
+  they can never disagree; ``state.json`` is a readable copy;
+* ``final.keras``: the model when training ended (the last epoch run, not the best one);
+* ``tensorboard/`` when ``config.tensorboard``.
+
+Running the same config on the same run directory after an interruption continues from the
+last finished epoch and reproduces the history of an uninterrupted run: batch order and
+augmentation depend only on (seed, epoch), and every random generator (the global ones and
+each layer's, e.g. Dropout's) is reseeded from (seed, epoch) when an epoch begins.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +41,13 @@ import pandas as pd
 from .cache import PackedCache, atomic_write_text, load_patches
 from .config import TrainConfig
 from .data import PatchStream, split_indices
-from .devices import distribution, precision_policy
+from .devices import distribution, is_chief, precision
 from .models import build_model
 
-# Config fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "cache_dir", "data", "out"}
+# Config fields that may change between an interrupted run and its resumption. A longer
+# ``epochs`` extends a finished run; the LR schedule keeps the length it was built with.
+RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "cache_dir", "data", "out", "tta"}
+STATE_ENTRY = "pcamlib/state.json"  # the run state, stored inside last.keras
 
 
 @dataclass
@@ -37,11 +58,27 @@ class TrainResult:
     best_model_path: Path
 
 
-def save_model_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save`` to a temp name, then rename: a crash never leaves half a .keras file."""
+def save_model_atomic(model: keras.Model, path: Path, state: dict | None = None) -> None:
+    """``model.save`` to a temp name, then rename: a crash never leaves half a .keras file.
+
+    ``state`` (JSON-able) is added to the same zip before the rename; see :func:`read_state`.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
+    if state is not None:
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(STATE_ENTRY, json.dumps(state))
     os.replace(tmp, path)
+
+
+def read_state(path: str | os.PathLike) -> dict | None:
+    """The run state stored in a ``last.keras`` file, or None when there is none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(STATE_ENTRY))
+    except (FileNotFoundError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
@@ -62,26 +99,38 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, replicas: int = 1):
-    """Optimizer + LR schedule; the peak LR scales linearly with replicas (bigger global batch)."""
+    """Optimizer + LR schedule; the peak LR scales linearly with replicas (bigger global batch).
+
+    Warm-up rises linearly (from peak/10, or peak/25 for one-cycle) to the peak over
+    ``warmup_epochs``; then 'constant' stays there, 'cosine' decays to 1% of the peak by the
+    last step and 'onecycle' (30% warm-up unless given) decays to 0.1%.
+    """
     peak = config.lr * replicas
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     total = max(1, config.epochs * steps_per_epoch)
+    schedules = keras.optimizers.schedules
     if config.schedule == "constant":
         lr = peak
-        if warmup:
-            lr = keras.optimizers.schedules.CosineDecay(
+        if warmup:  # alpha=1: the "decay" after warm-up is flat
+            lr = schedules.CosineDecay(
                 peak / 10, decay_steps=1, alpha=1.0, warmup_target=peak, warmup_steps=warmup
             )
     elif config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            peak / 10 if warmup else peak, decay_steps=max(1, total - warmup), alpha=0.01,
-            warmup_target=peak if warmup else None, warmup_steps=warmup,
+        lr = schedules.CosineDecay(
+            peak / 10 if warmup else peak,
+            decay_steps=max(1, total - warmup),
+            alpha=0.01,
+            warmup_target=peak if warmup else None,
+            warmup_steps=warmup,
         )
     elif config.schedule == "onecycle":
         warmup = warmup or max(1, int(0.3 * total))
-        lr = keras.optimizers.schedules.CosineDecay(
-            peak / 25, decay_steps=max(1, total - warmup), alpha=1e-3,
-            warmup_target=peak, warmup_steps=warmup,
+        lr = schedules.CosineDecay(
+            peak / 25,
+            decay_steps=max(1, total - warmup),
+            alpha=1e-3,
+            warmup_target=peak,
+            warmup_steps=warmup,
         )
     else:
         raise ValueError(f"schedule must be constant, cosine or onecycle; got {config.schedule!r}")
@@ -104,57 +153,121 @@ def compile_model(model: keras.Model, optimizer, label_smoothing: float = 0.0) -
     return model
 
 
+class EpochBatches(keras.utils.PyDataset):
+    """The first ``steps`` batches of every epoch of ``stream``.
+
+    Keras' ``fit(steps_per_epoch=…)`` keeps one iterator across epochs, so epoch 2 would go
+    on mid-way through epoch 1's order and a resumed run could not replay it; capping the
+    dataset instead restarts every epoch at batch 0 of that epoch's own order. The epoch is
+    set by :class:`RunCheckpoint` when it begins, not counted from Keras' ``on_epoch_end``
+    calls (Keras also makes one before the first epoch).
+    """
+
+    def __init__(self, stream: PatchStream, steps: int):
+        super().__init__(
+            workers=stream.workers,
+            use_multiprocessing=stream.use_multiprocessing,
+            max_queue_size=stream.max_queue_size,
+        )
+        self.stream, self.steps = stream, steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int):
+        return self.stream[i]
+
+    def on_epoch_end(self) -> None:
+        pass
+
+
+def reseed(model: keras.Model, seed: int, epoch: int) -> None:
+    """Reset the global RNGs and every layer's SeedGenerator (Dropout…) from (seed, epoch).
+
+    ``.keras`` files do not store SeedGenerator states, so a resumed run could not otherwise
+    continue the dropout masks of an uninterrupted one.
+    """
+    keras.utils.set_random_seed(seed + 1000 * (epoch + 1))
+    # Keras has no public list of a model's SeedGenerators; layers keep theirs here.
+    generators = [
+        g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])
+    ]
+    for i, generator in enumerate(generators):
+        value = (seed * 1_000_003 + epoch * 7919 + i) % 2**31
+        generator.state.assign(np.array([value, 0], generator.state.dtype))
+
+
+def _stops(state: dict, epochs: int, patience: int | None) -> bool:
+    """Is the run over: all epochs done, or no val-AUC gain for ``patience`` epochs."""
+    return state["epoch"] >= epochs or bool(
+        patience and state["epoch"] - state["best_epoch"] >= patience
+    )
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Per epoch: history row, best model by val AUC, resume point, early stopping.
 
-    Keeps its own best value and patience in ``state.json`` because Keras' ModelCheckpoint
+    Keeps its own best value and patience in the run state because Keras' ModelCheckpoint
     and EarlyStopping forget both on restart.
     """
 
-    def __init__(self, run_dir: Path, state: dict, patience: int | None, seed: int):
+    def __init__(
+        self, run_dir: Path, state: dict, config: TrainConfig, data: EpochBatches | None = None
+    ):
         super().__init__()
-        self.run_dir, self.state, self.patience, self.seed = run_dir, state, patience, seed
+        self.run_dir, self.state, self.config, self.data = run_dir, state, config, data
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        keras.utils.set_random_seed(self.seed + 1000 * (epoch + 1))  # dropout etc. per epoch
+        if self.data is not None:
+            self.data.set_epoch(epoch)  # batch order and augmentation of this epoch
+        reseed(self.model, self.config.seed, epoch)
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 2)
-        lr = self.model.optimizer.learning_rate
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-        history = self.state["history"] + [row]
-        score = row.get("val_auc", row.get("auc", float("nan")))
-        improved = not math.isnan(score) and score > self.state["best_val_auc"]
-        if improved:
+        state = self.state
+        score = row.get("val_auc", float("nan"))
+        if not math.isnan(score) and score > state["best_val_auc"]:
             save_model_atomic(self.model, self.run_dir / "best.keras")
-            self.state.update(best_val_auc=score, best_epoch=epoch + 1)
-        save_model_atomic(self.model, self.run_dir / "last.keras")
-        self.state.update(epoch=epoch + 1, history=history)
-        atomic_write_text(self.run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-        atomic_write_text(self.run_dir / "state.json", json.dumps(self.state, indent=1))
-        if self.patience and epoch + 1 - self.state["best_epoch"] >= self.patience:
+            state.update(best_val_auc=score, best_epoch=epoch + 1)
+        state.update(epoch=epoch + 1, history=[*state["history"], row])
+        state["stopped_early"] = state["epoch"] < self.config.epochs and _stops(
+            state, self.config.epochs, self.config.early_stopping
+        )
+        save_model_atomic(self.model, self.run_dir / "last.keras", state)  # the commit point
+        atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=1))
+        atomic_write_text(
+            self.run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False)
+        )
+        if state["stopped_early"]:
             self.model.stop_training = True
-            self.state["stopped_early"] = True
 
 
-def _check_resumable(run_dir: Path, config: TrainConfig) -> dict | None:
-    """Load ``state.json`` when the run directory holds an interrupted run of the same config."""
-    state_path = run_dir / "state.json"
-    if not state_path.is_file():
+def _normalised(config: TrainConfig) -> dict:
+    return json.loads(config.to_json())  # tuples → lists, as config.json stores them
+
+
+def _resume_state(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The state of an interrupted run of the same config in ``run_dir``, else None."""
+    state = read_state(run_dir / "last.keras")
+    if state is None:
         return None
-    saved = TrainConfig.from_json((run_dir / "config.json").read_text())
-    differ = {
-        k for k, v in vars(saved).items() if getattr(config, k) != v and k not in RESUMABLE_CHANGES
-    }
+    saved = json.loads((run_dir / "config.json").read_text())
+    current = _normalised(config)
+    differ = {k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)}
+    differ -= RESUMABLE_CHANGES
     if differ:
         raise ValueError(
             f"{run_dir} holds a run with a different config ({', '.join(sorted(differ))}); "
             "use another --out or delete it"
         )
-    return json.loads(state_path.read_text())
+    return state
 
 
 def _record_split(run_dir: Path, cache: PackedCache, train_idx, val_idx, how: str) -> None:
@@ -171,59 +284,105 @@ def train(
     verbose: int | str = "auto",
     callbacks: list | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``config.out``; resumes an interrupted run of the same config."""
+    """Train ``config`` into ``config.out``; resumes an interrupted run of the same config.
+
+    Under a distribution strategy ``batch_size`` is per replica (the global batch is
+    ``batch_size × replicas``) and the peak LR is ``lr × replicas``. An epoch is the full
+    batches of the training split, or the first ``steps_per_epoch`` of them.
+    """
     from .recipes import apply_recipe
 
     config = apply_recipe(config)
+    if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
+        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = _check_resumable(run_dir, config)
-    keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(precision_policy(config.mixed_precision))
+    state = _resume_state(run_dir, config)
+    # Non-chief workers of a multi-worker cluster train too, but write to a scratch dir.
+    write_dir = run_dir if is_chief() else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
 
-    cache = cache or load_patches(
-        config.data, "train", cache_dir=config.cache_dir, groups_csv=config.groups_csv,
-        on_error="exclude" if config.exclude_bad else "raise",
-    )
+    if cache is None:
+        cache = load_patches(
+            config.data,
+            "train",
+            cache_dir=config.cache_dir,
+            groups_csv=config.groups_csv,
+            on_error="exclude" if config.exclude_bad else "raise",
+        )
     if cache.labels is None:
         raise ValueError(f"{config.data}: training needs labelled data")
     groups = cache.groups if config.split == "slide" else None
     if config.split == "slide" and groups is None:
         raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
     train_idx, val_idx = split_indices(cache.labels, config.val_fraction, config.seed, groups)
-    _record_split(run_dir, cache, train_idx, val_idx, config.split)
+    if write_dir == run_dir:
+        _record_split(run_dir, cache, train_idx, val_idx, config.split)
+        atomic_write_text(run_dir / "config.json", config.to_json())
 
-    scope, replicas = distribution(config.strategy)
-    batch = config.batch_size * replicas
-    train_stream = PatchStream(cache.images, cache.labels, train_idx, batch_size=batch,
-                               shuffle=True, augment=config.augment, seed=config.seed)
-    val_stream = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
-    steps = len(train_stream) if config.steps_per_epoch is None else min(
-        config.steps_per_epoch, len(train_stream))
-
-    with scope:
-        if state is not None and (run_dir / "last.keras").is_file():
-            model = keras.saving.load_model(run_dir / "last.keras")  # weights + optimizer state
-        else:
-            state = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "history": []}
-            model = build_model(config.model, image_size=config.image_size,
-                                weights=config.weights, trainable=config.trainable,
-                                **config.model_kwargs)
-            compile_model(model, make_optimizer(config, steps, replicas), config.label_smoothing)
-    atomic_write_text(run_dir / "config.json", config.to_json())
-    initial_epoch = state["epoch"]
-    train_stream.set_epoch(initial_epoch)
-
-    cbs = [RunCheckpoint(run_dir, state, config.early_stopping, config.seed), *(callbacks or [])]
-    if config.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    if initial_epoch < config.epochs and not state.get("stopped_early"):
-        model.fit(
-            train_stream, validation_data=val_stream, epochs=config.epochs,
-            initial_epoch=initial_epoch, steps_per_epoch=config.steps_per_epoch and steps,
-            callbacks=cbs, verbose=verbose,
+    scope, replicas = distribution(config.strategy)  # first: some strategies must precede TF
+    with precision(config.mixed_precision) as policy:
+        batch = config.batch_size * replicas
+        stream = PatchStream(
+            cache.images,
+            cache.labels,
+            train_idx,
+            batch_size=batch,
+            shuffle=True,
+            augment=config.augment,
+            seed=config.seed,
         )
-    save_model_atomic(model, run_dir / "final.keras")
-    history = pd.DataFrame(state["history"])
+        # Full batches only, so every replica of a data-parallel step gets an equal share.
+        steps = max(1, len(train_idx) // batch)
+        if config.steps_per_epoch is not None:
+            steps = min(config.steps_per_epoch, steps)
+        train_data = EpochBatches(stream, steps)
+        val_data = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
+        with scope:
+            keras.utils.set_random_seed(config.seed)
+            if state is not None:
+                model = keras.saving.load_model(run_dir / "last.keras")  # + optimizer state
+                if (state.get("policy"), state.get("replicas")) != (policy, replicas):
+                    warnings.warn(
+                        f"resuming a {state.get('policy')} run on {state.get('replicas')} "
+                        f"replica(s) with {policy} on {replicas}: the history will differ from "
+                        "an uninterrupted run",
+                        stacklevel=2,
+                    )
+            else:
+                state = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "history": []}
+                model = build_model(
+                    config.model,
+                    image_size=config.image_size,
+                    weights=config.weights,
+                    trainable=config.trainable,
+                    **config.model_kwargs,
+                )
+                compile_model(
+                    model, make_optimizer(config, steps, replicas), config.label_smoothing
+                )
+            state.update(policy=policy, replicas=replicas)
+
+            cbs = [RunCheckpoint(write_dir, state, config, train_data), *(callbacks or [])]
+            if config.tensorboard:
+                cbs.append(keras.callbacks.TensorBoard(log_dir=str(write_dir / "tensorboard")))
+            if not _stops(state, config.epochs, config.early_stopping):
+                model.fit(
+                    train_data,
+                    validation_data=val_data,
+                    epochs=config.epochs,
+                    initial_epoch=state["epoch"],
+                    callbacks=cbs,
+                    verbose=verbose,
+                )
+            save_model_atomic(model, write_dir / "final.keras")
+    if write_dir != run_dir:
+        shutil.rmtree(write_dir, ignore_errors=True)
     best = run_dir / "best.keras"
-    return TrainResult(run_dir, model, history, best if best.is_file() else run_dir / "final.keras")
+    return TrainResult(
+        run_dir,
+        model,
+        pd.DataFrame(state["history"]),
+        best if best.is_file() else run_dir / "final.keras",
+    )

@@ -11,13 +11,22 @@ L = keras.layers
 
 
 def _cnn():
-    return keras.Sequential([
-        keras.Input((96, 96, 3)),
-        L.Rescaling(1 / 255), L.Resizing(64, 64),
-        L.Conv2D(16, 3), L.BatchNormalization(), L.Activation("relu"), L.MaxPooling2D(),
-        L.Conv2D(32, 3, activation="relu"), L.GlobalAveragePooling2D(),
-        L.Dropout(0.3), L.Dense(32, activation="relu"), L.Dense(1, activation="sigmoid"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((96, 96, 3)),
+            L.Rescaling(1 / 255),
+            L.Resizing(64, 64),
+            L.Conv2D(16, 3),
+            L.BatchNormalization(),
+            L.Activation("relu"),
+            L.MaxPooling2D(),
+            L.Conv2D(32, 3, activation="relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(0.3),
+            L.Dense(32, activation="relu"),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
 
 
 def _wrapped(app):
@@ -38,9 +47,11 @@ class _Subclassed(keras.Model):
 
 @pytest.fixture(scope="module", params=["cnn", "vgg16", "resnet50"])
 def model(request):
-    build = {"cnn": _cnn,
-             "vgg16": lambda: _wrapped(keras.applications.VGG16),
-             "resnet50": lambda: _wrapped(keras.applications.ResNet50)}
+    build = {
+        "cnn": _cnn,
+        "vgg16": lambda: _wrapped(keras.applications.VGG16),
+        "resnet50": lambda: _wrapped(keras.applications.ResNet50),
+    }
     return build[request.param]()
 
 
