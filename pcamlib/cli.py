@@ -43,7 +43,16 @@ def _train_parser(sub) -> None:
         "frozen with imagenet weights, trained from scratch without)",
     )
     p.add_argument("--seed", type=int)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random dihedral views",
+    )
+    p.add_argument("--shift", type=int, help="random shifts of up to N pixels")
+    p.add_argument("--color-jitter", type=float, help="colour jitter strength (e.g. 0.1)")
+    p.add_argument("--val-limit", type=int, help="validate on at most N (balanced) rows")
+    p.add_argument("--workers", type=int, help="threads preparing batches (default 1)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])

@@ -61,7 +61,12 @@ class TrainConfig:
             baselines, 96 for backbones, 64-pixel centre crop for pcamnet).
         lr: peak learning rate; scaled by the number of replicas under a distribution strategy.
         warmup_epochs: linear warm-up length before the schedule (fractions allowed).
+        batch_size: per replica; the global batch is batch_size × replicas.
+        augment: random dihedral views; ``shift`` and ``color_jitter`` add translation and
+            colour jitter (see :class:`pcamlib.data.PatchStream`).
         steps_per_epoch: cap on batches per epoch (smoke runs); None means the whole split.
+        val_limit: validate on a class-balanced subset of this many rows (smoke runs).
+        workers: threads preparing batches (augmentation); more keep a fast GPU fed.
         split: 'stratified' random split, or 'slide' (needs groups_csv or HDF5 meta) so no
             slide is on both sides.
     """
@@ -78,6 +83,8 @@ class TrainConfig:
     weights: str | None = None
     trainable: bool | None = None
     augment: bool = False
+    shift: int = 0
+    color_jitter: float = 0.0
     optimizer: str = "adam"
     weight_decay: float = 0.0
     schedule: str = "constant"
@@ -88,6 +95,8 @@ class TrainConfig:
     strategy: str = "auto"
     tensorboard: bool = False
     steps_per_epoch: int | None = None
+    val_limit: int | None = None
+    workers: int = 1
     split: str = "stratified"
     groups_csv: str | None = None
     cache_dir: str | None = None
@@ -124,6 +133,16 @@ class Settings:
     eval_limit: int | None
     accelerator: str
 
+    def train_config(self, **fields) -> TrainConfig:
+        """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
+        fields.setdefault("data", str(self.data_dir))
+        config = TrainConfig(**fields)
+        if self.smoke:
+            config = config.replace(
+                epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit
+            )
+        return config
+
     def epochs(self, full: int, cpu: int | None = None) -> int:
         """``full`` epochs on a GPU/TPU, ``cpu`` (if given) without one, 1 in smoke mode."""
         if self.smoke:
@@ -142,6 +161,6 @@ def settings() -> Settings:
         out_dir=output_dir(),
         weights=None if is_smoke or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
         steps_per_epoch=3 if is_smoke else None,
-        eval_limit=64 if is_smoke else None,
+        eval_limit=32 if is_smoke else None,
         accelerator=accelerator()[0],
     )

@@ -11,7 +11,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from .augment import dihedral, jitter_colour, random_shift
 from .sources import DataError
+
+__all__ = ["PatchStream", "dihedral", "jitter_colour", "random_shift", "split_indices"]
 
 
 def split_indices(
@@ -50,19 +53,6 @@ def split_indices(
     return np.sort(train), np.sort(val)
 
 
-def dihedral(batch: np.ndarray, k: np.ndarray | int) -> np.ndarray:
-    """Dihedral view ``k`` (0–7: k%4 quarter turns, then a left-right flip when k≥4) per image."""
-    ks = np.broadcast_to(np.asarray(k), (len(batch),))
-    # Move whole 3-byte pixels, not single bytes: twice as fast as rotating (…, 3) uint8.
-    pixels = np.ascontiguousarray(batch).view(np.dtype((np.void, batch.shape[-1])))[..., 0]
-    out = np.empty_like(pixels)
-    for t in np.unique(ks):
-        sel = ks == t
-        view = np.rot90(pixels[sel], int(t) % 4, axes=(1, 2))
-        out[sel] = view[:, :, ::-1] if t >= 4 else view
-    return out[..., None].view(batch.dtype).reshape(out.shape + batch.shape[-1:])
-
-
 class PatchStream(keras.utils.PyDataset):
     """Batches ``(uint8 images, float32 labels)`` read from the rows ``indices`` of a memmap.
 
@@ -72,6 +62,10 @@ class PatchStream(keras.utils.PyDataset):
         indices: rows to use (default all), e.g. from :func:`split_indices`.
         shuffle: a new order every epoch, from (seed, epoch) only.
         augment: a random dihedral view per image (tissue has no orientation).
+        shift: random translation of up to ``shift`` pixels per axis (np.roll: use with a
+            model that centre-crops, so the wrapped border never reaches the network).
+        color_jitter: strength c of brightness (±c·128), contrast (×1±c) and per-channel gain
+            (×1±c/2) jitter, a cheap stand-in for stain variation between centres.
         crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
         workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
     """
@@ -85,6 +79,8 @@ class PatchStream(keras.utils.PyDataset):
         batch_size: int = 128,
         shuffle: bool = False,
         augment: bool = False,
+        shift: int = 0,
+        color_jitter: float = 0.0,
         crop: int | None = None,
         seed: int = 0,
         epoch: int = 0,
@@ -105,7 +101,10 @@ class PatchStream(keras.utils.PyDataset):
             raise DataError("no images to stream (empty index)")
         if self.indices.min() < 0 or self.indices.max() >= len(images):
             raise IndexError(f"indices outside 0..{len(images) - 1}")
+        if shift < 0 or not 0 <= color_jitter < 1:
+            raise ValueError(f"need shift ≥ 0, 0 ≤ color_jitter < 1; got {shift}, {color_jitter}")
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.shift, self.color_jitter = shift, color_jitter
         offset = (side - crop) // 2 if crop else 0
         self._window = slice(offset, offset + crop) if crop else slice(None)
         self.seed, self.epoch = seed, epoch
@@ -134,9 +133,13 @@ class PatchStream(keras.utils.PyDataset):
         # Sorted rows read the memmap front to back; order inside a batch does not matter.
         rows = np.sort(self._order[i * self.batch_size : (i + 1) * self.batch_size])
         x = self.images[rows, self._window, self._window]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
         if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
             x = dihedral(x, rng.integers(0, 8, len(x)))
+        if self.shift:
+            x = random_shift(x, self.shift, rng)
+        if self.color_jitter:
+            x = jitter_colour(x, self.color_jitter, rng)
         x = np.asarray(x)
         if self.labels is None:
             return (x,)

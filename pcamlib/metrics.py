@@ -9,6 +9,8 @@ import numpy as np
 from sklearn import metrics as skm
 from tqdm.auto import tqdm
 
+from .augment import N_DIHEDRAL, dihedral, dihedral_views
+
 __all__ = [
     "binary_metrics",
     "calibration_bins",
@@ -19,8 +21,6 @@ __all__ = [
     "require_both_classes",
     "validate_binary",
 ]
-
-N_DIHEDRAL = 8
 
 
 def _plain(value: Any) -> Any:
@@ -158,26 +158,6 @@ def binary_metrics(
         out["op_sensitivity"] = float(tpr[i])
         out["op_specificity"] = float(1.0 - fpr[i])
     return out
-
-
-def dihedral(batch: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 dihedral views (k % 4 quarter-turns, then a left-right flip if k >= 4)."""
-    x = np.asarray(batch)
-    if x.ndim != 4:
-        raise ValueError(f"expected an NHWC batch (4-D); got shape {x.shape}")
-    if int(k) != k or not 0 <= k < N_DIHEDRAL:
-        raise ValueError(f"k must be an integer in 0..7; got {k!r}")
-    if k % 2 and x.shape[1] != x.shape[2]:
-        raise ValueError(f"rotating by 90 degrees needs square patches; got H, W = {x.shape[1:3]}")
-    out = np.rot90(x, k % 4, axes=(1, 2))
-    if k >= 4:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
-    """The 8 dihedral views; tissue has no canonical orientation, so each view is as valid."""
-    return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 
 def _predict_batch(model: Any, x: np.ndarray, start: int) -> np.ndarray:

@@ -178,11 +178,16 @@ def _pretty(name: str) -> str:
 def plot_history(history: Any, *, figsize: tuple[float, float] | None = None) -> Figure:
     """Train vs validation curves per metric, with the best-validation-AUC epoch marked.
 
-    Epochs are shown 1-based (CSVLogger's 0-based ``epoch`` column + 1). Without a validation
-    AUC the marker falls back to the lowest ``val_loss``.
+    Epochs are shown 1-based (CSVLogger's 0-based ``epoch`` column is shifted; pcamlib's
+    history.csv is already 1-based). Without a validation AUC the marker falls back to the
+    lowest ``val_loss``.
     """
     frame = _history_frame(history)
-    epochs = frame["epoch"].to_numpy() + 1 if "epoch" in frame else np.arange(1, len(frame) + 1)
+    if "epoch" in frame:  # CSVLogger counts from 0, pcamlib's history.csv from 1
+        epochs = frame["epoch"].to_numpy()
+        epochs = epochs + 1 if len(epochs) and epochs.min() == 0 else epochs
+    else:
+        epochs = np.arange(1, len(frame) + 1)
     numeric = [
         c
         for c in frame.columns

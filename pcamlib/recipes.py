@@ -11,37 +11,46 @@ import dataclasses
 from .config import TrainConfig
 
 RECIPES: dict[str, dict] = {
-    # Trains on 20k PCam patches in ≲30 min on a 2-core CPU (TF backend); see README for numbers.
+    # 20k PCam patches in < 30 min on a 2-core CPU (TF backend); README has the measured numbers.
+    # The centre crop keeps the labelled 32×32 region at full resolution for ~(64/96)² the cost;
+    # dihedral views, ±4 px shifts and mild colour jitter fight overfitting on 20k patches.
     "pcam-cpu": dict(
         model="pcamnet",
         image_size=64,
+        model_kwargs={"widths": [16, 32, 64, 128]},
         batch_size=128,
-        epochs=12,
-        lr=2e-3,
-        optimizer="adamw",
-        weight_decay=1e-4,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        augment=True,
-        val_fraction=0.1,
-        tta=8,
-    ),
-    # The same recipe scaled for one GPU and the full data (220k Kaggle / 262k PCam patches).
-    "pcam-gpu": dict(
-        model="pcamnet",
-        image_size=64,
-        batch_size=256,
         epochs=20,
         lr=2e-3,
         optimizer="adamw",
-        weight_decay=1e-4,
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup_epochs=0.5,
+        augment=True,
+        shift=4,
+        color_jitter=0.1,
+        val_fraction=0.05,
+        tta=8,
+    ),
+    # The same recipe scaled for one GPU and the full data (220k Kaggle / 262k PCam patches):
+    # 4× wider, bigger batches with the LR scaled along, mixed precision.
+    "pcam-gpu": dict(
+        model="pcamnet",
+        image_size=64,
+        model_kwargs={"widths": [64, 128, 256, 512]},
+        batch_size=512,
+        epochs=20,
+        lr=4e-3,
+        optimizer="adamw",
+        weight_decay=0.01,
         schedule="cosine",
         warmup_epochs=1,
         augment=True,
-        val_fraction=0.1,
+        shift=4,
+        color_jitter=0.1,
+        val_fraction=0.05,
         tta=8,
         mixed_precision="auto",
-        model_kwargs={"widths": [64, 128, 256, 512]},
+        workers=8,
     ),
 }
 

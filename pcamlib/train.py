@@ -288,7 +288,8 @@ def train(
 
     Under a distribution strategy ``batch_size`` is per replica (the global batch is
     ``batch_size × replicas``) and the peak LR is ``lr × replicas``. An epoch is the full
-    batches of the training split, or the first ``steps_per_epoch`` of them.
+    batches of the training split, or the first ``steps_per_epoch`` of them; the next epoch
+    starts again from a new order.
     """
     from .recipes import apply_recipe
 
@@ -317,11 +318,20 @@ def train(
     if config.split == "slide" and groups is None:
         raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
     train_idx, val_idx = split_indices(cache.labels, config.val_fraction, config.seed, groups)
+    if config.val_limit is not None:
+        val_idx = np.sort(
+            np.concatenate(
+                [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
+            )
+        )
+    scope, replicas = distribution(config.strategy)  # before TF starts: some strategies must
+    # Every replica needs an equal share of every batch (JAX refuses uneven ones), so a
+    # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer).
+    val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
     if write_dir == run_dir:
         _record_split(run_dir, cache, train_idx, val_idx, config.split)
         atomic_write_text(run_dir / "config.json", config.to_json())
 
-    scope, replicas = distribution(config.strategy)  # first: some strategies must precede TF
     with precision(config.mixed_precision) as policy:
         batch = config.batch_size * replicas
         stream = PatchStream(
@@ -331,9 +341,12 @@ def train(
             batch_size=batch,
             shuffle=True,
             augment=config.augment,
+            shift=config.shift,
+            color_jitter=config.color_jitter,
             seed=config.seed,
+            workers=config.workers,
         )
-        # Full batches only, so every replica of a data-parallel step gets an equal share.
+        # Full batches only, for the same reason.
         steps = max(1, len(train_idx) // batch)
         if config.steps_per_epoch is not None:
             steps = min(config.steps_per_epoch, steps)

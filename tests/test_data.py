@@ -151,3 +151,42 @@ def test_stream_rejects_bad_arguments(sample_cache):
         PatchStream(sample_cache.images, indices=np.array([1600]))
     with pytest.raises(ValueError, match="labels"):
         PatchStream(sample_cache.images, np.zeros(3))
+
+
+def test_shift_rolls_each_image_within_the_limit_and_jitter_stays_mild(sample_cache):
+    from pcamlib.data import jitter_colour, random_shift
+
+    x = np.asarray(sample_cache.images[:16])
+    rng = np.random.default_rng(0)
+    shifted = random_shift(x, 4, rng)
+    for original, moved in zip(x, shifted, strict=True):
+        found = [
+            (dy, dx)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            if np.array_equal(np.roll(original, (dy, dx), axis=(0, 1)), moved)
+        ]
+        assert found, "every image is a pure roll of at most 4 px"
+    jittered = jitter_colour(x, 0.1, rng)
+    assert jittered.dtype == np.uint8 and jittered.shape == x.shape
+    change = np.abs(jittered.astype(int) - x.astype(int)).mean(axis=(1, 2, 3))
+    assert (change > 0).all() and (change < 0.25 * 255).all()
+
+
+def test_stream_augmentation_is_reproducible_per_seed_epoch_and_batch(sample_cache):
+    def batch(seed, epoch):
+        stream = PatchStream(
+            sample_cache.images,
+            sample_cache.labels,
+            batch_size=8,
+            seed=seed,
+            augment=True,
+            shift=4,
+            color_jitter=0.1,
+        )
+        stream.set_epoch(epoch)
+        return stream[0][0]
+
+    assert np.array_equal(batch(1, 0), batch(1, 0))
+    assert not np.array_equal(batch(1, 0), batch(1, 1))
+    assert not np.array_equal(batch(1, 0), batch(2, 0))

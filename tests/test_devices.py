@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from pcamlib import devices
@@ -116,7 +117,7 @@ def scale_out_runs(tmp_path_factory):
             data=str(cache.path),
             out=str(out),
             epochs=1,
-            val_fraction=0.08,  # 128 images: one validation batch, one compiled eval step
+            val_fraction=0.079,  # 127 images: trimmed to 126 (JAX shards only even batches)
             batch_size=16,
             steps_per_epoch=3,
             strategy="mirrored" if backend == "tensorflow" else "data_parallel",
@@ -144,5 +145,6 @@ def test_two_replicas_train_with_doubled_batch_and_lr(scale_out_runs, backend):
     (row,) = json.loads(stdout.strip().splitlines()[-1])["history"]
     state = json.loads((out / "state.json").read_text())
     assert state["replicas"] == 2
+    assert (pd.read_csv(out / "split.csv").subset == "val").sum() == 126
     assert row["learning_rate"] == pytest.approx(2 * TrainConfig().lr)
     assert 0 <= row["val_auc"] <= 1 and np.isfinite(row["loss"])

@@ -1,0 +1,57 @@
+"""Label-preserving transforms of uint8 NHWC batches, shared by training and TTA.
+
+Tissue has no canonical orientation, so the 8 dihedral views of a patch are equally valid
+inputs: training draws one at random, test-time augmentation averages over all 8.
+Pure numpy (no keras), so plotting and metrics code can use it too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+N_DIHEDRAL = 8
+
+
+def dihedral(batch: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """View k (0–7: k%4 quarter-turns, then a left-right flip if k≥4); one k, or one per image."""
+    x = np.asarray(batch)
+    if x.ndim != 4:
+        raise ValueError(f"expected an NHWC batch (4-D); got shape {x.shape}")
+    ks = np.broadcast_to(np.asarray(k), (len(x),))
+    if ks.size and (not np.issubdtype(ks.dtype, np.integer) or ks.min() < 0 or ks.max() > 7):
+        raise ValueError(f"k must be integers in 0..7; got {k!r}")
+    if (ks % 2).any() and x.shape[1] != x.shape[2]:
+        raise ValueError(f"rotating by 90 degrees needs square patches; got H, W = {x.shape[1:3]}")
+    # Move whole pixels (one void item of C bytes), not single bytes: ~2x faster for uint8 RGB.
+    pixels = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[-1] * x.itemsize)))[..., 0]
+    out = np.empty_like(pixels)
+    for t in np.unique(ks):
+        sel = ks == t
+        view = np.rot90(pixels[sel], int(t) % 4, axes=(1, 2))
+        out[sel] = view[:, :, ::-1] if t >= 4 else view
+    return out[..., None].view(x.dtype).reshape(out.shape + x.shape[-1:])
+
+
+def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
+    """All 8 dihedral views of a batch."""
+    return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
+
+
+def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Roll each image by its own random (dy, dx) in [-shift, shift]."""
+    out = np.empty_like(batch)
+    for j, (dy, dx) in enumerate(rng.integers(-shift, shift + 1, (len(batch), 2))):
+        out[j] = np.roll(batch[j], (dy, dx), axis=(0, 1))
+    return out
+
+
+def jitter_colour(batch: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and per-channel gain per image, clipped back to uint8."""
+    n = len(batch)
+    x = batch.astype(np.float32)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    contrast = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 1)).astype(np.float32)
+    gain = rng.uniform(1 - strength / 2, 1 + strength / 2, (n, 1, 1, 3)).astype(np.float32)
+    bright = rng.uniform(-strength, strength, (n, 1, 1, 1)).astype(np.float32) * 128
+    x = ((x - mean) * contrast + mean) * gain + bright
+    return np.clip(x, 0, 255).astype(np.uint8)
