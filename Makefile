@@ -17,7 +17,7 @@ setup: $(BIN)/pcam
 
 # Executes the series in place (outputs stored in the notebooks) and writes artefacts to outputs/.
 run: setup
-	PCAM_SMOKE=0 MPLBACKEND=Agg TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pcamlib.run_series notebooks
+	PCAM_SMOKE=0 TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pcamlib.run_series notebooks
 
 test: setup
 	$(BIN)/python -m pytest --nbval

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 

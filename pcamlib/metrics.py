@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .augment import N_DIHEDRAL, dihedral, dihedral_views
 

@@ -7,9 +7,27 @@ A failing cell stops the series with the notebook and cell named.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+
+def quiet_kernels() -> Path:
+    """Make notebook kernels leave native (C++) stderr alone; returns the IPython dir used.
+
+    ipykernel forwards file-descriptor output into cell outputs by default, so TensorFlow's
+    timestamped C++ log lines (which no environment variable silences) would land in stored
+    outputs and make every ``pytest --nbval`` comparison fail. With ``capture_fd_output``
+    off they go to the terminal instead, like any other program's logs.
+    """
+    ipython_dir = Path(tempfile.mkdtemp(prefix="pcam-ipython-"))
+    profile = ipython_dir / "profile_default"
+    profile.mkdir()
+    (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+    return ipython_dir
 
 
 def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float]]:
@@ -17,6 +35,7 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    quiet_kernels()
     times = []
     for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
