@@ -221,6 +221,20 @@ def _feature_grads(probe: keras.Model, slot: _Slot, x: np.ndarray) -> tuple[np.n
     )
 
 
+def _field_of_view(model: keras.Model, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the input the network sees: the window of a CenterCrop.
+
+    A model that centre-crops (e.g. PCamNet) computes its feature map from the crop only, so
+    the map belongs over that window, not stretched over the whole patch.
+    """
+    top, left, (h, w) = 0, 0, size
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.CenterCrop):
+            ch, cw = min(layer.height, h), min(layer.width, w)
+            top, left, h, w = top + (h - ch) // 2, left + (w - cw) // 2, ch, cw
+    return top, left, h, w
+
+
 def gradcam(
     model: keras.Model,
     images: Any,
@@ -234,7 +248,8 @@ def gradcam(
     or, by default, the last conv-like 4-D output, looking inside nested backbones
     (see :func:`find_target_layer`). When the model ends in a sigmoid, gradients are taken of the
     pre-sigmoid logit so confident patches do not get blank maps. Each map is ReLU-ed, resized
-    bilinearly and divided by its maximum; a map with no positive evidence is all zeros.
+    bilinearly onto the part of the patch the network sees (the crop window of a centre-cropping
+    model, zero outside) and divided by its maximum; a map with no evidence is all zeros.
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -255,8 +270,12 @@ def gradcam(
             )
         weights = grads.mean(axis=(1, 2), keepdims=True)
         cam = np.maximum((weights * feat).sum(axis=-1), 0.0)
-        big = keras.ops.image.resize(cam[..., None], x.shape[1:3], interpolation="bilinear")
-        cam = np.maximum(keras.ops.convert_to_numpy(big)[..., 0].astype(np.float32), 0.0)
+        top, left, h, w = _field_of_view(model, x.shape[1:3])
+        big = keras.ops.image.resize(cam[..., None], (h, w), interpolation="bilinear")
+        cam = np.zeros(x.shape[:3], np.float32)
+        cam[:, top : top + h, left : left + w] = np.maximum(
+            keras.ops.convert_to_numpy(big)[..., 0].astype(np.float32), 0.0
+        )
         peak = cam.max(axis=(1, 2), keepdims=True)
         chunks.append(np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0))
     if not chunks:

@@ -227,3 +227,16 @@ def test_jax_backend_in_subprocess():
         timeout=300,
     )
     assert res.returncode == 0 and "jax-ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_centre_cropping_model_gets_its_map_inside_the_crop_window():
+    from pcamlib.models import PCamNet
+
+    model = PCamNet(crop=64, widths=(4, 8))
+    x = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), np.uint8)
+    heat = gradcam(model, x)
+    assert heat.shape == (2, 96, 96) and np.isfinite(heat).all()
+    outside = np.ones((96, 96), bool)
+    outside[16:80, 16:80] = False
+    assert (heat[:, outside] == 0).all()  # the network never saw those pixels
+    assert heat[:, 16:80, 16:80].max() > 0
