@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint clean-outputs
+.PHONY: setup run test lint sync clean-outputs
 
 $(BIN)/pcam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest --nbval
+
+# After editing [project.urls] Repository in pyproject.toml (a fork): set-up cells and badges.
+sync: setup
+	$(BIN)/python -m pcamlib.run_series --sync notebooks
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

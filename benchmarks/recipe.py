@@ -18,19 +18,31 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def main() -> None:
+def recipe_config(args: argparse.Namespace):
+    """The run's TrainConfig: the recipe, with --epochs (when given) winning over it."""
+    from pcamlib.config import TrainConfig
+
+    explicit = {"epochs": args.epochs} if args.epochs is not None else {}
+    return TrainConfig(recipe=args.recipe, data=args.train, out=args.out, **explicit)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True, help="labelled training data (any layout)")
     parser.add_argument("--valid", required=True, help="labelled held-out data (other slides)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--recipe", default="pcam-cpu")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    config = recipe_config(args)  # refuses a bad setting before any data is packed
 
     import keras
 
     from pcamlib.cache import load_patches
-    from pcamlib.config import TrainConfig
     from pcamlib.evaluate import evaluate
     from pcamlib.train import load_model, train
 
@@ -39,9 +51,6 @@ def main() -> None:
     valid_cache = load_patches(args.valid, "valid")
     t_pack = time.perf_counter() - t0
 
-    config = TrainConfig(recipe=args.recipe, data=args.train, out=args.out)
-    if args.epochs:
-        config = config.replace(epochs=args.epochs)
     t0 = time.perf_counter()
     result = train(config, cache=train_cache, verbose=2)
     t_train = time.perf_counter() - t0

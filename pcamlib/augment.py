@@ -37,12 +37,32 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 
-def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Roll each image by its own random (dy, dx) in [-shift, shift]."""
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Mirror out-of-range indices back into 0..size-1 (numpy's ``reflect`` padding)."""
+    return (size - 1) - np.abs((size - 1) - np.abs(index))
+
+
+def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Move image j's content by ``offsets[j] = (dy, dx)`` pixels; the border is mirrored in.
+
+    No wrap-around: the pixels that come in are the reflection of the patch's own edge, as
+    in :class:`pcamlib.augment_layers.RandomShift` (the same transform, in the model).
+    """
+    n, h, w = batch.shape[:3]
+    offsets = np.asarray(offsets)
+    s = int(np.abs(offsets).max()) if n else 0
+    if s >= min(h, w):
+        raise ValueError(f"shifts of {s} px do not fit {h}×{w} patches")
+    padded = np.pad(batch, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
     out = np.empty_like(batch)
-    for j, (dy, dx) in enumerate(rng.integers(-shift, shift + 1, (len(batch), 2))):
-        out[j] = np.roll(batch[j], (dy, dx), axis=(0, 1))
+    for j, (dy, dx) in enumerate(offsets):  # one slice copy per image: cheaper than a gather
+        out[j] = padded[j, s - dy : s - dy + h, s - dx : s - dx + w]
     return out
+
+
+def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift each image by its own random (dy, dx) in [-shift, shift] (see :func:`shift_images`)."""
+    return shift_images(batch, rng.integers(-shift, shift + 1, (len(batch), 2)))
 
 
 def jitter_colour(batch: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -53,5 +73,8 @@ def jitter_colour(batch: np.ndarray, strength: float, rng: np.random.Generator) 
     contrast = rng.uniform(1 - strength, 1 + strength, (n, 1, 1, 1)).astype(np.float32)
     gain = rng.uniform(1 - strength / 2, 1 + strength / 2, (n, 1, 1, 3)).astype(np.float32)
     bright = rng.uniform(-strength, strength, (n, 1, 1, 1)).astype(np.float32) * 128
-    x = ((x - mean) * contrast + mean) * gain + bright
-    return np.clip(x, 0, 255).astype(np.uint8)
+    # ((x - mean) * contrast + mean) * gain + bright, as one multiply-add per pixel
+    scale = contrast * gain
+    x *= scale
+    x += (mean * (1 - contrast) * gain + bright).astype(np.float32)
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)

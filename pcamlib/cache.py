@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 import zlib
@@ -33,25 +32,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .io import atomic_write_text
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
+from .tfds_source import tfds_source
+
+# Re-exported for train.py (``from .cache import atomic_write_text``) until it imports
+# ``pcamlib.io`` directly; remove then.
+__all__ = ["PackedCache", "atomic_write_text", "default_cache_dir", "load_patches", "pack"]
 
 CHUNK = 1024  # images per resume point and per checksum
 FORMAT_VERSION = 2
 _EXCLUDE_HINT = "pass on_error='exclude' to leave them out (listed in excluded.csv)"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder + rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; caches and run dirs may be shared
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _digest(block: np.ndarray) -> str:
@@ -202,7 +193,7 @@ def pack(
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     if not isinstance(source, PatchSource):
-        source = open_source(source, split)
+        source = _open(source, split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
@@ -247,29 +238,22 @@ def _load_state(work: Path, fingerprint: str, count: int) -> tuple[dict, int] | 
     return state, images.offset
 
 
-def _pack(
-    source: PatchSource, out: Path, fingerprint: str, on_error: str, workers: int, progress: bool
-) -> PackedCache:
-    n = len(source)
-    if n == 0:
-        if source.problems:
-            raise _bad_items_error(source.problems, f"{source.name} (nothing left to pack)")
-        raise DataError(f"{source.name}: no images to pack")
-    if source.problems and progress:
-        tqdm.write(f"{len(source.problems)} bad item(s) in the listing; checking every image too")
-    work = out / ".partial"
-    resume = _load_state(work, fingerprint, n)
-    if resume is None:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        header = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
-        state = dict(format=FORMAT_VERSION, fingerprint=fingerprint, count=n, chunk=CHUNK)
-        state.update(done_chunks=0, digests=[], bad=[])
-        atomic_write_text(work / "state.json", json.dumps(state))
-        resume, header = (state, header.offset), None
-    state, offset = resume
-    chunk, start_chunk = state["chunk"], state["done_chunks"]
-    n_chunks, resumed = -(-n // chunk), start_chunk * chunk
+def _new_state(work: Path, fingerprint: str, n: int) -> tuple[dict, int]:
+    """Start a pack from scratch: an empty array and its state in ``work``."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    images = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
+    state = dict(format=FORMAT_VERSION, fingerprint=fingerprint, count=n, chunk=CHUNK)
+    state.update(done_chunks=0, digests=[], bad=[])
+    atomic_write_text(work / "state.json", json.dumps(state))
+    return state, images.offset
+
+
+def _decode_chunks(
+    source: PatchSource, work: Path, state: dict, offset: int, workers: int, bar: tqdm
+) -> None:
+    """Decode the chunks not done yet into ``work/images.npy``, recording each in the state."""
+    n, chunk = len(source), state["chunk"]
     # Decode into two reused RAM buffers (no page faults) and write each chunk with one pwrite.
     buffers = [np.zeros((min(chunk, n), *PATCH_SHAPE), np.uint8) for _ in range(2)]
 
@@ -291,20 +275,15 @@ def _pack(
         state["done_chunks"] = c + 1
         atomic_write_text(work / "state.json", json.dumps(state))
 
-    start_time, n_bad = time.perf_counter(), len(state["bad"])
-    bar = tqdm(
-        total=n, initial=resumed, unit="img", desc=f"packing {out.name}", disable=not progress
-    )
     fd = os.open(work / "images.npy", os.O_WRONLY)
     try:
-        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as committer, bar:
-            pending = None
-            for c in range(start_chunk, n_chunks):
+        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as committer:
+            pending, n_bad = None, len(state["bad"])
+            for c in range(state["done_chunks"], -(-n // chunk)):
                 lo, hi = c * chunk, min((c + 1) * chunk, n)
                 block = buffers[c % 2][: hi - lo]  # its previous commit finished (see below)
                 if source.block_reads:
-                    block[:] = source.read_many(lo, hi)
-                    bad = []
+                    block[:], bad = source.read_many(lo, hi), []
                 else:
                     starts = range(lo, hi, -(-(hi - lo) // workers))  # one slice per worker
                     parts = pool.map(
@@ -323,7 +302,26 @@ def _pack(
         os.fsync(fd)  # a finished cache is on disk before its meta.json says so
     finally:
         os.close(fd)
-    elapsed = time.perf_counter() - start_time
+
+
+def _pack(
+    source: PatchSource, out: Path, fingerprint: str, on_error: str, workers: int, progress: bool
+) -> PackedCache:
+    n = len(source)
+    if n == 0:
+        if source.problems:
+            raise _bad_items_error(source.problems, f"{source.name} (nothing left to pack)")
+        raise DataError(f"{source.name}: no images to pack")
+    if source.problems and progress:
+        tqdm.write(f"{len(source.problems)} bad item(s) in the listing; checking every image too")
+    work = out / ".partial"
+    state, offset = _load_state(work, fingerprint, n) or _new_state(work, fingerprint, n)
+    resumed = state["done_chunks"] * state["chunk"]
+    start_time = time.perf_counter()
+    desc = f"packing {out.name}"
+    with tqdm(total=n, initial=resumed, unit="img", desc=desc, disable=not progress) as bar:
+        _decode_chunks(source, work, state, offset, workers, bar)
+    rate = (n - resumed) / max(time.perf_counter() - start_time, 1e-9)
 
     decode_problems = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
     problems = source.problems + decode_problems
@@ -335,7 +333,6 @@ def _pack(
     _finalise(source, out, work, state, sorted(drop), problems, fingerprint)
     cache = PackedCache.open(out, verify="none")
     if progress:
-        rate = (n - resumed) / max(elapsed, 1e-9)
         pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
         classes = f" ({pos} tumour, {len(cache) - pos} normal)" if pos is not None else ""
         extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
@@ -394,8 +391,19 @@ def _finalise(
         "excluded": len(problems),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1), durable=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _open(spec: str | os.PathLike, split: str, groups_csv=None) -> PatchSource:
+    """Any layout :func:`~pcamlib.sources.open_source` knows, or ``tfds:NAME[/SPLIT]``.
+
+    The TFDS dispatch lives here, not in ``sources``, so imports flow one way:
+    ``tfds_source`` builds on ``sources`` and ``cache`` on both.
+    """
+    if str(spec).startswith("tfds:"):
+        return tfds_source(str(spec), split)
+    return open_source(spec, split, groups_csv)
 
 
 def load_patches(
@@ -415,7 +423,7 @@ def load_patches(
     """
     if not isinstance(data, PatchSource) and (Path(data) / "meta.json").is_file():
         return PackedCache.open(data)
-    source = data if isinstance(data, PatchSource) else open_source(data, split, groups_csv)
+    source = data if isinstance(data, PatchSource) else _open(data, split, groups_csv)
     root = None if isinstance(data, PatchSource) or str(data).startswith("tfds:") else Path(data)
     out = Path(cache_dir) if cache_dir else default_cache_dir(source, split, root)
     return pack(source, out, split=split, on_error=on_error, workers=workers, progress=progress)

@@ -5,66 +5,144 @@ pcam train --data DIR --model cnn1 --epochs 5 --out runs/cnn1      (or --recipe 
 pcam evaluate --model runs/cnn1 --data DIR --tta 8                 (JSON on stdout)
 pcam predict --model runs/cnn1 --data DIR --tta 8 --out submission.csv
 pcam check-submission submission.csv --data DIR
+pcam train --help                                                  (every setting's values)
 pcam download --out data/full
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import os
-import sys
-from pathlib import Path
 
+# Before anything can import TensorFlow: keep its C++ info and warning lines out (errors show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
+from .recipes import RECIPES  # noqa: E402
+
+RECIPE_NAMES = tuple(RECIPES)
+
+
+def _quiet_keras() -> None:
+    """Import Keras (and TensorFlow) without their C++ start-up chatter; other lines still show.
+
+    TF ≥ 2.17 logs through absl before its log level applies, so TF_CPP_MIN_LOG_LEVEL alone no
+    longer silences lines such as "Could not find cuda drivers"; errors (E/F lines,
+    tracebacks) are replayed.
+    """
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+    for line in lines:
+        if not _CHATTER.match(line):
+            print(line, file=sys.stderr)
+
+
+_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
+    r"To enable the following instructions:)"
+)
+
+
+def _help(setting: str, text: str = "", rules=limits.TRAIN_RULES) -> str:
+    """A flag's help: what it does, then the values it takes (from the one table)."""
+    values = limits.allowed(setting, rules)
+    return f"{text} ({values})" if text else values
 
 
 def _train_parser(sub) -> None:
     from .config import TrainConfig
-    from .devices import STRATEGIES
-    from .models import MODEL_NAMES
 
-    p = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    p.add_argument("--data", required=True, help="Kaggle/HDF5/class-folder dir, or a cache")
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run directory (resumable)",
+        description="Every setting is checked before anything is written; "
+        "unset ones come from --recipe, else TrainConfig's defaults.",
+    )
+    p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    p.add_argument("--recipe", help="named recipe (see pcamlib.recipes); explicit flags win")
-    p.add_argument("--model", choices=MODEL_NAMES)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--weights", choices=["imagenet", "none"])
+    p.add_argument(
+        "--recipe", help=f"named recipe, one of {', '.join(RECIPE_NAMES)}; explicit flags win"
+    )
+    p.add_argument("--model", choices=limits.MODEL_NAMES)
+    p.add_argument("--epochs", type=int, help=_help("epochs"))
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="model input side in pixels: cnn1/cnn2 16-512 (default 64), backbones 32-512 "
+        "(default 96), pcamnet a centre crop of 2^(stages-1)-96 (default 64)",
+    )
+    p.add_argument("--batch-size", type=int, help=_help("batch_size", "per replica"))
+    p.add_argument("--lr", type=float, help=_help("lr", "peak learning rate"))
+    p.add_argument("--val-fraction", type=float, help=_help("val_fraction"))
+    p.add_argument(
+        "--weights",
+        choices=["imagenet", "none"],
+        help="imagenet: pretrained backbone (vgg16, vgg19, resnet50; refused if it cannot be "
+        "downloaded or found in ~/.keras/models); none: from scratch",
+    )
     p.add_argument(
         "--trainable",
         choices=["yes", "no"],
         help="backbone trainable (default: "
         "frozen with imagenet weights, trained from scratch without)",
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help=_help("seed"))
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="random dihedral views",
     )
-    p.add_argument("--shift", type=int, help="random shifts of up to N pixels")
-    p.add_argument("--color-jitter", type=float, help="colour jitter strength (e.g. 0.1)")
-    p.add_argument("--val-limit", type=int, help="validate on at most N (balanced) rows")
-    p.add_argument("--workers", type=int, help="threads preparing batches (default 1)")
+    p.add_argument("--shift", type=int, help=_help("shift", "random shifts of up to N pixels"))
+    p.add_argument("--color-jitter", type=float, help=_help("color_jitter", "colour jitter"))
+    p.add_argument("--hed-jitter", type=float, help=_help("hed_jitter", "HED stain jitter σ"))
+    p.add_argument("--augment-on", choices=["host", "model"], help="where augmentation runs")
+    p.add_argument(
+        "--stain-norm", choices=["reinhard", "none"], help="stain normalisation in the model"
+    )
+    p.add_argument("--val-limit", type=int, help=_help("val_limit", "validate on ≤ N rows"))
+    p.add_argument("--workers", type=int, help=_help("workers", "threads preparing batches"))
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=float, help=_help("weight_decay", "adamw only"))
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    p.add_argument("--mixed-precision", choices=["auto", "on", "off", "bfloat16", "float16"])
-    p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument(
+        "--warmup-epochs", type=float, help=_help("warmup_epochs", "≤ --epochs; fractions allowed")
+    )
+    p.add_argument("--label-smoothing", type=float, help=_help("label_smoothing"))
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help=_help("early_stopping", "epochs without a val-AUC gain"),
+    )
+    p.add_argument("--mixed-precision", choices=limits.PRECISION_MODES)
+    p.add_argument("--strategy", choices=limits.STRATEGIES)
     p.add_argument("--tensorboard", action="store_true", default=None)
-    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument(
+        "--steps-per-epoch", type=int, help=_help("steps_per_epoch", "cap on batches per epoch")
+    )
     p.add_argument("--split", choices=["stratified", "slide"])
-    p.add_argument("--groups-csv", help="patch→slide csv (id,wsi) for --split slide")
+    p.add_argument("--groups-csv", help="patch→slide csv (id,wsi); only with --split slide")
+    p.add_argument("--tta", type=int, choices=[1, 8], help="views evaluate/predict use by default")
     p.add_argument("--cache-dir")
     p.add_argument(
         "--exclude-bad",
@@ -77,16 +155,17 @@ def _train_parser(sub) -> None:
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
-    from .recipes import apply_recipe
-    from .train import train
 
     values = {k: v for k, v in vars(args).items() if k in args._config_fields and v is not None}
-    if values.get("weights") == "none":
-        values["weights"] = None
+    for name in ("weights", "stain_norm"):
+        if values.get(name) == "none":
+            values[name] = None
     if "trainable" in values:
         values["trainable"] = values["trainable"] == "yes"
-    config = TrainConfig(**values)
-    config = apply_recipe(config, explicit=set(values) - {"recipe", "data", "out"})
+    config = TrainConfig(**values)  # applies the recipe and checks every setting
+    _quiet_keras()
+    from .train import train
+
     result = train(config)
     best = result.history["val_auc"].max() if "val_auc" in result.history else float("nan")
     print(
@@ -103,6 +182,7 @@ def cmd_train(args) -> int:
 
 
 def _model_and_tta(args):
+    _quiet_keras()
     from .train import load_model
 
     model = load_model(args.model)
@@ -114,6 +194,10 @@ def _model_and_tta(args):
 
 
 def cmd_evaluate(args) -> int:
+    limits.check_values(
+        {"batch_size": args.batch_size, "operating_point": args.operating_point, "tta": args.tta}
+    )
+    _quiet_keras()
     from .cache import load_patches
     from .evaluate import evaluate, subset_rows
 
@@ -137,14 +221,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    limits.check_values({"batch_size": args.batch_size, "tta": args.tta})
+    from .submission import expected_test_ids, is_kaggle_test, missing_ids, write_submission
+
+    # A Kaggle submission must cover the whole test listing, not just what the cache holds.
+    expected = expected_test_ids(args.data) if is_kaggle_test(args.data) else None
+    _quiet_keras()
     from .cache import load_patches
     from .evaluate import predict_cache
-    from .submission import write_submission
 
     cache = load_patches(args.data, "test", cache_dir=args.cache_dir)
+    if expected is None:  # another layout (PCam HDF5, class folders, a cache): all of it
+        expected = cache.ids
+        if cache.meta.get("excluded"):
+            raise limits.SettingError(
+                "data",
+                args.data,
+                f"its test cache left out {cache.meta['excluded']} unreadable item(s) "
+                f"(see {cache.path / 'excluded.csv'}); a submission must cover every test id",
+            )
+    missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
     model, tta = _model_and_tta(args)
     probs = predict_cache(model, cache, tta=tta, batch_size=args.batch_size)
-    path = write_submission(cache.ids, probs, args.out, expected_ids=cache.ids)
+    path = write_submission(cache.ids, probs, args.out, expected_ids=expected)
     print(f"wrote {len(cache.ids)} tumour probabilities (tta={tta}) to {path}")
     return 0
 
@@ -161,6 +260,7 @@ def cmd_check_submission(args) -> int:
 
 
 def cmd_pack(args) -> int:
+    limits.check_values({"workers": args.workers})
     from .cache import PackedCache, pack
 
     cache = pack(
@@ -203,18 +303,28 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", required=True, help="run directory (best.keras) or .keras file")
-        p.add_argument("--data", required=True)
+        p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
         p.add_argument(
             "--tta",
             type=int,
             choices=[1, 8],
             help="1, or 8 dihedral views (default: the run's recipe setting, else 1)",
         )
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=256,
+            help=_help("batch_size", "default 256", limits.RUN_RULES),
+        )
         p.add_argument("--cache-dir")
         p.set_defaults(func=func)
         if name == "evaluate":
-            p.add_argument("--split", default="valid", help="split for HDF5/TFDS sources")
+            p.add_argument(
+                "--split",
+                default="valid",
+                choices=["train", "valid", "test"],
+                help="split for HDF5/TFDS sources",
+            )
             p.add_argument(
                 "--subset",
                 choices=["all", "val"],
@@ -225,22 +335,31 @@ def build_parser() -> argparse.ArgumentParser:
                 "--operating-point",
                 type=float,
                 default=0.95,
-                help="target sensitivity for the op_* metrics",
+                help=_help(
+                    "operating_point", "target sensitivity for the op_* metrics", limits.RUN_RULES
+                ),
             )
         else:
             p.add_argument("--out", required=True, help="submission CSV to write")
 
     p = sub.add_parser("check-submission", help="validate a submission CSV")
     p.add_argument("file")
-    p.add_argument("--data", required=True, help="sample_submission.csv or a test dir of .tif")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset root (its sample_submission.csv, else its test/ listing), "
+        "or the test folder or sample_submission.csv itself",
+    )
     p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("pack", help="decode a source once into a verified uint8 cache")
     p.add_argument("source")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
     p.add_argument("--exclude-bad", action="store_true")
-    p.add_argument("--workers", type=int)
+    p.add_argument(
+        "--workers", type=int, help=_help("workers", "decoding threads", limits.RUN_RULES)
+    )
     p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
     p.set_defaults(func=cmd_pack)
 
@@ -251,12 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .sources import DataError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, ImportError) as exc:
+    except limits.SettingError as exc:  # spelled as typed: --lr, not lr
+        print(f"pcam {args.command}: error: {exc.render('cli')}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # DataError is a ValueError
         print(f"pcam {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

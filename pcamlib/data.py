@@ -13,6 +13,7 @@ import numpy as np
 
 from .augment import dihedral, jitter_colour, random_shift
 from .sources import DataError
+from .stain import hed_jitter as jitter_hed
 
 __all__ = ["PatchStream", "dihedral", "jitter_colour", "random_shift", "split_indices"]
 
@@ -62,10 +63,12 @@ class PatchStream(keras.utils.PyDataset):
         indices: rows to use (default all), e.g. from :func:`split_indices`.
         shuffle: a new order every epoch, from (seed, epoch) only.
         augment: a random dihedral view per image (tissue has no orientation).
-        shift: random translation of up to ``shift`` pixels per axis (np.roll: use with a
-            model that centre-crops, so the wrapped border never reaches the network).
+        shift: random translation of up to ``shift`` pixels per axis; the border is
+            mirrored in, not wrapped (a centre-cropping model never sees it).
         color_jitter: strength c of brightness (±c·128), contrast (×1±c) and per-channel gain
-            (×1±c/2) jitter, a cheap stand-in for stain variation between centres.
+            (×1±c/2) jitter.
+        hed_jitter: strength σ of HED stain jitter (:func:`pcamlib.stain.hed_jitter`), the
+            standard stain augmentation for slides from other centres.
         crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
         workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
     """
@@ -81,6 +84,7 @@ class PatchStream(keras.utils.PyDataset):
         augment: bool = False,
         shift: int = 0,
         color_jitter: float = 0.0,
+        hed_jitter: float = 0.0,
         crop: int | None = None,
         seed: int = 0,
         epoch: int = 0,
@@ -101,10 +105,13 @@ class PatchStream(keras.utils.PyDataset):
             raise DataError("no images to stream (empty index)")
         if self.indices.min() < 0 or self.indices.max() >= len(images):
             raise IndexError(f"indices outside 0..{len(images) - 1}")
-        if shift < 0 or not 0 <= color_jitter < 1:
-            raise ValueError(f"need shift ≥ 0, 0 ≤ color_jitter < 1; got {shift}, {color_jitter}")
+        if shift < 0 or not 0 <= color_jitter < 1 or not 0 <= hed_jitter < 1:
+            raise ValueError(
+                "need shift ≥ 0, 0 ≤ color_jitter < 1, 0 ≤ hed_jitter < 1; "
+                f"got {shift}, {color_jitter}, {hed_jitter}"
+            )
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.shift, self.color_jitter = shift, color_jitter
+        self.shift, self.color_jitter, self.hed_jitter = shift, color_jitter, hed_jitter
         offset = (side - crop) // 2 if crop else 0
         self._window = slice(offset, offset + crop) if crop else slice(None)
         self.seed, self.epoch = seed, epoch
@@ -138,6 +145,8 @@ class PatchStream(keras.utils.PyDataset):
             x = dihedral(x, rng.integers(0, 8, len(x)))
         if self.shift:
             x = random_shift(x, self.shift, rng)
+        if self.hed_jitter:
+            x = jitter_hed(x, self.hed_jitter, rng)
         if self.color_jitter:
             x = jitter_colour(x, self.color_jitter, rng)
         x = np.asarray(x)

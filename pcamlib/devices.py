@@ -43,6 +43,30 @@ def accelerator() -> tuple[str, int]:
     return "cpu", 1
 
 
+def describe_device() -> str:
+    """'CPU', or the accelerator's name and count (e.g. '1× NVIDIA H100 80GB HBM3')."""
+    kind, count = accelerator()
+    if kind == "cpu":
+        return "CPU"
+    name = kind.upper()
+    with contextlib.suppress(Exception):  # a name is a nicety: never fail a notebook over it
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            found = tf.config.list_physical_devices(kind.upper())
+            name = tf.config.experimental.get_device_details(found[0]).get("device_name", name)
+        elif backend == "jax":
+            import jax
+
+            name = jax.devices()[0].device_kind
+        elif backend == "torch":
+            import torch
+
+            name = torch.cuda.get_device_name(0)
+    return f"{count}× {name}"
+
+
 def _gpu_supports_bfloat16() -> bool:
     """Compute capability ≥ 8 (Ampere, Hopper…) has fast bfloat16; older GPUs want float16."""
     backend = keras.backend.backend()

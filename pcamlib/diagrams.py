@@ -5,17 +5,24 @@ have, so it fails on every model. Its layered renderer only touches
 ``model.layers``, ``type(layer)`` and ``layer.output_shape``, so we hand it
 lightweight read-only views of the layers instead of patching the model: the
 model is never mutated and nothing can be left behind if rendering fails.
+
+Long models (a ResNet50 built on the model's own tensor has 175 layers) are drawn one box
+per stage: consecutive layers sharing a name stem (``conv2_block1_1_conv`` → ``conv2``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 import warnings
+from pathlib import Path
 
 from PIL import Image, ImageFont
 
+from .io import atomic_path
+
 __all__ = ["draw_model"]
+MAX_BOXES = 40  # above this many layers, draw one box per stage
 
 
 class _LayerView:
@@ -67,25 +74,23 @@ def _legend_font(size=14):
     return None
 
 
-def _save_atomic(img, path):
-    """Write via a temp file in the same dir so readers never see a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    ext = os.path.splitext(path)[1].lower()
-    fmt = Image.registered_extensions().get(ext, "PNG")
+def _save(img, path):
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     if fmt in ("JPEG", "BMP"):  # no alpha channel support
         img = img.convert("RGB")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
+
+
+def _stages(layers):
+    """(label, layers) runs: each layer alone, or for long models runs sharing a name stem."""
+    if len(layers) <= MAX_BOXES:
+        return [(None, [layer]) for layer in layers]
+    stages = []
+    for stem, run in itertools.groupby(layers, key=lambda layer: layer.name.split("_")[0]):
+        run = list(run)
+        stages.append((stem if len(run) > 1 else None, run))
+    return stages
 
 
 def _render(model, expand_nested, legend, kwargs):
@@ -99,9 +104,11 @@ def _render(model, expand_nested, legend, kwargs):
         )
     # One proxy class per real layer type (or per nested model, labelled by its
     # name) so visualkeras' legend and colours, keyed by type(layer), still work.
+    # A stage is drawn as its last layer, labelled by its stem.
     classes, views = {}, []
-    for layer in _flatten(model, expand_nested):
-        key = layer.name if isinstance(layer, keras.Model) else type(layer)
+    for stem, run in _stages(list(_flatten(model, expand_nested))):
+        layer = run[-1]
+        key = stem or (layer.name if isinstance(layer, keras.Model) else type(layer))
         if key not in classes:
             label = key if isinstance(key, str) else key.__name__
             classes[key] = type(label, (_LayerView,), {"wrapped_type": type(layer)})
@@ -138,7 +145,7 @@ def draw_model(
     try:
         img = _render(model, expand_nested, legend, dict(kwargs))
         if path is not None:
-            _save_atomic(img, path)
+            _save(img, path)
         return img
     except Exception as exc:  # noqa: BLE001 - by design, see docstring
         name = getattr(model, "name", type(model).__name__)

@@ -2,6 +2,12 @@
 
 The sample in ``data/sample`` makes every notebook run without it; the full 220k-patch
 training set goes to ``data/full`` (git-ignored), where the notebooks pick it up.
+
+Safe against interruption: the archive is downloaded into ``data/full.download/`` (the
+Kaggle CLI skips a finished download), unpacked into ``data/full.partial/`` and renamed to
+``data/full`` only when complete, so a ``data/full`` folder is always whole. A broken archive
+is deleted and fetched again. Credentials travel only in the Kaggle CLI's environment: never
+printed, logged or written to a file by pcamlib.
 """
 
 from __future__ import annotations
@@ -12,55 +18,127 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+from .config import KAGGLE_INPUT, on_kaggle, project_root
 from .sources import DataError
 
 COMPETITION = "histopathologic-cancer-detection"
+HOW_TO_ADD = (
+    "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
+    "Kaggle → Settings → Create New Token), or put kaggle.json in ~/.kaggle/, or set them in "
+    "the environment, and accept the rules at kaggle.com/c/" + COMPETITION
+)
 
 
-def kaggle_credentials() -> str | None:
-    """Where credentials were found (env vars or kaggle.json), or None."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY environment variables"
-    config = os.environ.get("KAGGLE_CONFIG_DIR")
-    candidates = [Path(config)] if config else []
-    candidates += [Path.home() / ".kaggle", Path.home() / ".config" / "kaggle"]
-    for folder in candidates:
+def kaggle_credentials() -> dict[str, str] | None:
+    """Environment for the Kaggle CLI, from the first source that has credentials, else None.
+
+    Sources, in order: ``KAGGLE_USERNAME``/``KAGGLE_KEY`` in the environment, Colab secrets of
+    the same names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``).
+    """
+    env = dict(os.environ)
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return env
+    secrets = _colab_secrets()
+    if secrets:
+        return {**env, **secrets}
+    config = env.get("KAGGLE_CONFIG_DIR")
+    folders = [Path(config)] if config else []
+    folders += [Path.home() / ".kaggle", Path.home() / ".config" / "kaggle"]
+    for folder in folders:
         if (folder / "kaggle.json").is_file():
-            return str(folder / "kaggle.json")
+            return {**env, "KAGGLE_CONFIG_DIR": str(folder)}
     return None
 
 
-def download_competition(out: str | os.PathLike = "data/full") -> Path:
-    """Download and unzip the competition into ``out`` (train/, test/, train_labels.csv…)."""
-    out = Path(out)
-    if kaggle_credentials() is None:
-        raise DataError(
-            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (on Colab: add them as "
-            "Colab secrets) or put kaggle.json in ~/.kaggle/ (Kaggle → Settings → Create New "
-            "Token), and accept the competition rules on its Kaggle page"
-        )
-    if shutil.which("kaggle") is None:
-        raise DataError("the kaggle command is not installed: pip install 'pcamlib[kaggle]'")
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(out)], check=True
-    )
-    archive = out / f"{COMPETITION}.zip"
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(out)
-    archive.unlink()
-    return out
-
-
-def credentials_from_colab_secrets() -> bool:
-    """Copy KAGGLE_USERNAME/KAGGLE_KEY from Colab secrets into the environment (never to disk)."""
+def _colab_secrets() -> dict[str, str] | None:
     try:
         from google.colab import userdata  # only importable on Colab
     except ImportError:
-        return False
+        return None
     try:
-        os.environ["KAGGLE_USERNAME"] = userdata.get("KAGGLE_USERNAME")
-        os.environ["KAGGLE_KEY"] = userdata.get("KAGGLE_KEY")
-    except Exception:  # secret missing or notebook access not granted
-        return False
-    return True
+        found = {name: userdata.get(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    except Exception:  # secret missing, or this notebook was not granted access
+        return None
+    return found if all(found.values()) else None
+
+
+def resolve_out(out: str | os.PathLike) -> Path:
+    """A relative ``out`` is relative to the project root, wherever the command runs from."""
+    out = Path(out).expanduser()
+    return out if out.is_absolute() else project_root() / out
+
+
+def download_competition(out: str | os.PathLike = "data/full", *, force: bool = False) -> Path:
+    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…).
+
+    Returns at once when ``out`` already holds the unpacked data, unless ``force``.
+    """
+    out = resolve_out(out)
+    if (out / "train_labels.csv").is_file() and not force:
+        return out
+    env = kaggle_credentials()
+    if env is None:
+        raise DataError(f"no Kaggle credentials: {HOW_TO_ADD}")
+    if shutil.which("kaggle") is None:
+        raise DataError("the kaggle command is not installed: pip install 'pcamlib[kaggle]'")
+    archive = _fetch_archive(out.with_name(out.name + ".download"), env)
+    _unpack(archive, out)
+    shutil.rmtree(archive.parent, ignore_errors=True)
+    return out
+
+
+def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
+    """The competition zip in ``folder``, downloaded (with the CLI's progress bar) if needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / f"{COMPETITION}.zip"
+    if archive.is_file() and zipfile.is_zipfile(archive):  # a finished earlier download
+        return archive
+    for _ in range(2):
+        command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0:
+            raise DataError(
+                f"kaggle download failed (exit {done.returncode}); check the credentials and "
+                f"that you accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
+            )
+        if archive.is_file() and zipfile.is_zipfile(archive):
+            return archive
+        archive.unlink(missing_ok=True)  # truncated: fetch it again, once
+    raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
+
+
+def _unpack(archive: Path, out: Path) -> None:
+    """Unzip into ``out.partial`` with progress, then rename: ``out`` appears only whole."""
+    from tqdm.auto import tqdm
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for member in tqdm(members, desc="unpacking", unit="file", mininterval=1):
+            zf.extract(member, partial)
+    if not (partial / "train_labels.csv").is_file():
+        raise DataError(f"{archive}: the archive has no train_labels.csv")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+
+
+def get_full_data(out: str | os.PathLike = "data/full") -> Path | None:
+    """The notebooks' one call: the full data in ``out`` when credentials exist, else None.
+
+    Without credentials it prints one line saying how to add them, and the series goes on
+    with the embedded sample. On Kaggle Notebooks it returns the attached competition input.
+    """
+    if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
+        return KAGGLE_INPUT
+    out = resolve_out(out)
+    if (out / "train_labels.csv").is_file():
+        return out
+    if kaggle_credentials() is None:
+        print(
+            "No Kaggle credentials: the series uses the embedded sample. "
+            f"To get the full data, {HOW_TO_ADD}."
+        )
+        return None
+    return download_competition(out)

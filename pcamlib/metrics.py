@@ -10,10 +10,10 @@ from sklearn import metrics as skm
 from tqdm import tqdm
 
 from .augment import N_DIHEDRAL, dihedral, dihedral_views
+from .checks import first_bad, labels01
 
 __all__ = [
     "binary_metrics",
-    "calibration_bins",
     "dihedral",
     "dihedral_views",
     "expected_calibration_error",
@@ -23,57 +23,29 @@ __all__ = [
 ]
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python values, so messages read ``2`` rather than ``np.int64(2)``."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _first_bad(mask: np.ndarray, values: np.ndarray, what: str, limit: int = 5) -> str:
-    """Describe the first few offending rows so the caller can find them."""
-    rows = np.flatnonzero(mask)
-    shown = ", ".join(f"row {i}: {_plain(values[i])!r}" for i in rows[:limit])
-    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
-    return f"{len(rows)} {what}: {shown}{more}"
-
-
 def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
     """Check labels/probabilities once, so every metric and plot fails with the same message."""
-    yt = np.asarray(y_true)
+    yt = labels01(y_true, "y_true")
     yp = np.asarray(y_prob)
-    if yt.ndim == 2 and yt.shape[1] == 1:
-        yt = yt[:, 0]
     if yp.ndim == 2 and yp.shape[1] == 1:
         yp = yp[:, 0]
-    if yt.ndim != 1 or yp.ndim != 1:
-        raise ValueError(
-            f"y_true and y_prob must be 1-D (or (N, 1)); got shapes {yt.shape} and {yp.shape}"
-        )
+    if yp.ndim != 1:
+        raise ValueError(f"y_prob must be 1-D (or (N, 1)); got shape {yp.shape}")
     if len(yt) != len(yp):
         raise ValueError(f"y_true has {len(yt)} rows but y_prob has {len(yp)}")
-    if len(yt) == 0:
-        raise ValueError("y_true and y_prob are empty")
-    if yt.dtype == bool:
-        yt = yt.astype(np.int64)
-    if not np.issubdtype(yt.dtype, np.number):
-        raise ValueError(f"y_true must be numeric 0/1 labels; got dtype {yt.dtype}")
-    bad = ~np.isin(yt, (0, 1))
-    if bad.any():
-        raise ValueError(
-            "y_true must contain only 0/1 labels; " + _first_bad(bad, yt, "bad labels")
-        )
     if not np.issubdtype(yp.dtype, np.number) or np.issubdtype(yp.dtype, np.complexfloating):
         raise ValueError(f"y_prob must be real probabilities; got dtype {yp.dtype}")
     yp = yp.astype(np.float64)
     bad = ~np.isfinite(yp)
     if bad.any():
-        raise ValueError("y_prob must be finite; " + _first_bad(bad, yp, "non-finite values"))
+        raise ValueError("y_prob must be finite; " + first_bad(bad, yp, "non-finite values"))
     bad = (yp < 0.0) | (yp > 1.0)
     if bad.any():
         raise ValueError(
             "y_prob must lie in [0, 1] (sigmoid outputs, not logits); "
-            + _first_bad(bad, yp, "values outside [0, 1]")
+            + first_bad(bad, yp, "values outside [0, 1]")
         )
-    return yt.astype(np.int64), yp
+    return yt, yp
 
 
 def require_both_classes(yt: np.ndarray) -> None:
@@ -87,30 +59,18 @@ def require_both_classes(yt: np.ndarray) -> None:
         )
 
 
-def calibration_bins(y_true: Any, y_prob: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per-bin counts, mean predicted probability and observed tumour rate for calibration."""
+def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
+    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over equal-width bins of p.
+
+    The bins are those of :func:`sklearn.calibration.calibration_curve` (``strategy="uniform"``),
+    which gives the per-bin rates but not the counts n_b: (e_i, e_i+1], the first also holding 0.
+    Summed per bin, n_b * (mean p_b - rate_b) is just the sum of (p - y) over the bin.
+    """
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
     yt, yp = validate_binary(y_true, y_prob)
-    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
-    # Bins are [e_i, e_{i+1}); the last bin also holds p == 1.0.
-    idx = np.clip(np.searchsorted(edges, yp, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(np.int64)
-    sum_p = np.bincount(idx, weights=yp, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=yt, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_prob = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
-        frac_pos = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
-    return {"edges": edges, "count": count, "mean_prob": mean_prob, "frac_pos": frac_pos}
-
-
-def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
-    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over equal-width bins of p."""
-    bins = calibration_bins(y_true, y_prob, n_bins)
-    filled = bins["count"] > 0
-    weights = bins["count"][filled] / bins["count"].sum()
-    gaps = np.abs(bins["frac_pos"][filled] - bins["mean_prob"][filled])
-    return float(np.sum(weights * gaps))
+    bins = np.searchsorted(np.linspace(0.0, 1.0, int(n_bins) + 1)[1:-1], yp)
+    return float(np.abs(np.bincount(bins, weights=yp - yt)).sum() / len(yp))
 
 
 def binary_metrics(

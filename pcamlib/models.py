@@ -8,15 +8,19 @@ training. Built from ``keras`` alone, so the same code runs on TensorFlow, JAX o
 
 from __future__ import annotations
 
+import os
+import urllib.error
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
+from .limits import MODEL_NAMES, SettingError, spelled
+
 PATCH_SHAPE = (96, 96, 3)
-MODEL_NAMES = ("cnn1", "cnn2", "vgg16", "vgg19", "resnet50", "pcamnet")
 BACKBONES = {
     "vgg16": (keras.applications.VGG16, 0.3),
     "vgg19": (keras.applications.VGG19, 0.3),
@@ -97,8 +101,12 @@ class TopBlock:
 
 
 def _probability(x):
-    """Sigmoid output kept in float32 so mixed-precision training stays numerically stable."""
-    return layers.Dense(1, activation="sigmoid", dtype="float32", name="tumor_prob")(x)
+    """The ``tumor_logit`` Dense, then a sigmoid ``tumor_prob``; float32 for mixed precision.
+
+    Naming the logit lets Grad-CAM (and anyone) take gradients before the sigmoid saturates.
+    """
+    x = layers.Dense(1, dtype="float32", name="tumor_logit")(x)
+    return layers.Activation("sigmoid", dtype="float32", name="tumor_prob")(x)
 
 
 def _patch_input() -> keras.KerasTensor:
@@ -147,9 +155,11 @@ def backbone_model(
     """VGG16/VGG19/ResNet50 with the reference's head.
 
     Head: Flatten→BN→Dense16→Dropout→Dense8→Dropout→BN→Dense1 (dropout 0.3 VGG, 0.5 ResNet).
-    ``trainable=False`` freezes the backbone and runs it in inference mode
-    (``backbone(x, training=False)``) so its BatchNorm statistics survive later fine-tuning;
-    ``weights=None, trainable=True`` trains it from scratch.
+    The backbone's layers sit directly in the returned model (``input_tensor=``), so every
+    feature map has a name there (Grad-CAM uses ``block5_conv3`` / ``conv5_block3_out``).
+    ``trainable=False`` freezes the backbone; a frozen BatchNormalization runs in inference
+    mode in Keras 3, so its ImageNet statistics stay. To fine-tune later, unfreeze all but the
+    BatchNormalization layers. ``weights=None, trainable=True`` trains it from scratch.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
@@ -157,15 +167,17 @@ def backbone_model(
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
     factory, default_rate = BACKBONES[name]
     rate = default_rate if drop_rate is None else drop_rate
-    backbone = factory(weights=weights, include_top=False, input_shape=(image_size, image_size, 3))
-    backbone.trainable = trainable
+    source = str(fetch_imagenet_weights(name)) if weights == "imagenet" else None
     inputs = _patch_input()
     x = inputs
     if image_size != PATCH_SHAPE[0]:
         x = layers.Resizing(image_size, image_size, name="resize")(x)
     x = CaffePreprocess(name="imagenet_preprocess")(x)
-    x = backbone(x, training=False) if not trainable else backbone(x)
-    x = layers.Flatten(name="flatten")(x)
+    # Built on our own tensor, so its layers are this model's layers (block5_conv3 is
+    # model.get_layer("block5_conv3")) rather than one nested model.
+    backbone = factory(weights=source, include_top=False, input_tensor=x)
+    backbone.trainable = trainable  # frozen BatchNormalization runs in inference mode
+    x = layers.Flatten(name="flatten")(backbone.output)
     x = layers.BatchNormalization(name="head_bn1")(x)
     x = layers.Dense(16, activation="relu", name="head_dense16")(x)
     x = layers.Dropout(rate, name="head_dropout1")(x)
@@ -219,22 +231,91 @@ def parameter_table(models: dict[str, keras.Model]):
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+# The ImageNet files keras.applications loads for include_top=False: (origin folder, hash).
+_KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+IMAGENET_FILES = {
+    "vgg16": ("vgg16/", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "6d6bbae143d832006294945121d1f1fc"),
+    "vgg19": ("vgg19/", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+              "253f8cb515780f3b799900260a226db6"),
+    "resnet50": ("resnet/", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 "4d473c1dd8becc155b73f8504c6f6626"),
+}  # fmt: skip
+
+
+class WeightsUnavailable(SettingError):
+    """Explicit ImageNet weights that cannot be had: why, where to put them, the alternative."""
+
+    def __init__(self, model: str, path: Path, url: str, reason: str):
+        def text(style: str) -> str:
+            return (
+                f"{reason}; put a copy of {url} in {path.parent}/ (Keras' cache, "
+                f"$KERAS_HOME/models when set), or use {spelled('weights', None, style)} "
+                f"to train {model} from scratch"
+            )
+
+        super().__init__("weights", "imagenet", text)
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded files: $KERAS_HOME, else ~/.keras (/tmp/.keras read-only)."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"])
+    home = os.path.expanduser("~")
+    return Path(home if os.access(home, os.W_OK) else "/tmp") / ".keras"
+
+
+def fetch_imagenet_weights(name: str) -> Path:
+    """The ImageNet weights file of backbone ``name``: from Keras' cache, else downloaded.
+
+    Fails in one line (:class:`WeightsUnavailable`) without network or with a corrupt copy,
+    before any model is built, so a run asked for ImageNet never starts from random weights.
+    """
+    if name not in IMAGENET_FILES:
+        raise SettingError(
+            "weights", "imagenet", f"{name} has no pretrained weights; only {', '.join(BACKBONES)}"
+        )
+    folder, fname, file_hash = IMAGENET_FILES[name]
+    url = _KERAS_WEIGHTS + folder + fname
+    path = keras_cache_dir() / "models" / fname
+    had_copy = path.is_file()
+    try:
+        found = keras.utils.get_file(
+            fname,
+            url,
+            cache_dir=str(keras_cache_dir()),
+            cache_subdir="models",
+            file_hash=file_hash,
+        )
+    except Exception as exc:  # Keras wraps URLError/HTTPError in a bare Exception
+        cause = exc.__context__ if isinstance(exc.__context__, urllib.error.URLError) else exc
+        why = str(getattr(cause, "reason", cause)).splitlines()[0]
+        if isinstance(exc, ValueError):  # downloaded, but the checksum does not match
+            reason = f"the download of {fname} is corrupt ({why})"
+        elif had_copy:
+            reason = (
+                f"the cached {fname} is incomplete or corrupt and cannot be downloaded again "
+                f"(no network? {why})"
+            )
+        else:
+            reason = f"cannot download {fname} (no network? {why})"
+        raise WeightsUnavailable(name, path, url, reason) from None
+    return Path(found)
+
+
 def resolve_weights(weights: str | None, probe: str = "vgg16") -> str | None:
-    """'imagenet' if the ImageNet weights can be loaded here (cached or downloadable), else None.
+    """'imagenet' if the ImageNet weights can be had here (cached or downloadable), else None.
 
     Keeps the series running on offline machines: transfer learning then starts from random
-    weights, with a warning that says so, instead of crashing on the download.
+    weights, with a warning that says why and what to do, instead of crashing on the download.
+    An explicit ``TrainConfig(weights="imagenet")`` never falls back: it is refused instead.
     """
     if weights != "imagenet":
         return weights
     try:
-        BACKBONES[probe][0](weights="imagenet", include_top=False, input_shape=PATCH_SHAPE)
-    except Exception as exc:  # no network, blocked URL, proxy…
-        warnings.warn(
-            f"ImageNet weights are not available here ({type(exc).__name__}); "
-            "backbones start from random weights (weights=None)",
-            stacklevel=2,
-        )
+        fetch_imagenet_weights(probe)
+    except WeightsUnavailable as exc:
+        warnings.warn(f"{exc}; backbones start from random weights (weights=None)", stacklevel=2)
         return None
     return "imagenet"
 

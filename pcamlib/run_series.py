@@ -1,17 +1,103 @@
-"""Execute the notebook series in order, in place: ``python -m pcamlib.run_series notebooks``.
+"""The series' files: execute the notebooks in order, in place, and keep their set-up in sync.
 
-Used by ``make run``. Each notebook runs top to bottom in a fresh kernel with its own folder
-as working directory; outputs are stored in the notebook, artefacts go to ``outputs/``.
-A failing cell stops the series with the notebook and cell named.
+``python -m pcamlib.run_series notebooks`` (``make run``) runs each notebook top to bottom in
+a fresh kernel with its own folder as working directory; outputs are stored in the notebook
+(without execution timestamps), artefacts go to ``outputs/``. A failing cell stops the series
+with the notebook and cell named.
+
+``python -m pcamlib.run_series --sync notebooks`` (``make sync``) writes the set-up cell and the
+Colab/Kaggle badges of every notebook from :data:`SETUP_CELL` and the repository URL in
+``pyproject.toml`` (``[project.urls] Repository``): the one place a fork edits.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The first code cell of every notebook. It must work where pcamlib is not installed yet, so
+# it uses only the standard library until pcamlib is importable, then makes one call.
+SETUP_CELL = """\
+# Set-up, the same in every notebook: where pcamlib is not importable (a fresh Colab or Kaggle
+# runtime, a Jupyter outside the project's venv) it installs it from the enclosing clone, or
+# clones REPO first. No restart needed; running it again is harmless. `make sync` writes REPO.
+import importlib.util, os, pathlib, sys  # noqa: E401, I001
+
+OUTPUTS = ""  # "" = the project's outputs/; "drive" (Colab) or a folder: kept across sessions
+REPO = "{repo}.git"
+python, here = sys.executable, pathlib.Path.cwd().resolve()
+home = next((p for p in (here, *here.parents) if (p / "data" / "sample").is_dir()), None)
+if home is None:  # not inside a clone (Colab, Kaggle): clone beside the working folder
+    home = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else here) / "pcamlib"
+    if not (home / "pyproject.toml").is_file():
+        !git clone -q --depth 1 {{REPO}} "{{home}}"
+if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:  # not installed
+    !"{{python}}" -m pip install -q "{{home}}"
+    importlib.invalidate_caches()
+from pcamlib.notebook import start  # noqa: E402
+
+S = start(home, outputs=OUTPUTS)"""
+
+BADGES = (
+    "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    "(https://colab.research.google.com/github/{slug}/blob/main/notebooks/{name}) "
+    "[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]"
+    "(https://kaggle.com/kernels/welcome?src={repo}/blob/main/notebooks/{name})"
+)
+BADGE_LINE = re.compile(r"^\[!\[Open in Colab\].*$", re.MULTILINE)
+
+
+def repository_url(pyproject: str | Path = "pyproject.toml") -> str:
+    """``[project.urls] Repository`` of pyproject.toml, e.g. https://github.com/pcamlib/pcamlib."""
+    match = re.search(
+        r'^Repository\s*=\s*"(https://github\.com/[^"]+?)/?"', Path(pyproject).read_text(), re.M
+    )
+    if match is None:
+        raise SystemExit(f'{pyproject}: no [project.urls] Repository = "https://github.com/…"')
+    return match.group(1)
+
+
+def synced(notebook, name: str, repo: str) -> bool:
+    """Write the set-up cell and badges into ``notebook``; True if anything changed."""
+    slug = repo.removeprefix("https://github.com/")
+    title, setup = notebook.cells[0], notebook.cells[1]
+    source = BADGE_LINE.sub(BADGES.format(slug=slug, repo=repo, name=name), title.source)
+    changed = (title.source, setup.source) != (source, SETUP_CELL.format(repo=repo))
+    title.source, setup.source = source, SETUP_CELL.format(repo=repo)
+    return changed
+
+
+def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None = None) -> list[str]:
+    """Rewrite the set-up cell and badges of every notebook in ``folder``; the changed names."""
+    import nbformat
+
+    folder = Path(folder)
+    repo = repository_url(pyproject or folder.resolve().parent / "pyproject.toml")
+    changed = []
+    for path in notebook_paths(folder):
+        notebook = nbformat.read(path, as_version=4)
+        if synced(notebook, path.name, repo):
+            nbformat.write(notebook, path)
+            changed.append(path.name)
+    return changed
+
+
+def notebook_paths(folder: str | Path) -> list[Path]:
+    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise SystemExit(f"{folder}: no NN_*.ipynb notebooks found")
+    return paths
+
+
+def without_timestamps(notebook):
+    """Drop per-cell execution timestamps: re-running the series leaves only real changes."""
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)
+    return notebook
 
 
 def quiet_kernels() -> Path:
@@ -36,8 +122,9 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
     from nbclient.exceptions import CellExecutionError
 
     quiet_kernels()
+    sync_series(folder)
     times = []
-    for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
+    for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)
         start = time.perf_counter()
         print(f"running {path} …", flush=True)
@@ -50,16 +137,18 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
         try:
             client.execute()
         except CellExecutionError as exc:
-            nbformat.write(notebook, path)
+            nbformat.write(without_timestamps(notebook), path)
             message = f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
             raise SystemExit(message) from None
-        nbformat.write(notebook, path)
+        nbformat.write(without_timestamps(notebook), path)
         times.append((path.name, time.perf_counter() - start))
         print(f"  done in {times[-1][1]:.0f} s", flush=True)
-    if not times:
-        raise SystemExit(f"{folder}: no NN_*.ipynb notebooks found")
     return times
 
 
 if __name__ == "__main__":
-    run_series(sys.argv[1] if len(sys.argv) > 1 else "notebooks")
+    args = sys.argv[1:]
+    if args[:1] == ["--sync"]:
+        print("synced:", ", ".join(sync_series(*args[1:2])) or "nothing to change")
+    else:
+        run_series(args[0] if args else "notebooks")

@@ -5,7 +5,8 @@
 * PCam HDF5 release: ``camelyonpatch_level_2_split_<split>_{x,y}.h5`` (+ optional meta csv
   whose ``wsi`` column gives the slide of each patch);
 * class folders: ``DIR/0/*`` and ``DIR/1/*`` (tif, png or jpg), or ``DIR/<split>/{0,1}``;
-* TensorFlow Datasets ``tfds:patch_camelyon`` when tensorflow-datasets is installed.
+* TensorFlow Datasets ``tfds:patch_camelyon`` (``tfds_source``, which builds on this module;
+  ``cache.load_patches`` dispatches to it, so imports flow one way).
 
 A source lists items and decodes one of them; packing (``cache.py``) does the rest. Listing
 problems (a label row without a file, a file without a label, duplicate ids, labels that are
@@ -25,6 +26,8 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+
+from .checks import few, not01
 
 PATCH_SHAPE = (96, 96, 3)
 PATCH_BYTES = 96 * 96 * 3
@@ -64,11 +67,10 @@ class Problem:
 
 
 def format_problems(problems: list[Problem], header: str, limit: int = 50) -> str:
-    lines = [f"{header}: {len(problems)} bad item(s)"]
-    lines += [f"  {p.id} ({p.where}): {p.reason}" for p in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  … and {len(problems) - limit} more (DataError.problems has them all)")
-    return "\n".join(lines)
+    """``header: N bad item(s)`` then one indented line per item, the first ``limit`` of them."""
+    listed = " (all in DataError.problems)" if len(problems) > limit else ""
+    lines = few(problems, limit, fmt=lambda p: f"{p.id} ({p.where}): {p.reason}", sep="\n  ")
+    return f"{header}: {len(problems)} bad item(s){listed}\n  {lines}"
 
 
 def check_patch(image: np.ndarray, where: str) -> np.ndarray:
@@ -226,13 +228,6 @@ class PatchSource:
         return h.hexdigest()
 
 
-def _is_binary_label(text: str) -> bool:
-    try:
-        return float(text) in (0.0, 1.0)
-    except ValueError:
-        return False
-
-
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
     """Kaggle's ``id,label`` csv → (valid rows, problems naming each bad row).
 
@@ -253,16 +248,14 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
         )
     frame["id"] = frame["id"].str.strip()
     frame["row"] = np.arange(2, len(frame) + 2)  # csv line numbers (line 1 is the header)
-    problems, bad = [], np.zeros(len(frame), bool)
-    for k, (item_id, label, row) in enumerate(
-        zip(frame["id"], frame["label"], frame["row"], strict=True)
-    ):
-        if not item_id:
-            problems.append(Problem(f"line {row}", str(csv_path), "empty id"))
-            bad[k] = True
-        elif not _is_binary_label(label):
-            problems.append(Problem(item_id, f"{csv_path}:{row}", f"label {label!r} is not 0/1"))
-            bad[k] = True
+    no_id = (frame["id"] == "").to_numpy()
+    bad = no_id | not01(pd.to_numeric(frame["label"], errors="coerce"))
+    problems = [
+        Problem(f"line {row}", str(csv_path), "empty id")
+        if not item_id
+        else Problem(item_id, f"{csv_path}:{row}", f"label {label!r} is not 0/1")
+        for item_id, label, row in frame[bad][["id", "label", "row"]].itertuples(index=False)
+    ]
     dup = frame["id"].duplicated(keep=False) & ~bad
     for item_id, rows in frame[dup].groupby("id", sort=False)["row"]:
         lines = ",".join(map(str, rows))
@@ -451,9 +444,9 @@ def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
             raise DataError(f"{y_path}: {len(y)} labels for {shape[0]} images in {x_path.name}")
         problems = [
             Problem(ids[i], f"{y_path}[{i}]", f"label {y[i].item()!r} is not 0/1")
-            for i in np.flatnonzero(~np.isin(y, (0, 1)))
+            for i in np.flatnonzero(not01(y))
         ]
-        labels = np.where(np.isin(y, (0, 1)), y, -1).astype(np.int8)
+        labels = np.where(not01(y), -1, y).astype(np.int8)
     groups = None
     meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
     if meta.is_file():
@@ -496,14 +489,15 @@ def open_source(
     split: str = "train",
     groups_csv: str | os.PathLike | None = None,
 ) -> PatchSource:
-    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test')."""
+    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
+
+    ``tfds:`` specs are opened by :func:`pcamlib.tfds_source.tfds_source` (``load_patches``
+    accepts both).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    text = str(spec)
-    if text.startswith("tfds:"):
-        from .tfds_source import tfds_source
-
-        return tfds_source(text, split)
+    if str(spec).startswith("tfds:"):
+        raise DataError(f"{spec}: open TFDS data with load_patches or tfds_source.tfds_source")
     root = Path(spec)
     if not root.exists():
         raise DataError(f"{root}: data path does not exist")

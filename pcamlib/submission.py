@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SubmissionError", "check_submission", "expected_test_ids", "write_submission"]
+__all__ = [
+    "SubmissionError",
+    "check_submission",
+    "expected_test_ids",
+    "is_kaggle_test",
+    "missing_ids",
+    "write_submission",
+]
 
 COLUMNS = ("id", "label")
 _SHOW = 5
@@ -30,15 +37,27 @@ def _few(values: Iterable[Any], quote: bool = True) -> str:
 
 
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Test ids from ``sample_submission.csv`` (file order) or a dir of ``<id>.tif`` (sorted)."""
+    """Every test id a submission must cover, from a dataset root, its test folder or its csv.
+
+    A dataset root (as ``pcam … --data`` takes) gives its ``sample_submission.csv`` (file
+    order) or else its ``test/`` listing; a folder of ``<id>.tif`` gives its ids (sorted); a
+    csv gives its ``id`` column (file order).
+    """
     p = Path(path)
     if p.is_dir():
-        ids = sorted(f.stem for f in p.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
+        if (p / "sample_submission.csv").is_file():
+            return expected_test_ids(p / "sample_submission.csv")
+        folder = p / "test" if (p / "test").is_dir() else p
+        ids = sorted(f.stem for f in folder.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
         if not ids:
-            raise SubmissionError(f"no .tif files in test directory {p}")
+            raise SubmissionError(
+                f"no .tif files in test directory {folder}, and no sample_submission.csv in {p}"
+            )
         return ids
     if not p.is_file():
-        raise FileNotFoundError(f"{p} is neither a sample_submission.csv nor a test directory")
+        raise FileNotFoundError(
+            f"{p}: neither a dataset folder, a test directory nor a sample_submission.csv"
+        )
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     if "id" not in frame.columns:
         raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
@@ -47,6 +66,28 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     if dup:
         raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {_few(dup)}")
     return ids
+
+
+def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
+    """Does ``path`` hold a Kaggle test set (a sample_submission.csv or test .tif files)?"""
+    p = Path(path)
+    if not p.is_dir():
+        return p.name == "sample_submission.csv" and p.is_file()
+    folder = p / "test" if (p / "test").is_dir() else p
+    return (p / "sample_submission.csv").is_file() or any(
+        f.suffix.lower() in (".tif", ".tiff") for f in folder.iterdir()
+    )
+
+
+def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> None:
+    """Refuse to predict a submission that could not cover every expected test id."""
+    have = set(have)
+    missing = [str(i) for i in expected if str(i) not in have]
+    if missing:
+        raise SubmissionError(
+            f"{where} lacks {len(missing)} test id(s) a submission must cover: {_few(missing)} "
+            "(packed with --exclude-bad? fix or restore those files and pack again)"
+        )
 
 
 def _read(path_or_frame: Any) -> tuple[pd.DataFrame, str]:

@@ -1,9 +1,9 @@
 """TensorFlow Datasets' ``patch_camelyon`` as a pcamlib source (``pip install "pcamlib[tfds]"``).
 
-``open_source("tfds:patch_camelyon", split)`` (or ``load_patches("tfds:patch_camelyon")``)
-lands here. TFDS downloads and prepares the data (7.5 GB) into its data dir
-(``TFDS_DATA_DIR``, default ``~/tensorflow_datasets``) the first time; pcamlib then packs the
-split once, like any other source. ``tfds:NAME/SPLIT`` names a TFDS split explicitly.
+``load_patches("tfds:patch_camelyon")`` (or ``pcam pack tfds:patch_camelyon``) lands here.
+TFDS downloads and prepares the data (7.5 GB) into its data dir (``TFDS_DATA_DIR``, default
+``~/tensorflow_datasets``) the first time; pcamlib then packs the split once, like any other
+source. ``tfds:NAME/SPLIT`` names a TFDS split explicitly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .sources import DataError, PatchSource, check_patch
+from .sources import SPLITS, DataError, PatchSource, check_patch
 
 TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 INSTALL_HINT = (
@@ -73,6 +73,8 @@ def _text(value) -> str:
 
 def tfds_source(spec: str, split: str = "train", download: bool = True) -> TfdsSource:
     """``tfds:patch_camelyon[/TFDS_SPLIT]`` → a source; downloads and prepares it when asked."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     tfds = _import_tfds()
     name, _, explicit = spec.removeprefix("tfds:").partition("/")
     tfds_split = explicit or TFDS_SPLITS.get(split, split)

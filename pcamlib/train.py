@@ -10,7 +10,9 @@
 * ``last.keras``: the resume point after the last finished epoch (weights, optimizer state,
   whose step counter drives the LR schedule, and the run state: epoch, best, patience,
   history). The state is stored *inside* the same file, so one atomic rename moves both and
-  they can never disagree; ``state.json`` is a readable copy;
+  they can never disagree. It is the one authority: ``history.csv`` and ``state.json`` are
+  readable copies written right after it, so a kill between the writes can leave them one
+  epoch behind, and resuming rewrites them from ``last.keras`` before training goes on;
 * ``final.keras``: the model when training ended (the last epoch run, not the best one);
 * ``tensorboard/`` when ``config.tensorboard``.
 
@@ -38,6 +40,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from .augment_layers import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, atomic_write_text, load_patches
 from .config import TrainConfig
 from .data import PatchStream, split_indices
@@ -241,12 +244,15 @@ class RunCheckpoint(keras.callbacks.Callback):
             state, self.config.epochs, self.config.early_stopping
         )
         save_model_atomic(self.model, self.run_dir / "last.keras", state)  # the commit point
-        atomic_write_text(self.run_dir / "state.json", json.dumps(state, indent=1))
-        atomic_write_text(
-            self.run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False)
-        )
+        write_readable_copies(self.run_dir, state)
         if state["stopped_early"]:
             self.model.stop_training = True
+
+
+def write_readable_copies(run_dir: Path, state: dict) -> None:
+    """``state.json`` and ``history.csv`` from the state in ``last.keras`` (the authority)."""
+    atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
+    atomic_write_text(run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False))
 
 
 def _normalised(config: TrainConfig) -> dict:
@@ -291,9 +297,14 @@ def train(
     batches of the training split, or the first ``steps_per_epoch`` of them; the next epoch
     starts again from a new order.
     """
-    from .recipes import apply_recipe
+    from .limits import check_paths
+    from .models import fetch_imagenet_weights
 
-    config = apply_recipe(config)
+    # TrainConfig checked its values (and applied its recipe) when it was made; refuse what
+    # the files and the network cannot honour before anything is written.
+    check_paths(config, need_data=cache is None)
+    if config.weights == "imagenet":
+        fetch_imagenet_weights(config.model)
     if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
         missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
         if missing:
@@ -340,11 +351,9 @@ def train(
             train_idx,
             batch_size=batch,
             shuffle=True,
-            augment=config.augment,
-            shift=config.shift,
-            color_jitter=config.color_jitter,
             seed=config.seed,
             workers=config.workers,
+            **host_augmentation(config),  # nothing when config.augment_on == "model"
         )
         # Full batches only, for the same reason.
         steps = max(1, len(train_idx) // batch)
@@ -372,10 +381,15 @@ def train(
                     trainable=config.trainable,
                     **config.model_kwargs,
                 )
+                # Stain normalisation and on-device augmentation as the first layers.
+                front = model_front(config, cache.images, train_idx)
+                model = with_input_layers(model, front)
                 compile_model(
                     model, make_optimizer(config, steps, replicas), config.label_smoothing
                 )
             state.update(policy=policy, replicas=replicas)
+            if state["epoch"] and write_dir == run_dir:  # a kill may have left them behind
+                write_readable_copies(run_dir, state)
 
             cbs = [RunCheckpoint(write_dir, state, config, train_data), *(callbacks or [])]
             if config.tensorboard:

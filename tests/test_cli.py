@@ -132,3 +132,51 @@ def test_download_without_credentials_explains_what_to_do(tmp_path, monkeypatch,
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
     assert main(["download", "--out", str(tmp_path / "full")]) == 2
     assert "no Kaggle credentials" in capsys.readouterr().err
+
+
+def test_explicit_flags_win_over_the_recipe_even_when_they_equal_the_defaults(tmp_path, capsys):
+    out = tmp_path / "recipe"
+    flags = [
+        "--epochs",
+        "5",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adam",
+    ]  # all TrainConfig defaults
+    limits = ["--steps-per-epoch", "1", "--val-limit", "16"]
+    args = ["train", "--recipe", "pcam-cpu", "--data", str(SAMPLE_DIR), "--out", str(out)]
+    assert main([*args, *flags, *limits]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epochs"] == 5
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["batch_size"], config["optimizer"]) == (5, 64, "adam")
+    assert config["model"] == "pcamnet" and config["weight_decay"] == 0.0
+
+
+def test_check_submission_takes_the_dataset_root_as_data(run_dir, tmp_path, capsys):
+    sample = pd.read_csv(SAMPLE_DIR / "sample_submission.csv")
+    sub = tmp_path / "sub.csv"
+    sample.assign(label=[(i + 0.5) / len(sample) for i in range(len(sample))]).to_csv(
+        sub, index=False
+    )
+    for data in (SAMPLE_DIR, SAMPLE_DIR / "test", SAMPLE_DIR / "sample_submission.csv"):
+        assert main(["check-submission", str(sub), "--data", str(data)]) == 0, data
+    sample.iloc[1:].assign(label=[0.1 * (i % 9 + 1) for i in range(len(sample) - 1)]).to_csv(
+        sub, index=False
+    )
+    assert main(["check-submission", str(sub), "--data", str(SAMPLE_DIR)]) == 2
+    assert "1 missing id(s)" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_test_cache_that_lacks_ids(run_dir, tmp_path, capsys):
+    root = tmp_path / "kaggle"
+    shutil.copytree(SAMPLE_DIR, root, ignore=shutil.ignore_patterns(".pcam-cache", "train*"))
+    bad = sorted((root / "test").iterdir())[0]
+    bad.write_bytes(b"not a tiff")
+    cache = tmp_path / "test-cache"
+    assert main(["pack", str(root), "--split", "test", "--exclude-bad", "--out", str(cache)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "submission.csv"
+    code = main(["predict", "--model", str(run_dir), "--data", str(cache), "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "left out 1 unreadable item" in capsys.readouterr().err

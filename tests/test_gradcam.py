@@ -13,7 +13,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pcamlib.gradcam import find_target_layer, gradcam, plot_gradcam  # noqa: E402
+from pcamlib.gradcam import find_target_layer, gradcam  # noqa: E402
+from pcamlib.models import build_model  # noqa: E402
+from pcamlib.plots import plot_gradcam  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -118,7 +120,20 @@ def test_sequential_model():
     _check(gradcam(model, IMAGES))
 
 
-def test_sequential_wrapping_a_backbone():
+def test_logit_layer_or_final_sigmoid_activation_is_explained_not_the_probability():
+    red = _red_detector(weight=5000.0)  # saturated: p == 1.0, d p / d map == 0
+    inp = keras.Input((96, 96, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(2, 4, strides=4, use_bias=False, activation="relu", name="conv")(x)
+    x = keras.layers.Dense(1, name="tumor_logit")(keras.layers.GlobalAveragePooling2D()(x))
+    named = keras.Model(inp, keras.layers.Activation("sigmoid", name="tumor_prob")(x))
+    named.set_weights(red.get_weights())
+    heat = gradcam(named, _red_square(1))
+    np.testing.assert_allclose(heat, gradcam(red, _red_square(1)), atol=1e-6)
+    assert heat[(0, *SQUARE)].mean() > 0.85
+
+
+def test_nested_backbone_is_refused_with_the_fix():
     keras.utils.set_random_seed(5)
     b_in = keras.Input((96, 96, 3))
     backbone = keras.Model(
@@ -133,54 +148,27 @@ def test_sequential_wrapping_a_backbone():
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
-    assert find_target_layer(model) == "bb/bconv"
-    _check(gradcam(model, IMAGES))
+    with pytest.raises(ValueError, match="nested model 'bb'.*input_tensor=x"):
+        gradcam(model, IMAGES)
+    with pytest.raises(ValueError, match="no layer named 'bconv'.*input_tensor=x"):
+        gradcam(model, IMAGES, layer_name="bconv")
 
 
-def test_nested_backbone_matches_flat_model():
-    keras.utils.set_random_seed(2)
-    b_in = keras.Input((96, 96, 3))
-    c1 = keras.layers.Conv2D(4, 3, strides=2, activation="relu")
-    c2 = keras.layers.Conv2D(6, 3, strides=2, activation="relu", name="b_last")
-    pool = keras.layers.MaxPooling2D()
-    backbone = keras.Model(b_in, pool(c2(c1(b_in))), name="backbone")
-    resc, flat, dense = (
-        keras.layers.Rescaling(1 / 127.5, offset=-1),
-        keras.layers.Flatten(),
-        keras.layers.Dense(1, activation="sigmoid"),
-    )
-    inp = keras.Input((96, 96, 3), dtype="uint8")
-    nested = keras.Model(inp, dense(flat(backbone(resc(inp)))))
-    flat_model = keras.Model(inp, dense(flat(pool(c2(c1(resc(inp)))))))
-    assert find_target_layer(nested) == "backbone/b_last"
-    np.testing.assert_allclose(gradcam(nested, IMAGES), gradcam(flat_model, IMAGES), atol=1e-5)
-    _check(gradcam(nested, IMAGES, layer_name="backbone/b_last"))
-
-
-def test_vgg16_backbone_with_preprocess_lambda():
+def test_vgg16_backbone_layers_are_reachable():
     keras.utils.set_random_seed(3)
-    backbone = keras.applications.VGG16(weights=None, include_top=False, input_shape=(96, 96, 3))
-    inp = keras.Input((96, 96, 3), dtype="uint8")
-    x = keras.layers.Lambda(
-        lambda t: keras.applications.vgg16.preprocess_input(keras.ops.cast(t, "float32"))
-    )(inp)
-    x = keras.layers.Flatten()(backbone(x))
-    x = keras.layers.Dense(8, activation="relu")(x)
-    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x))
-    assert find_target_layer(model) == "vgg16/block5_conv3"
+    model = build_model("vgg16", weights=None, trainable=False)
+    assert find_target_layer(model) == "block5_conv3"  # block5_pool is skipped
     _check(gradcam(model, IMAGES))
     _check(gradcam(model, IMAGES[:1], layer_name="block4_conv3"), 1)
 
 
-def test_resnet50_backbone_with_resizing():
+def test_resnet50_default_layer_and_a_layer_inside_a_residual_block():
     keras.utils.set_random_seed(4)
-    backbone = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
-    inp = keras.Input((96, 96, 3), dtype="uint8")
-    x = keras.layers.Resizing(64, 64)(keras.layers.Rescaling(1 / 255)(inp))
-    x = keras.layers.GlobalAveragePooling2D()(backbone(x))
-    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x))
-    assert find_target_layer(model) == "resnet50/conv5_block3_out"
+    model = build_model("resnet50", weights=None, image_size=64)
+    assert find_target_layer(model) == "conv5_block3_out"
     _check(gradcam(model, IMAGES[:2]), 2)
+    with pytest.raises(ValueError, match="not on every path"):
+        gradcam(model, IMAGES[:1], layer_name="conv5_block3_2_conv")
 
 
 def test_rejects_models_without_conv_layers():
@@ -209,6 +197,9 @@ imgs[:, 8:24, 64:88, 0] = 255
 heat = gradcam(model, imgs)
 assert heat.shape == (2, 96, 96) and heat[:, 8:24, 64:88].mean() > 0.85, heat.max()
 assert heat[:, 40:, :40].max() == 0.0
+from pcamlib.models import PCamNet
+heat = gradcam(PCamNet(crop=64, widths=(4, 8)), imgs)  # tumor_logit, centre crop
+assert heat.shape == (2, 96, 96) and heat[:, 16:80, 16:80].max() > 0 and heat[:, :16].max() == 0
 p = predict_proba(model, imgs, batch_size=1, tta=8, progress=False)
 assert p.shape == (2,) and np.isfinite(p).all()
 print("jax-ok")

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
 from pcamlib.metrics import (
     binary_metrics,
-    calibration_bins,
     dihedral,
     dihedral_views,
     expected_calibration_error,
@@ -78,11 +78,24 @@ def test_ece_known_values():
     assert binary_metrics(y, p)["ece"] == pytest.approx(0.0)
 
 
-def test_calibration_bins_edges_and_counts():
-    bins = calibration_bins([0, 0, 1, 1], [0.0, 0.1, 0.95, 1.0], n_bins=10)
-    assert bins["count"].tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]  # 0.1 -> bin 1, 1.0 -> last
-    assert np.isnan(bins["mean_prob"][2])
-    assert bins["frac_pos"][9] == 1.0
+def test_ece_matches_calibration_curve():
+    rng = np.random.default_rng(0)
+    p = rng.random(500)
+    y = (rng.random(500) < p**2).astype(int)  # over-confident, so the ECE is far from 0
+    rate, mean_p = calibration_curve(y, p, n_bins=10)
+    counts = np.histogram(p, bins=10, range=(0, 1))[0]  # no p lies on an edge here
+    expected = np.sum(counts[counts > 0] / len(p) * np.abs(rate - mean_p))
+    assert expected > 0.05
+    assert expected_calibration_error(y, p) == pytest.approx(expected)
+
+
+def test_ece_bins_are_calibration_curves_right_closed_bins():
+    # calibration_curve puts p = 0.1 in the first bin [0, 0.1], p = 0.15 in (0.1, 0.2].
+    assert calibration_curve([1, 0], [0.1, 0.15], n_bins=10)[1].tolist() == [0.1, 0.15]
+    assert expected_calibration_error([1, 0], [0.1, 0.15]) == pytest.approx((0.9 + 0.15) / 2)
+    assert expected_calibration_error([0, 1], [0.0, 1.0], n_bins=1) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error([0, 1], [0.2, 0.8], n_bins=0)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ def test_models_take_uint8_patches_and_return_probabilities(name):
     model = build_model(name)
     assert model.inputs[0].dtype == "uint8" and model.inputs[0].name == "patch"
     assert model.layers[-1].name == "tumor_prob"
+    assert model.get_layer("tumor_logit").output.shape == (None, 1)
     rng = np.random.default_rng(0)
     probs = np.asarray(model.predict(rng.integers(0, 256, (3, 96, 96, 3), np.uint8), verbose=0))
     assert probs.shape == (3, 1) and probs.dtype == np.float32
@@ -46,8 +47,8 @@ def test_models_take_uint8_patches_and_return_probabilities(name):
 
 def test_frozen_backbone_trains_only_the_head():
     model = build_model("vgg16", weights=None, trainable=False)
-    backbone = model.get_layer("vgg16")
-    assert not backbone.trainable
+    feature_map = model.get_layer("block5_conv3")  # the backbone's layers are the model's own
+    assert not feature_map.trainable and model.get_layer("head_dense16").trainable
     head = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert head == 73_744 + 136 + 9 + 2 * 8 + 2 * 4608  # dense16, dense8, out, BN γ/β
 

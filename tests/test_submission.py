@@ -140,3 +140,13 @@ def test_sample_data_ids_agree(tmp_path):
     probs = np.random.default_rng(0).random(len(from_dir))
     out = write_submission(from_dir, probs, tmp_path / "s.csv", expected_ids=from_csv)
     assert check_submission(out, from_dir)["id"].tolist() == from_csv
+
+
+@pytest.mark.skipif(not (SAMPLE / "sample_submission.csv").exists(), reason="no data/sample")
+def test_expected_ids_from_a_dataset_root(tmp_path):
+    assert expected_test_ids(SAMPLE) == expected_test_ids(SAMPLE / "sample_submission.csv")
+    root = tmp_path / "root"
+    (root / "test").mkdir(parents=True)
+    for i in IDS[::-1]:
+        (root / "test" / f"{i}.tif").write_bytes(b"")
+    assert expected_test_ids(root) == IDS  # no sample_submission.csv: the test/ listing

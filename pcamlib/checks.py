@@ -1,0 +1,50 @@
+"""Shared input checks: 0/1 labels, and messages that name the first few offenders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["few", "first_bad", "labels01", "not01"]
+
+
+def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: str = ", ") -> str:
+    """The first ``limit`` items, formatted and joined, then ``(+N more)``: short, actionable."""
+    shown = sep.join(fmt(x) for x in items[:limit])
+    more = len(items) - limit
+    return shown + (sep if "\n" in sep else " ") + f"(+{more} more)" if more > 0 else shown
+
+
+def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
+    """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
+    rows = np.flatnonzero(mask)
+    return f"{len(rows)} {what}: " + few(rows, fmt=lambda i: f"row {i}: {_plain(values[i])!r}")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, so messages read ``2`` rather than ``np.int64(2)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def not01(values: Any) -> np.ndarray:
+    """True where a value is not a 0/1 label (NaN, other numbers and non-numbers included)."""
+    return ~np.isin(np.asarray(values), (0, 1))
+
+
+def labels01(values: Any, name: str = "labels") -> np.ndarray:
+    """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
+    y = np.asarray(values)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array (or (N, 1)); got shape {y.shape}")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
+    bad = not01(y)
+    if bad.any():
+        raise ValueError(f"{name} must contain only 0/1 labels; " + first_bad(bad, y, "bad labels"))
+    return y.astype(np.int64)
