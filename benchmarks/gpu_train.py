@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_train.py                            # cnn1, vgg19, resnet50
     python benchmarks/gpu_train.py --steps 5 --models cnn1    # CPU smoke: proves the code path
+    python benchmarks/gpu_train.py --recipe pcam-gpu --cores 2   # the recipe, on 2 host cores
 
 For every model and precision (float32, then mixed: bfloat16 on Ampere+, float16 before), in
 one process and on the same images:
@@ -18,6 +19,11 @@ the training thread, so it adds no synchronisation. Validation and checkpoint wr
 end of pcamlib's epoch are not timed. The cache holds the embedded Kaggle sample replicated
 (or synthetic patches when the sample is missing) to ``--images`` images, at least enough
 that neither side runs out of batches.
+
+``--recipe NAME`` times that recipe instead (its model, batch, precision and augmentation
+placement; the in-memory side is the same model without augmentation). ``--cores N`` pins the
+process to N host CPUs before Keras starts its thread pools, to compare a Colab-like 2-core
+host with a whole one on the same GPU.
 
 Uses the TensorFlow backend when TensorFlow is installed, else JAX (a machine with JAX only
 needs ``jax`` + ``keras``); ``KERAS_BACKEND`` overrides. Imports nothing from TensorFlow
@@ -39,6 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+
+def pin_cores(argv: list[str]) -> int:
+    """Pin this process to the first ``--cores`` CPUs (before any thread pool starts)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--cores", type=int)
+    cores = early.parse_known_args(argv)[0].cores
+    if cores:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+    return len(os.sched_getaffinity(0))
+
+
+CORES = pin_cores(sys.argv[1:])
 if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
     os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -135,7 +153,7 @@ def in_memory_rate(config: TrainConfig, x, y, args) -> float:
         scope, replicas = distribution(config.strategy)
         with scope:
             keras.utils.set_random_seed(config.seed)
-            model = build_model(config.model, image_size=config.image_size)
+            model = build_model(config.model, image_size=config.image_size, **config.model_kwargs)
             compile_model(model, make_optimizer(config, steps, replicas))
             batch = config.batch_size * replicas
             model.fit(
@@ -189,9 +207,13 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating repeats (median)")
     parser.add_argument("--strategy", default="none", help="pcamlib strategy (none: one device)")
     parser.add_argument("--workdir", help="scratch folder kept between runs (default: temporary)")
+    parser.add_argument("--cores", type=int, help="pin to N host CPUs (default: all)")
+    parser.add_argument("--recipe", help="time this recipe (e.g. pcam-gpu) instead of --models")
     args = parser.parse_args(argv)
-    models = args.models.split(",")
-    if unknown := set(models) - set(MODELS):
+    models = [args.recipe] if args.recipe else args.models.split(",")
+    if args.recipe:
+        args.batch = TrainConfig(recipe=args.recipe).batch_size
+    if not args.recipe and (unknown := set(models) - set(MODELS)):
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pcam-gpu-bench-"))
@@ -205,25 +227,27 @@ def main(argv=None) -> None:
         print(
             f"{device_name()}, Keras {keras.__version__} on {keras.backend.backend()}; {what}; "
             f"batch {args.batch}×{replicas}; {args.steps} timed steps after {args.warmup}; "
-            f"median of {args.rounds} round(s)"
+            f"median of {args.rounds} round(s); {CORES} host CPU cores"
         )
         rows = [("model", "precision", "pcamlib img/s", "in-memory img/s", "pcamlib/in-memory")]
         for name in models:
             for mode in args.precisions.split(","):
-                config = TrainConfig(
-                    model=name,
+                run = dict(
                     data=str(cache.path),
                     out=str(work / "run"),
-                    image_size=MODELS[name],
                     epochs=1,
-                    batch_size=args.batch,
                     steps_per_epoch=args.warmup + args.steps,
-                    lr=1e-4,
                     val_fraction=VAL_FRACTION,
                     seed=0,
                     mixed_precision=mode,
                     strategy=args.strategy,
                 )
+                if args.recipe:  # the recipe's model, batch and augmentation
+                    config = TrainConfig(recipe=name, **run)
+                else:
+                    config = TrainConfig(
+                        model=name, image_size=MODELS[name], batch_size=args.batch, lr=1e-4, **run
+                    )
                 ours, theirs = [], []
                 for r in range(args.rounds):
                     for side in ("pcamlib", "memory") if r % 2 == 0 else ("memory", "pcamlib"):
@@ -235,7 +259,13 @@ def main(argv=None) -> None:
                 a, b = statistics.median(ours), statistics.median(theirs)
                 policy = precision_policy(mode)
                 rows.append(
-                    (f"{name}@{MODELS[name]}", policy, f"{a:,.0f}", f"{b:,.0f}", f"{a / b:.2f}×")
+                    (
+                        f"{name}@{config.image_size}",
+                        policy,
+                        f"{a:,.0f}",
+                        f"{b:,.0f}",
+                        f"{a / b:.2f}×",
+                    )
                 )
                 print(f"  … {rows[-1][0]} {policy}: {a:,.0f} vs {b:,.0f} img/s", flush=True)
         print()

@@ -8,9 +8,13 @@ Measures, in one run and on the same images, and prints a table per part:
 
 * feed:  images/s of one epoch of PatchStream batches over the packed memmap vs the
          reference ``ImageDataGenerator(rescale=1/255).flow_from_dataframe(...)`` (PIL decode,
-         resize to 64×64, batch 256);
+         resize to 64×64, batch 256), each host-side augmentation alone, and each recipe's
+         feed as train() builds it ("as trained": read, batch, host augmentation if the
+         recipe augments on the host, hand-off with keras.ops.convert_to_tensor);
 * train: ``model.fit`` throughput of CNNModel1@64 fed by PatchStream vs by the same images
          as an in-memory numpy array (warm-up first, then alternating rounds);
+* model-augment: the in-model augmentation layers of each recipe run on this CPU (what
+         augment_on="model" costs when there is no accelerator);
 * pack:  images/s of ``pcamlib.cache.pack`` (fresh cache, ``--cores`` CPUs) vs a plain
          single-threaded read loop (tifffile for TIFF, Pillow otherwise).
 
@@ -161,11 +165,35 @@ def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
     import contextlib
     import io
 
+    def recipe_feed(name: str):
+        """The recipe's training feed as train() builds it, plus the hand-off to Keras."""
+        import keras
+
+        from pcamlib.augment_layers import host_augmentation
+        from pcamlib.config import TrainConfig
+
+        config = TrainConfig(recipe=name)
+        s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
+                        seed=config.seed, **host_augmentation(config))  # fmt: skip
+
+        def epoch():
+            for i in range(len(s)):
+                x, y = s[i]
+                keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+            s.on_epoch_end()
+
+        return epoch
+
     methods = {
         "ImageDataGenerator.flow_from_dataframe (reference)": reference,
         "PatchStream (memmap, shuffled)": stream(),
         "PatchStream + dihedral augmentation": stream(augment=True),
         "PatchStream + centre crop 64": stream(crop=64),
+        "PatchStream + shift 4 (host)": stream(shift=4),
+        "PatchStream + colour jitter 0.1 (host)": stream(color_jitter=0.1),
+        "PatchStream + HED jitter 0.1 (host)": stream(hed_jitter=0.1),
+        "pcam-gpu feed (as trained)": recipe_feed("pcam-gpu"),
+        "pcam-cpu feed (as trained)": recipe_feed("pcam-cpu"),
     }
     times = {name: [] for name in methods}
     with contextlib.redirect_stdout(io.StringIO()):  # "Found N validated image filenames…"
@@ -178,6 +206,42 @@ def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
     rows = [("feed (one epoch, batch 256)", "images/s", "CPU µs/img", "vs reference")]
     rows += [(k, f"{v:,.0f}", f"{c:.1f}", f"{v / ref:.1f}x") for k, (v, c) in rate.items()]
     table(f"feed: {n} images, median of {rounds}", rows)
+
+
+def bench_model_augment(cache: PackedCache, rounds: int) -> None:
+    """CPU cost of the in-model augmentation layers when the model runs on this CPU."""
+    import keras
+
+    from pcamlib.augment_layers import model_front
+    from pcamlib.config import TrainConfig
+
+    backend = keras.backend.backend()
+    x = keras.ops.convert_to_tensor(np.asarray(cache.images[: min(256, len(cache))]))
+    rows = [("augmentation in the training graph", "images/s", "CPU µs/img")]
+    for name in ("pcam-cpu", "pcam-gpu"):
+        front = model_front(TrainConfig(recipe=name).replace(augment_on="model"))
+
+        def apply(x, front=front):
+            for layer in front:
+                x = layer(x, training=True)
+            return x
+
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            apply = tf.function(apply)
+        keras.ops.convert_to_numpy(apply(x))  # trace / compile
+
+        def run(apply=apply):
+            for _ in range(max(1, len(cache) // len(x))):
+                keras.ops.convert_to_numpy(apply(x))
+
+        n = max(1, len(cache) // len(x)) * len(x)
+        rate, cpu = rates(n, [timed(run) for _ in range(rounds)])
+        label = ", ".join(type(layer).__name__ for layer in front)
+        rows.append((f"{name} layers on this CPU ({backend}): {label}", f"{rate:,.0f}",
+                     f"{cpu:.1f}"))  # fmt: skip
+    table(f"augment in the model: batch {len(x)}, median of {rounds}", rows)
 
 
 def bench_train(cache: PackedCache, epochs: int, rounds: int, limit: int, batch: int) -> None:
@@ -250,8 +314,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="any layout open_source reads (Kaggle, class folders, …)")
     parser.add_argument("--replicate", type=int, default=1, help="copy every image K times")
-    parser.add_argument("--parts", default="pack,feed,train", help="which benchmarks to run")
-    parser.add_argument("--cores", type=int, default=2, help="CPUs to run on")
+    parser.add_argument(
+        "--parts", default="pack,feed,model-augment,train", help="which benchmarks to run"
+    )
+    parser.add_argument("--cores", type=int, default=2, help="pin the process to N CPUs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating pack/feed repeats")
     parser.add_argument("--train-rounds", type=int, default=6, help="alternating fit rounds")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per fit round")
@@ -279,6 +345,8 @@ def main(argv=None) -> None:
             cache = pack(source, work / "cache", progress=False)
         if "feed" in parts:
             bench_feed(source, cache, args.rounds)
+        if "model-augment" in parts:
+            bench_model_augment(cache, args.rounds)
         if "train" in parts:
             bench_train(cache, args.epochs, args.train_rounds, args.train_images, args.batch)
     finally:

@@ -255,7 +255,9 @@ def model_front(
             raise ValueError("stain_norm='reinhard' needs training images for its target")
         rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         sample = np.sort(rows[:: max(1, len(rows) // 2000)])
-        front.append(ReinhardNormalization(*stain.reinhard_target(images[sample]), name="stain_norm"))
+        front.append(
+            ReinhardNormalization(*stain.reinhard_target(images[sample]), name="stain_norm")
+        )
     if config.augment_on == "model":
         seed = config.seed
         if config.augment:

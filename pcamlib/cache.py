@@ -36,9 +36,7 @@ from .io import atomic_write_text
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 from .tfds_source import tfds_source
 
-# Re-exported for train.py (``from .cache import atomic_write_text``) until it imports
-# ``pcamlib.io`` directly; remove then.
-__all__ = ["PackedCache", "atomic_write_text", "default_cache_dir", "load_patches", "pack"]
+__all__ = ["PackedCache", "default_cache_dir", "load_patches", "pack"]
 
 CHUNK = 1024  # images per resume point and per checksum
 FORMAT_VERSION = 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["few", "first_bad", "labels01", "not01"]
+__all__ = ["few", "first_bad", "labels01", "not01", "vector"]
 
 
 def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: str = ", ") -> str:
@@ -33,13 +33,21 @@ def not01(values: Any) -> np.ndarray:
     return ~np.isin(np.asarray(values), (0, 1))
 
 
+def vector(values: Any, name: str) -> np.ndarray:
+    """``values`` as a 1-D array, an (N, 1) column flattened; any other shape is an error."""
+    v = np.asarray(values)
+    if v.ndim == 2 and v.shape[1] == 1:
+        v = v[:, 0]
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,) or (N, 1); got shape {v.shape}")
+    return v
+
+
 def labels01(values: Any, name: str = "labels") -> np.ndarray:
     """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
-    y = np.asarray(values)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or len(y) == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array (or (N, 1)); got shape {y.shape}")
+    y = vector(values, name)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty")
     if y.dtype == bool:
         y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.number):

@@ -31,11 +31,12 @@ RECIPE_NAMES = tuple(RECIPES)
 
 
 def _quiet_keras() -> None:
-    """Import Keras (and TensorFlow) without their C++ start-up chatter; other lines still show.
+    """Start Keras (and TensorFlow's devices) without their C++ chatter; real errors still show.
 
-    TF ≥ 2.17 logs through absl before its log level applies, so TF_CPP_MIN_LOG_LEVEL alone no
-    longer silences lines such as "Could not find cuda drivers"; errors (E/F lines,
-    tracebacks) are replayed.
+    TF ≥ 2.17 logs through absl before its log level applies, so TF_CPP_MIN_LOG_LEVEL alone
+    no longer silences start-up lines such as "Could not find cuda drivers". Those info and
+    warning lines are dropped, as is CUDA's "failed call to cuInit" on a machine without an
+    NVIDIA driver; anything else (errors, tracebacks) is replayed on stderr.
     """
     if "keras" in sys.modules:
         return
@@ -44,22 +45,30 @@ def _quiet_keras() -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines()
+    no_driver = not os.path.exists("/proc/driver/nvidia/version")
     for line in lines:
-        if not _CHATTER.match(line):
-            print(line, file=sys.stderr)
+        if _CHATTER.match(line) or (no_driver and _NO_CUDA.match(line)):
+            continue
+        print(line, file=sys.stderr)
 
 
 _CHATTER = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
     r"To enable the following instructions:)"
 )
+_NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
 
 
 def _help(setting: str, text: str = "", rules=limits.TRAIN_RULES) -> str:

@@ -17,6 +17,5 @@ SEED_STATE = "seed_generator_state"  # keras.random.SeedGenerator's name for its
 
 
 def seed_states(model: keras.Model) -> list[keras.Variable]:
-    """The state variable of every SeedGenerator in ``model``, nested layers included, in a
-    fixed order; assign ``[seed, 0]`` to one to reseed it."""
+    """Every SeedGenerator state in ``model`` (nested too), in a fixed order; assign [seed, 0]."""
     return [v for v in model.variables if v.name == SEED_STATE]

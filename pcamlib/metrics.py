@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from tqdm import tqdm
 
 from .augment import N_DIHEDRAL, dihedral, dihedral_views
-from .checks import first_bad, labels01
+from .checks import first_bad, labels01, vector
 
 __all__ = [
     "binary_metrics",
@@ -25,12 +25,7 @@ __all__ = [
 
 def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
     """Check labels/probabilities once, so every metric and plot fails with the same message."""
-    yt = labels01(y_true, "y_true")
-    yp = np.asarray(y_prob)
-    if yp.ndim == 2 and yp.shape[1] == 1:
-        yp = yp[:, 0]
-    if yp.ndim != 1:
-        raise ValueError(f"y_prob must be 1-D (or (N, 1)); got shape {yp.shape}")
+    yt, yp = labels01(y_true, "y_true"), vector(y_prob, "y_prob")
     if len(yt) != len(yp):
         raise ValueError(f"y_true has {len(yt)} rows but y_prob has {len(yp)}")
     if not np.issubdtype(yp.dtype, np.number) or np.issubdtype(yp.dtype, np.complexfloating):

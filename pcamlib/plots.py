@@ -264,48 +264,55 @@ def _curves(curves: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray
     return out
 
 
-def plot_roc(curves: Mapping[str, tuple[Any, Any]], ax: Axes | None = None) -> Figure:
-    """ROC curves of several models on one axis, AUC (the Kaggle metric) in the legend."""
+_CURVES = {  # Display class, score, its short name, axis labels, legend place, title
+    "roc": (
+        skm.RocCurveDisplay,
+        skm.roc_auc_score,
+        "AUC",
+        ("false positive rate (1 - specificity)", "true positive rate (sensitivity)"),
+        "lower right",
+        "ROC",
+    ),
+    "pr": (
+        skm.PrecisionRecallDisplay,
+        skm.average_precision_score,
+        "AP",
+        ("recall (sensitivity)", "precision"),
+        "lower left",
+        "Precision-recall",
+    ),
+}
+
+
+def _plot_curves(kind: str, curves: Mapping[str, tuple[Any, Any]], ax: Axes | None) -> Figure:
+    """Several models' curves on one axis, each with its score (4 decimals), chance drawn once."""
+    display, score, short, (xlabel, ylabel), loc, title = _CURVES[kind]
     data = _curves(curves)
     fig, ax = _axes(ax, (5.5, 5))
     for k, (name, yt, yp) in enumerate(data):
-        label = f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"
-        skm.RocCurveDisplay.from_predictions(
+        chance = "chance" if kind == "roc" else f"chance (prevalence {yt.mean():.2f})"
+        display.from_predictions(
             yt,
             yp,
             ax=ax,
-            curve_kwargs={"label": label},
+            curve_kwargs={"label": f"{name} ({short} = {score(yt, yp):.4f})"},
             plot_chance_level=k == len(data) - 1,
-            chance_level_kw={"label": "chance"},
+            chance_level_kw={"label": chance},
         )
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("ROC")
+    ax.legend(loc=loc, fontsize=8)
     return fig
+
+
+def plot_roc(curves: Mapping[str, tuple[Any, Any]], ax: Axes | None = None) -> Figure:
+    """ROC curves of several models on one axis, AUC (the Kaggle metric) in the legend."""
+    return _plot_curves("roc", curves, ax)
 
 
 def plot_pr(curves: Mapping[str, tuple[Any, Any]], ax: Axes | None = None) -> Figure:
     """Precision-recall curves (average precision in the legend): shows the positive-class cost."""
-    data = _curves(curves)
-    fig, ax = _axes(ax, (5.5, 5))
-    for k, (name, yt, yp) in enumerate(data):
-        label = f"{name} (AP = {skm.average_precision_score(yt, yp):.4f})"
-        skm.PrecisionRecallDisplay.from_predictions(
-            yt,
-            yp,
-            ax=ax,
-            curve_kwargs={"label": label},
-            plot_chance_level=k == len(data) - 1,
-            chance_level_kw={"label": f"chance (prevalence {yt.mean():.2f})"},
-        )
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("Precision-recall")
-    return fig
+    return _plot_curves("pr", curves, ax)
 
 
 def plot_confusion(

@@ -48,7 +48,9 @@ def plot_stain_tools(
     cols = max(len(top), per_source)
     fig, axes = plt.subplots(1 + len(pools), cols, figsize=(1.6 * cols, 1.8 * (1 + len(pools))))
     axes = np.atleast_2d(axes)
-    rows = [top] + [[(name if j == 0 else "", im) for j, im in enumerate(v)] for name, v in pools.items()]
+    rows = [top] + [
+        [(name if j == 0 else "", im) for j, im in enumerate(v)] for name, v in pools.items()
+    ]
     for ax_row, row in zip(axes, rows, strict=True):
         for j, ax in enumerate(ax_row):
             ax.set_axis_off()

@@ -41,10 +41,12 @@ import numpy as np
 import pandas as pd
 
 from .augment_layers import host_augmentation, model_front, with_input_layers
-from .cache import PackedCache, atomic_write_text, load_patches
+from .cache import PackedCache, load_patches
 from .config import TrainConfig
 from .data import PatchStream, split_indices
 from .devices import distribution, is_chief, precision
+from .io import atomic_path, atomic_write_text
+from .keras_shim import seed_states
 from .models import build_model
 
 # Config fields that may change between an interrupted run and its resumption. A longer
@@ -66,13 +68,11 @@ def save_model_atomic(model: keras.Model, path: Path, state: dict | None = None)
 
     ``state`` (JSON-able) is added to the same zip before the rename; see :func:`read_state`.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    if state is not None:
-        with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(STATE_ENTRY, json.dumps(state))
-    os.replace(tmp, path)
+    with atomic_path(path, durable=True) as tmp:
+        model.save(tmp)
+        if state is not None:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(STATE_ENTRY, json.dumps(state))
 
 
 def read_state(path: str | os.PathLike) -> dict | None:
@@ -194,13 +194,9 @@ def reseed(model: keras.Model, seed: int, epoch: int) -> None:
     continue the dropout masks of an uninterrupted one.
     """
     keras.utils.set_random_seed(seed + 1000 * (epoch + 1))
-    # Keras has no public list of a model's SeedGenerators; layers keep theirs here.
-    generators = [
-        g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])
-    ]
-    for i, generator in enumerate(generators):
+    for i, state in enumerate(seed_states(model)):
         value = (seed * 1_000_003 + epoch * 7919 + i) % 2**31
-        generator.state.assign(np.array([value, 0], generator.state.dtype))
+        state.assign(np.array([value, 0], state.dtype))
 
 
 def _stops(state: dict, epochs: int, patience: int | None) -> bool:

@@ -24,7 +24,9 @@ from pcamlib.models import build_model
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory):
-    cache = load_patches(SAMPLE_DIR, "train", cache_dir=tmp_path_factory.mktemp("c"), progress=False)
+    cache = load_patches(
+        SAMPLE_DIR, "train", cache_dir=tmp_path_factory.mktemp("c"), progress=False
+    )
     return np.asarray(cache.images[::25])  # 64 real patches, both classes
 
 
@@ -86,9 +88,7 @@ def test_shift_layer_moves_each_patch_by_at_most_shift_pixels_without_wrapping(p
 def test_hed_layer_is_the_numpy_hed_jitter(patches):
     alpha, beta = stain.hed_factors(len(patches), 0.1, np.random.default_rng(0))
     expected = stain.apply_hed(patches, alpha, beta)
-    got = keras.ops.convert_to_numpy(
-        apply_hed(patches, alpha[:, None, None], beta[:, None, None])
-    )
+    got = keras.ops.convert_to_numpy(apply_hed(patches, alpha[:, None, None], beta[:, None, None]))
     got = np.clip(np.round(got), 0, 255).astype(np.uint8)
     assert np.abs(got.astype(int) - expected).max() <= 1  # float32 rounding only
     assert (np.abs(got.astype(int) - expected) > 0).mean() < 0.01
@@ -142,7 +142,9 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
 
 def test_placement_settings_split_the_work_between_host_and_model():
     config = TrainConfig(augment=True, shift=4, color_jitter=0.1, hed_jitter=0.05)
-    assert host_augmentation(config) == dict(augment=True, shift=4, color_jitter=0.1, hed_jitter=0.05)
+    assert host_augmentation(config) == dict(
+        augment=True, shift=4, color_jitter=0.1, hed_jitter=0.05
+    )
     assert model_front(config) == []
     on_model = config.replace(augment_on="model")
     assert host_augmentation(on_model) == {}

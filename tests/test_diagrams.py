@@ -118,3 +118,14 @@ def test_write_failure_warns_and_returns_none(tmp_path):
 def test_bad_kwargs_warn_instead_of_raising():
     with pytest.warns(UserWarning, match="could not draw"):
         assert draw_model(_cnn(), not_an_option=1) is None
+
+
+def test_long_models_are_drawn_one_box_per_stage(monkeypatch):
+    from pcamlib import diagrams
+    from pcamlib.models import build_model
+
+    model = build_model("resnet50", weights=None)  # 175 backbone layers in the model itself
+    staged = draw_model(model)
+    _assert_real_image(staged)
+    monkeypatch.setattr(diagrams, "MAX_BOXES", 10_000)
+    assert draw_model(model).width > 10 * staged.width

@@ -13,7 +13,9 @@ matplotlib.use("Agg")
 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory):
-    cache = load_patches(SAMPLE_DIR, "train", cache_dir=tmp_path_factory.mktemp("c"), progress=False)
+    cache = load_patches(
+        SAMPLE_DIR, "train", cache_dir=tmp_path_factory.mktemp("c"), progress=False
+    )
     return np.asarray(cache.images[::8])  # 200 real Kaggle patches
 
 

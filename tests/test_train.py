@@ -94,10 +94,19 @@ def test_lr_schedules_warm_up_then_hold_or_decay():
         lr_curve(schedule="step")
 
 
-def test_sigkilled_run_resumes_to_the_history_of_an_uninterrupted_one(sample_cache, tmp_path):
+# On the host, augmentation follows (seed, epoch, batch); in the model, it follows the layers'
+# SeedGenerators, which (like Dropout's) train.reseed must reset when an epoch begins.
+ON_MODEL = dict(augment_on="model", shift=4, color_jitter=0.1, hed_jitter=0.1)
+
+
+@pytest.mark.parametrize("placement", [{}, ON_MODEL], ids=["host-augmentation", "in-model"])
+def test_sigkilled_run_resumes_to_the_history_of_an_uninterrupted_one(
+    sample_cache, tmp_path, placement
+):
     # Dropout, BatchNorm, augmentation and a warm-up + cosine schedule: everything a resume
     # must carry over (Dropout's SeedGenerator is not stored in .keras files).
     config = TrainConfig(
+        **placement,
         model="pcamnet",
         model_kwargs={"widths": [8, 16]},
         data=str(sample_cache.path),
@@ -198,14 +207,15 @@ def test_a_crash_before_any_write_resumes_without_losing_or_duplicating_a_row(
 
 
 def test_early_stopping_holds_on_rerun_and_extends_when_relaxed(sample_cache, tmp_path):
-    # lr=0: the model never changes, val AUC never improves after epoch 1.
+    # lr=1e-12: every Adam step is below float32 resolution, so the weights never change and
+    # val AUC never improves after epoch 1.
     config = TrainConfig(
         data=str(sample_cache.path),
         out=str(tmp_path / "run"),
         epochs=5,
         batch_size=32,
         steps_per_epoch=1,
-        lr=0.0,
+        lr=1e-12,
         val_fraction=0.08,
         early_stopping=1,
     )
