@@ -19,56 +19,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
+from .quiet import quiet_keras  # noqa: E402
 from .recipes import RECIPES  # noqa: E402
 
 RECIPE_NAMES = tuple(RECIPES)
-
-
-def _quiet_keras() -> None:
-    """Start Keras (and TensorFlow's devices) without their C++ chatter; real errors still show.
-
-    TF ≥ 2.17 logs through absl before its log level applies, so TF_CPP_MIN_LOG_LEVEL alone
-    no longer silences start-up lines such as "Could not find cuda drivers". Those info and
-    warning lines are dropped, as is CUDA's "failed call to cuInit" on a machine without an
-    NVIDIA driver; anything else (errors, tracebacks) is replayed on stderr.
-    """
-    if "keras" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras
-
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines()
-    no_driver = not os.path.exists("/proc/driver/nvidia/version")
-    for line in lines:
-        if _CHATTER.match(line) or (no_driver and _NO_CUDA.match(line)):
-            continue
-        print(line, file=sys.stderr)
-
-
-_CHATTER = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
-    r"To enable the following instructions:)"
-)
-_NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
 
 
 def _help(setting: str, text: str = "", rules=limits.TRAIN_RULES) -> str:
@@ -172,7 +130,7 @@ def cmd_train(args) -> int:
     if "trainable" in values:
         values["trainable"] = values["trainable"] == "yes"
     config = TrainConfig(**values)  # applies the recipe and checks every setting
-    _quiet_keras()
+    quiet_keras()
     from .train import train
 
     result = train(config)
@@ -191,7 +149,7 @@ def cmd_train(args) -> int:
 
 
 def _model_and_tta(args):
-    _quiet_keras()
+    quiet_keras()
     from .train import load_model
 
     model = load_model(args.model)
@@ -206,12 +164,14 @@ def cmd_evaluate(args) -> int:
     limits.check_values(
         {"batch_size": args.batch_size, "operating_point": args.operating_point, "tta": args.tta}
     )
-    _quiet_keras()
+    quiet_keras()
     from .cache import load_patches
-    from .evaluate import evaluate, subset_rows
+    from .evaluate import evaluate, scoring_rows
 
     cache = load_patches(args.data, args.split, cache_dir=args.cache_dir)
-    rows = subset_rows(cache, args.model if Path(args.model).is_dir() else None, args.subset)
+    # Default: the run's held-out test rows (all rows of data it never saw); training rows
+    # only with --include-train, and the JSON then counts them.
+    rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
     model, tta = _model_and_tta(args)
     metrics, _ = evaluate(
         model,
@@ -221,6 +181,7 @@ def cmd_evaluate(args) -> int:
         batch_size=args.batch_size,
         operating_point=args.operating_point,
     )
+    metrics.update(scored)
     print(
         json.dumps(
             {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1
@@ -235,7 +196,7 @@ def cmd_predict(args) -> int:
 
     # A Kaggle submission must cover the whole test listing, not just what the cache holds.
     expected = expected_test_ids(args.data) if is_kaggle_test(args.data) else None
-    _quiet_keras()
+    quiet_keras()
     from .cache import load_patches
     from .evaluate import predict_cache
 
@@ -336,9 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument(
                 "--subset",
-                choices=["all", "val"],
-                default="all",
-                help="'val': only the run's own validation ids (from split.csv)",
+                choices=["test", "val", "train", "all"],
+                help="rows of a run's split.csv: 'test' (default; every row of data the run "
+                "never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
+            )
+            p.add_argument(
+                "--include-train",
+                action="store_true",
+                help="allow rows the run trained on (the JSON's train_rows counts them)",
             )
             p.add_argument(
                 "--operating-point",

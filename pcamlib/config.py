@@ -113,6 +113,7 @@ class TrainConfig:
     lr: float = 1e-4
     image_size: int | None = None
     val_fraction: float = 0.25
+    test_fraction: float = 0.2  # share of labelled rows only reported (pcamlib.protocol); 0: none
     seed: int = 42
     weights: str | None = None
     trainable: bool | None = None

@@ -15,8 +15,7 @@ import os
 
 import keras
 
-PRECISION_MODES = ("auto", "on", "off", "bfloat16", "float16")
-STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu", "data_parallel")
+from .limits import PRECISION_MODES, STRATEGIES  # one list each, in limits
 
 
 def accelerator() -> tuple[str, int]:

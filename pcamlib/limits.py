@@ -114,6 +114,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "lr": Number(float, 0, 1, low_open=True),
     "image_size": Number(int, 1, MAX_IMAGE_SIZE, optional=True),  # per model: input_sizes()
     "val_fraction": Number(float, 0, 0.5, low_open=True),
+    "test_fraction": Number(float, 0, 0.4),  # same rows for every run: pcamlib.protocol
     "seed": Number(int, 0, 2**31 - 1),
     "weights": Choice(("imagenet", None)),
     "trainable": Choice((True, False, None)),

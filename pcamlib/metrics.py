@@ -13,6 +13,7 @@ from .augment import N_DIHEDRAL, dihedral, dihedral_views
 from .checks import first_bad, labels01, vector
 
 __all__ = [
+    "auc_ci",
     "binary_metrics",
     "dihedral",
     "dihedral_views",
@@ -20,6 +21,7 @@ __all__ = [
     "predict_proba",
     "require_both_classes",
     "validate_binary",
+    "youden_threshold",
 ]
 
 
@@ -68,6 +70,43 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
     return float(np.abs(np.bincount(bins, weights=yp - yt)).sum() / len(yp))
 
 
+def auc_ci(y_true: Any, y_prob: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """ROC AUC and its DeLong confidence interval: ``(auc, lo, hi)``, clipped to [0, 1].
+
+    DeLong et al. (1988): the AUC is the mean of the positives' placements among the negatives
+    (ties count one half); its variance is var(placements of positives)/n_pos +
+    var(placements of negatives)/n_neg, and the interval is auc ± z·se (normal approximation,
+    no resampling, so no seed). A perfectly separated set has se = 0 and the interval [1, 1].
+    """
+    from scipy.stats import norm, rankdata
+
+    if not (0.0 < float(level) < 1.0):
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    yt, yp = validate_binary(y_true, y_prob)
+    require_both_classes(yt)
+    pos, neg = yp[yt == 1], yp[yt == 0]
+    m, n = len(pos), len(neg)
+    ranks = rankdata(np.concatenate([pos, neg]))  # midranks: ties count one half
+    v10 = (ranks[:m] - rankdata(pos)) / n  # share of negatives below each positive
+    v01 = 1.0 - (ranks[m:] - rankdata(neg)) / m  # share of positives above each negative
+    auc = float(v10.mean())
+    var = (v10.var(ddof=1) if m > 1 else 0.0) / m + (v01.var(ddof=1) if n > 1 else 0.0) / n
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(var)
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def youden_threshold(y_true: Any, y_prob: Any) -> float:
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1 (ties: highest).
+
+    Meant for validation rows: the threshold is then applied, unchanged, to the test rows.
+    """
+    yt, yp = validate_binary(y_true, y_prob)
+    require_both_classes(yt)
+    fpr, tpr, thr = skm.roc_curve(yt, yp, drop_intermediate=False)
+    j = np.where(np.isfinite(thr) & (thr <= 1.0), tpr - fpr, -np.inf)
+    return float(thr[int(np.argmax(j))])
+
+
 def binary_metrics(
     y_true: Any,
     y_prob: Any,
@@ -81,6 +120,7 @@ def binary_metrics(
     :func:`expected_calibration_error`. With ``operating_point`` (a target sensitivity such as
     0.95) the ROC curve gives the highest threshold whose sensitivity reaches the target:
     ``op_threshold``, ``op_sensitivity`` (achieved) and ``op_specificity`` there.
+    ``roc_auc_lo``/``roc_auc_hi`` bound its 95% DeLong interval (:func:`auc_ci`).
     """
     if not (0.0 <= float(threshold) <= 1.0):
         raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
@@ -88,8 +128,11 @@ def binary_metrics(
     require_both_classes(yt)
     y_hat = (yp >= threshold).astype(np.int64)
     tn, fp, fn, tp = skm.confusion_matrix(yt, y_hat, labels=[0, 1]).ravel()
+    auc, lo, hi = auc_ci(yt, yp)
     out: dict[str, float] = {
-        "roc_auc": float(skm.roc_auc_score(yt, yp)),
+        "roc_auc": auc,
+        "roc_auc_lo": lo,
+        "roc_auc_hi": hi,
         "pr_auc": float(skm.average_precision_score(yt, yp)),
         "accuracy": float(skm.accuracy_score(yt, y_hat)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(yt, y_hat)),

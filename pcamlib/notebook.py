@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .config import Settings, data_kind, settings
-from .quiet import native_start_up
+from .quiet import quiet_keras
 
 DRIVE = Path("/content/drive")
 DRIVE_OUTPUTS = DRIVE / "MyDrive" / "pcamlib"
@@ -36,8 +36,8 @@ def start(home: str | os.PathLike | None = None, outputs: str = "") -> Settings:
         os.environ["PCAM_OUT"] = str(_outputs_folder(outputs))
     _quiet_known_noise()
     _figure_defaults()
-    with native_start_up():  # imports the Keras backend and finds the devices
-        found = settings()
+    quiet_keras()  # the backend's native start-up lines stay out of the notebook
+    found = settings()
     if found.cache_dir is not None:  # load_patches (and the CLI) read it from here
         os.environ.setdefault("PCAM_CACHE_DIR", str(found.cache_dir))
     print(status_line(found))

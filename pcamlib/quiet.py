@@ -1,11 +1,10 @@
 """Keep TensorFlow's native start-up chatter out of the user's terminal and notebooks.
 
-TensorFlow's C++ side logs through absl before any Python setting applies: even with
-``TF_CPP_MIN_LOG_LEVEL=3`` a CPU machine prints "Could not find cuda drivers" twice and
-"failed call to cuInit" when it looks for devices. Those lines go straight to file
-descriptor 2, so only a redirect of that descriptor can catch them. :func:`native_start_up`
-does that around the import and device discovery, then passes on every line that is not
-known noise: real errors still show.
+TF ≥ 2.17 logs through absl before its log level applies, so even ``TF_CPP_MIN_LOG_LEVEL=3``
+lets a CPU machine print "Could not find cuda drivers" (twice) and "failed call to cuInit".
+Those lines go straight to file descriptor 2, so only a redirect of that descriptor catches
+them: :func:`quiet_keras` starts Keras and looks for devices with fd 2 captured, then replays
+every line that is not known chatter. Errors and tracebacks still show.
 """
 
 from __future__ import annotations
@@ -16,29 +15,30 @@ import re
 import sys
 import tempfile
 
-NOISE = re.compile(
-    r"All log messages before absl::InitializeLog"
-    r"|cudart_stub\.cc.*Could not find cuda drivers"
-    r"|failed call to cuInit"
-    r"|cpu_feature_guard\.cc|To enable the following instructions"
-    r"|oneDNN custom operations are on|TF_ENABLE_ONEDNN_OPTS"
-    r"|Unable to register cu(DNN|FFT|BLAS) factory"
-    r"|computation placer already registered"
-    r"|TF-TRT Warning: Could not find TensorRT"
+# absl info/warning lines ("I0000 …", "W0000 …") and their banner; CPU-feature advice.
+CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
+    r"To enable the following instructions:)"
 )
+NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")  # noise only without an NVIDIA driver
+
+
+def is_chatter(line: str) -> bool:
+    no_driver = not os.path.exists("/proc/driver/nvidia/version")
+    return bool(CHATTER.match(line) or (no_driver and NO_CUDA.match(line)))
 
 
 @contextlib.contextmanager
-def native_start_up():
-    """Run the block with fd 2 captured; re-emit everything but :data:`NOISE` afterwards."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def native_chatter_dropped():
+    """Run the block with fd 2 captured; replay every line but the chatter afterwards."""
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 (some embedded interpreters): nothing to filter
         yield
         return
     with tempfile.TemporaryFile() as captured:
-        sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
         os.dup2(captured.fileno(), 2)
         try:
             yield
@@ -48,10 +48,21 @@ def native_start_up():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [
-                line
-                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                if not NOISE.search(line)
-            ]
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not is_chatter(line))
             if kept:
-                sys.stderr.write("".join(kept))
+                sys.stderr.write(kept)
+
+
+def quiet_keras() -> None:
+    """Import Keras and let TensorFlow find its devices, without the chatter (once)."""
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_chatter_dropped():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # where CUDA reports itself

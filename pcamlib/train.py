@@ -2,8 +2,8 @@
 
 ``RUN_DIR/`` holds
 
-* ``config.json`` (the run's :class:`TrainConfig`) and ``split.csv`` (which id was train or
-  val, and how the split was made);
+* ``config.json`` (the run's :class:`TrainConfig`) and ``split.csv`` (which id was train,
+  val or test, and how the split was made; see :mod:`pcamlib.protocol`);
 * ``history.csv``: one row per finished epoch (metrics, learning rate at the epoch's end,
   seconds);
 * ``best.keras``: the model of the best val AUC so far;
@@ -43,11 +43,12 @@ import pandas as pd
 from .augment_layers import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, load_patches
 from .config import TrainConfig
-from .data import PatchStream, split_indices
+from .data import PatchStream
 from .devices import distribution, is_chief, precision
 from .io import atomic_path, atomic_write_text
 from .keras_shim import seed_states
 from .models import build_model
+from .protocol import protocol_split
 
 # Config fields that may change between an interrupted run and its resumption. A longer
 # ``epochs`` extends a finished run; the LR schedule keeps the length it was built with.
@@ -272,9 +273,11 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict | None:
     return state
 
 
-def _record_split(run_dir: Path, cache: PackedCache, train_idx, val_idx, how: str) -> None:
+def _record_split(
+    run_dir: Path, cache: PackedCache, train_idx, val_idx, test_idx, how: str
+) -> None:
     subset = np.full(len(cache), "", dtype=object)
-    subset[train_idx], subset[val_idx] = "train", "val"
+    subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
     frame = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": subset, "split": how})
     atomic_write_text(run_dir / "split.csv", frame[frame.subset != ""].to_csv(index=False))
 
@@ -293,7 +296,7 @@ def train(
     batches of the training split, or the first ``steps_per_epoch`` of them; the next epoch
     starts again from a new order.
     """
-    from .limits import check_paths
+    from .limits import SettingError, check_paths
     from .models import fetch_imagenet_weights
 
     # TrainConfig checked its values (and applied its recipe) when it was made; refuse what
@@ -305,8 +308,7 @@ def train(
         missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
         if missing:
             raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
-    run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(config.out)  # created only once every check has passed
     state = _resume_state(run_dir, config)
     # Non-chief workers of a multi-worker cluster train too, but write to a scratch dir.
     write_dir = run_dir if is_chief() else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
@@ -324,7 +326,13 @@ def train(
     groups = cache.groups if config.split == "slide" else None
     if config.split == "slide" and groups is None:
         raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
-    train_idx, val_idx = split_indices(cache.labels, config.val_fraction, config.seed, groups)
+    train_idx, val_idx, test_idx = protocol_split(  # test: the same rows for every run
+        cache.labels,
+        groups,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
     if config.val_limit is not None:
         val_idx = np.sort(
             np.concatenate(
@@ -335,8 +343,16 @@ def train(
     # Every replica needs an equal share of every batch (JAX refuses uneven ones), so a
     # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer).
     val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
+    if config.batch_size * replicas > len(train_idx):
+        raise SettingError(
+            "batch_size",
+            config.batch_size,
+            f"must be ≤ the {len(train_idx)} training rows"
+            + (f" / {replicas} replicas" if replicas > 1 else ""),
+        )
     if write_dir == run_dir:
-        _record_split(run_dir, cache, train_idx, val_idx, config.split)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _record_split(run_dir, cache, train_idx, val_idx, test_idx, config.split)
         atomic_write_text(run_dir / "config.json", config.to_json())
 
     with precision(config.mixed_precision) as policy:

@@ -46,7 +46,7 @@ def test_train_leaves_a_complete_run_directory(run_dir):
     ):
         assert (run_dir / name).is_file(), name
     split = pd.read_csv(run_dir / "split.csv")
-    assert split["subset"].value_counts().to_dict() == {"train": 1200, "val": 400}
+    assert split["subset"].value_counts().to_dict() == {"train": 880, "val": 400, "test": 320}
     assert json.loads((run_dir / "config.json").read_text())["model"] == "cnn1"
 
 

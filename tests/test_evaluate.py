@@ -1,4 +1,4 @@
-"""Per-run validation: each run is scored on its own held-out ids, never on its training ids."""
+"""Runs are scored on held-out ids (val or the protocol's test rows), never on training ids."""
 
 import numpy as np
 import pandas as pd
@@ -47,8 +47,9 @@ def test_results_table_and_best_run(runs):
     cache = load_patches(SAMPLE_DIR, "train", progress=False)
     table, curves = results_table([runs / "a", runs / "b"], cache, limit=40)
     assert list(table.index) == ["a", "b"]
-    assert {"auc_tta1", "auc_tta8", "acc_tta1", "acc_tta8", "params"} <= set(table.columns)
-    assert table[["auc_tta1", "auc_tta8"]].stack().between(0, 1).all()
+    assert {"auc_tta1", "auc_tta8", "accuracy", "ece", "params"} <= set(table.columns)
+    assert table[["auc_tta1", "auc_tta8", "accuracy", "ece"]].stack().between(0, 1).all()
+    assert table.n_test.tolist() == [40, 40]  # the protocol's test rows, not each run's val
     y, p = curves["a"]
     assert len(y) == len(p) == 40
     best = best_run(runs)

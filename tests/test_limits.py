@@ -182,3 +182,16 @@ def test_cli_answers_help_and_argument_errors_without_importing_tensorflow(argv)
     )
     assert "HEAVY []" in run.stdout, run.stdout + run.stderr
     assert "absl" not in run.stderr and "cuda" not in run.stderr
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_before_any_file(tmp_path):
+    """The split decides how many training rows there are, so this check runs after it."""
+    from pcamlib.cache import pack
+    from pcamlib.config import SAMPLE_DIR, TrainConfig
+    from pcamlib.train import train
+
+    cache = pack(SAMPLE_DIR, tmp_path / "cache", progress=False)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"batch_size=2000: must be ≤ the \d+ training rows"):
+        train(TrainConfig(data=str(cache.path), out=str(out), batch_size=2000), cache=cache)
+    assert not out.exists()

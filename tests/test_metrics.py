@@ -7,11 +7,13 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from pcamlib.metrics import (
+    auc_ci,
     binary_metrics,
     dihedral,
     dihedral_views,
     expected_calibration_error,
     predict_proba,
+    youden_threshold,
 )
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -35,6 +37,65 @@ def test_binary_metrics_hand_computed_example():
     assert m["n"] == 8 and m["n_pos"] == 4
     assert "op_threshold" not in m
     assert all(isinstance(v, (int, float)) for v in m.values())
+
+
+# --------------------------------------------------------------------------- AUC intervals
+
+
+def _delong_by_pairs(y, p, z=1.959963984540054):
+    """DeLong written from its definition, pair by pair (O(n_pos * n_neg))."""
+    pos, neg = p[y == 1], p[y == 0]
+    kernel = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = kernel.mean(axis=1), kernel.mean(axis=0)
+    auc = kernel.mean()
+    se = np.sqrt(v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg))
+    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def test_auc_ci_hand_computed_example():
+    # Placements: positives [3/4, 1, 1, 1], negatives [1, 1, 1, 3/4]; each variance 1/64.
+    auc, lo, hi = auc_ci(Y, P)
+    assert auc == pytest.approx(15 / 16)
+    assert lo == pytest.approx(15 / 16 - 1.959963984540054 * np.sqrt(1 / 128))
+    assert hi == 1.0  # clipped
+    m = binary_metrics(Y, P)
+    assert (m["roc_auc_lo"], m["roc_auc_hi"]) == pytest.approx((lo, hi))
+
+
+def test_auc_ci_matches_the_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.round(np.clip(0.5 + 0.2 * (y - 0.5) + rng.normal(0, 0.25, 300), 0, 1), 1)  # ties
+    assert auc_ci(y, p) == pytest.approx(_delong_by_pairs(y, p))
+    assert auc_ci(y, p)[0] == pytest.approx(skm.roc_auc_score(y, p))
+    narrow = auc_ci(y, p, level=0.5)
+    assert auc_ci(y, p)[1] < narrow[1] < narrow[2] < auc_ci(y, p)[2]
+
+
+def test_auc_ci_covers_the_true_auc_about_95_percent_of_the_time():
+    # Binormal scores: negatives N(0, 1), positives N(1, 1): true AUC = Phi(1/sqrt(2)).
+    from scipy.stats import norm
+
+    true_auc, rng, hits = norm.cdf(1 / np.sqrt(2)), np.random.default_rng(1), 0
+    for _ in range(300):
+        y = np.repeat([0, 1], 100)
+        score = rng.normal(size=200) + y
+        _, lo, hi = auc_ci(y, 1 / (1 + np.exp(-score)))
+        hits += lo <= true_auc <= hi
+    assert 0.91 <= hits / 300 <= 0.985
+
+
+def test_auc_ci_refuses_bad_input():
+    with pytest.raises(ValueError, match="level"):
+        auc_ci(Y, P, level=95)
+    with pytest.raises(ValueError, match="only class"):
+        auc_ci([1, 1], [0.2, 0.3])
+
+
+def test_youden_threshold_maximises_j_and_prefers_the_highest():
+    # J = 0.75 at 0.7 (sens 3/4, spec 1) and at 0.4 (sens 1, spec 3/4); 0.6 gives 0.5.
+    assert youden_threshold(Y, P) == pytest.approx(0.7)
+    assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(0.3)
 
 
 def test_threshold_changes_only_thresholded_metrics():

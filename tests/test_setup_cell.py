@@ -8,7 +8,7 @@ pcamlib in that same kernel, without a restart; the notebook's import cell must 
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import site
 import subprocess
@@ -74,7 +74,7 @@ def fresh_kernel(root: Path, monkeypatch) -> Path:
     spec.mkdir(parents=True)
     argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec / "kernel.json").write_text(
-        f'{{"argv": {_json(argv)}, "display_name": "fresh", "language": "python"}}'
+        json.dumps({"argv": argv, "display_name": "fresh", "language": "python"})
     )
     monkeypatch.setenv("JUPYTER_PATH", str(root / "jupyter"))
     monkeypatch.setenv("PYTHONPATH", str(fake))
@@ -86,12 +86,6 @@ def fresh_kernel(root: Path, monkeypatch) -> Path:
     content = root / "content"
     content.mkdir()
     return content
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def setup_cells(path: Path, origin: Path) -> tuple[str, str]:

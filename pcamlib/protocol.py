@@ -1,0 +1,88 @@
+"""The evaluation protocol: three disjoint parts of the labelled data, recorded in every run.
+
+* **test**: only reported. It depends on the data alone (labels, slide groups, ``test_fraction``
+  and the fixed :data:`PROTOCOL_SEED`), never on a run's seed or ``val_fraction``, so every run
+  on the same data is reported on the same rows;
+* **val**: picks the epoch (``best.keras``); drawn from the rest with the run's seed;
+* **train**: what is left.
+
+With a patch→slide map the parts are slide-grouped: no slide is in two of them.
+``val_fraction`` and ``test_fraction`` are shares of all labelled rows. ``split.csv`` in a run
+directory records the parts (``id,label,subset,split``; runs made before the protocol have no
+``test`` rows and are still read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import split_indices
+
+PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
+SUBSETS = ("train", "val", "test")
+
+
+def protocol_split(
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    seed: int = 42,
+    val_fraction: float = 0.25,
+    test_fraction: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty.
+
+    Examples:
+        >>> train, val, test = protocol_split(cache.labels, seed=1, val_fraction=0.25)
+        >>> len(train), len(val), len(test)  # 1,600 sample patches; test is seed-independent
+        (880, 400, 320)
+    """
+    labels = np.asarray(labels)
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not (0 < val_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside "
+            f"test_fraction ({test_fraction}): their sum must be < 1"
+        )
+    index = np.arange(len(labels))
+    if test_fraction:
+        rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
+    else:
+        rest, test = index, index[:0]
+    inner = None if groups is None else np.asarray(groups)[rest]
+    train, val = split_indices(labels[rest], val_fraction / (1 - test_fraction), seed, inner)
+    return rest[train], rest[val], test
+
+
+def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice."""
+    path = Path(run_dir) / "split.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")
+    split = pd.read_csv(path, dtype={"id": str})
+    missing = {"id", "subset"} - set(split.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    bad = ~split["subset"].isin(SUBSETS)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{path}: row {i + 2} has subset {split['subset'].iloc[i]!r}; "
+            f"expected one of {', '.join(SUBSETS)}"
+        )
+    twice = split["id"].duplicated()
+    if twice.any():
+        raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
+    return split
+
+
+def fingerprint(ids) -> str:
+    """A short hash of a set of ids: equal fingerprints, same rows (the leaderboard checks it)."""
+    text = "\n".join(sorted(map(str, ids)))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
