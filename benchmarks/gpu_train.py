@@ -238,6 +238,7 @@ def main(argv=None) -> None:
                     epochs=1,
                     steps_per_epoch=args.warmup + args.steps,
                     val_fraction=VAL_FRACTION,
+                    test_fraction=0.0,  # the same training rows as the in-memory side
                     seed=0,
                     mixed_precision=mode,
                     strategy=args.strategy,

@@ -23,7 +23,10 @@ def recipe_config(args: argparse.Namespace):
     from pcamlib.config import TrainConfig
 
     explicit = {"epochs": args.epochs} if args.epochs is not None else {}
-    return TrainConfig(recipe=args.recipe, data=args.train, out=args.out, **explicit)
+    # --valid is the held-out test set (other slides): no test part is cut from --train.
+    return TrainConfig(
+        recipe=args.recipe, data=args.train, out=args.out, test_fraction=0.0, **explicit
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 import zlib
@@ -165,7 +166,7 @@ def _locked(out: Path):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            tqdm.write(f"waiting for another process that is packing {out} …")
+            tqdm.write(f"waiting for another process that is packing {out} …", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -311,7 +312,10 @@ def _pack(
             raise _bad_items_error(source.problems, f"{source.name} (nothing left to pack)")
         raise DataError(f"{source.name}: no images to pack")
     if source.problems and progress:
-        tqdm.write(f"{len(source.problems)} bad item(s) in the listing; checking every image too")
+        tqdm.write(
+            f"{len(source.problems)} bad item(s) in the listing; checking every image too",
+            file=sys.stderr,
+        )
     work = out / ".partial"
     state, offset = _load_state(work, fingerprint, n) or _new_state(work, fingerprint, n)
     resumed = state["done_chunks"] * state["chunk"]
@@ -337,7 +341,8 @@ def _pack(
         size = len(cache) * np.prod(PATCH_SHAPE) / 2**20
         tqdm.write(
             f"packed {len(cache)} patches{classes} into {out} ({size:,.0f} MiB) "
-            f"at {rate:,.0f} img/s{' after resuming' if resumed else ''}{extra}"
+            f"at {rate:,.0f} img/s{' after resuming' if resumed else ''}{extra}",
+            file=sys.stderr,  # progress: stdout stays clean for the CLI's JSON
         )
     return cache
 

@@ -61,6 +61,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--lr", type=float, help=_help("lr", "peak learning rate"))
     p.add_argument("--val-fraction", type=float, help=_help("val_fraction"))
     p.add_argument(
+        "--test-fraction",
+        type=float,
+        help=_help(
+            "test_fraction",
+            "share held out as the protocol's test rows, the same for every run on this data; "
+            "0 when the test set is separate data",
+        ),
+    )
+    p.add_argument(
         "--weights",
         choices=["imagenet", "none"],
         help="imagenet: pretrained backbone (vgg16, vgg19, resnet50; refused if it cannot be "

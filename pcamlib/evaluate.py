@@ -158,14 +158,17 @@ def evaluate(
     tta: int = 1,
     batch_size: int = 256,
     operating_point: float | None = 0.95,
+    threshold: float = 0.5,
     progress: bool = True,
 ) -> tuple[dict, np.ndarray]:
-    """Metrics (ROC/PR AUC, accuracy, sensitivity… see metrics.binary_metrics) and the probs."""
+    """Metrics (ROC/PR AUC; accuracy, sensitivity… at ``threshold``; see binary_metrics), probs."""
     if cache.labels is None:
         raise ValueError(f"{cache.path}: evaluation needs labelled data")
     rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
     probs = predict_cache(model, cache, rows, tta=tta, batch_size=batch_size, progress=progress)
-    metrics = binary_metrics(cache.labels[rows], probs, operating_point=operating_point)
+    metrics = binary_metrics(
+        cache.labels[rows], probs, threshold=threshold, operating_point=operating_point
+    )
     metrics["tta"] = tta
     return metrics, probs
 
@@ -240,6 +243,14 @@ def _rank(table: pd.DataFrame, tta: int) -> pd.DataFrame:
     return table
 
 
+# The leaderboard columns a notebook shows (results.csv keeps them all).
+SHOWN = [
+    "model", "weights", "params", "epochs", "train_s", "img_per_s", "val_auc", "n_test",
+    "auc_tta1 [95% CI]", "auc_tta8 [95% CI]", "overlaps_top_ci",
+    "threshold", "accuracy", "sensitivity", "specificity", "acc@0.5", "ece",
+]  # fmt: skip
+
+
 def results_table(
     run_dirs,
     cache: PackedCache,
@@ -291,14 +302,16 @@ def results_table(
         row = {"run": run_dir.name, **_training_facts(run_dir), "params": model.count_params()}
         row["n_test"] = len(test)
         y = cache.labels[test]
+        # Figures name the run as tables do: a transfer run without ImageNet weights says so.
+        label = run_dir.name + (" (no ImageNet)" if row.get("no_imagenet") else "")
         for t in tta:
             probs = predict_cache(model, cache, test, tta=t, progress=progress)
             auc, lo, hi = auc_ci(y, probs)
             row[f"auc_tta{t} [95% CI]"] = _ci_text(auc, lo, hi)
             row.update({f"auc_tta{t}": auc, f"auc_tta{t}_lo": lo, f"auc_tta{t}_hi": hi})
             if t == top_tta:
-                curves[run_dir.name] = (y, probs)
-        y, probs = curves[run_dir.name]
+                curves[label] = (y, probs)
+        y, probs = curves[label]
         val = subset_rows(cache, run_dir, "val", limit)
         val_probs = predict_cache(model, cache, val, tta=top_tta, progress=progress)
         threshold = youden_threshold(cache.labels[val], val_probs)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .checks import few, vector
+from .io import atomic_path
 
 __all__ = [
     "SubmissionError",
@@ -21,7 +23,6 @@ __all__ = [
 ]
 
 COLUMNS = ("id", "label")
-_SHOW = 5
 
 
 class SubmissionError(ValueError):
@@ -29,11 +30,7 @@ class SubmissionError(ValueError):
 
 
 def _few(values: Iterable[Any], quote: bool = True) -> str:
-    """Name a handful of offenders plus a count, so messages stay short but actionable."""
-    values = list(values)
-    total = len(values)
-    shown = ", ".join(repr(v) if quote else str(v) for v in values[:_SHOW])
-    return f"{shown} (+{total - _SHOW} more)" if total > _SHOW else shown
+    return few(list(values), fmt=repr if quote else str)
 
 
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
@@ -113,54 +110,63 @@ def check_submission(
     """
     frame, where = _read(path_or_frame)
     frame = frame.reset_index(drop=True)
-    cols = [str(c) for c in frame.columns]
-    if cols != list(COLUMNS):
-        missing = [c for c in COLUMNS if c not in cols]
-        extra = [c for c in cols if c not in COLUMNS]
-        detail = []
-        if missing:
-            detail.append(f"missing column(s) {missing}")
-        if extra:
-            detail.append(f"unexpected column(s) {_few(extra)}")
-        if not missing and not extra:
-            detail.append("columns in the wrong order")
-        hint = " - is the header row 'id,label' missing?" if missing else ""
-        raise SubmissionError(
-            f"{where}: expected exactly the columns ['id', 'label'], got {cols}: "
-            + "; ".join(detail)
-            + hint
-        )
+    _check_columns(frame, where)
     ids = frame["id"].astype(str)
-    raw = frame["label"]
-    labels = pd.to_numeric(raw, errors="coerce").astype(np.float64)
-    problems: list[str] = []
-    if len(frame) == 0:
-        problems.append("no rows")
+    labels = pd.to_numeric(frame["label"], errors="coerce").astype(np.float64)
+    problems = _id_problems(ids, expected_ids) + _label_problems(ids, frame["label"], labels)
+    if problems:
+        raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
+    _check_ranking(labels, where)
+    return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
+
+
+def _check_columns(frame: pd.DataFrame, where: str) -> None:
+    cols = [str(c) for c in frame.columns]
+    if cols == list(COLUMNS):
+        return
+    missing = [c for c in COLUMNS if c not in cols]
+    extra = [c for c in cols if c not in COLUMNS]
+    detail = [f"missing column(s) {missing}"] if missing else []
+    detail += [f"unexpected column(s) {_few(extra)}"] if extra else []
+    detail = detail or ["columns in the wrong order"]
+    hint = " - is the header row 'id,label' missing?" if missing else ""
+    raise SubmissionError(
+        f"{where}: expected exactly the columns ['id', 'label'], got {cols}: "
+        + "; ".join(detail)
+        + hint
+    )
+
+
+def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str]:
+    problems = [] if len(ids) else ["no rows"]
     empty_id = ids.str.strip() == ""
     if empty_id.any():
         problems.append(f"{int(empty_id.sum())} empty id(s) at row(s) {_few(ids.index[empty_id])}")
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
         problems.append(f"{len(dup)} duplicate id(s): {_few(dup)}")
-    if expected_ids is not None:
-        expected = [str(i) for i in expected_ids]
-        expected_set = set(expected)
-        got = set(ids)
-        missing = [i for i in expected if i not in got]
-        extra = [i for i in ids.drop_duplicates() if i not in expected_set]
-        if missing:
-            problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {_few(missing)}")
-        if extra:
-            problems.append(f"{len(extra)} unexpected id(s) not in the test set: {_few(extra)}")
-    non_numeric = (
-        labels.isna() & ~pd.isna(raw) & ~raw.astype(str).str.strip().str.lower().isin(["nan", ""])
-    )
-    nan = labels.isna() & ~non_numeric
-    inf = np.isinf(labels)
+    if expected_ids is None:
+        return problems
+    expected = [str(i) for i in expected_ids]
+    expected_set, got = set(expected), set(ids)
+    missing = [i for i in expected if i not in got]
+    extra = [i for i in ids.drop_duplicates() if i not in expected_set]
+    if missing:
+        problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {_few(missing)}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected id(s) not in the test set: {_few(extra)}")
+    return problems
+
+
+def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[str]:
+    blank = raw.astype(str).str.strip().str.lower().isin(["nan", ""])
+    non_numeric = labels.isna() & ~pd.isna(raw) & ~blank
+    nan, inf = labels.isna() & ~non_numeric, np.isinf(labels)
     finite = labels[~labels.isna() & ~inf]
     outside = finite[(finite < 0.0) | (finite > 1.0)]
+    problems = []
     if non_numeric.any():
-        bad = [f"{ids[i]!r}: {raw[i]!r}" for i in frame.index[non_numeric]]
+        bad = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
         problems.append(f"{len(bad)} non-numeric label(s): {_few(bad, quote=False)}")
     if nan.any():
         problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {_few(ids[nan])}")
@@ -169,8 +175,11 @@ def check_submission(
     if len(outside):
         bad = [f"{ids[i]!r}: {labels[i]:g}" for i in outside.index]
         problems.append(f"{len(bad)} label(s) outside [0, 1]: {_few(bad, quote=False)}")
-    if problems:
-        raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
+    return problems
+
+
+def _check_ranking(labels: pd.Series, where: str) -> None:
+    """AUC needs a ranking: refuse hard 0/1 labels and constant submissions."""
     if len(labels) > 1 and labels.isin([0.0, 1.0]).all():
         raise SubmissionError(
             f"{where}: all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition "
@@ -183,7 +192,6 @@ def check_submission(
             f"{where}: all {len(labels)} labels equal {labels.iloc[0]:g}; a constant submission "
             "has no ranking, so its ROC AUC is 0.5 - did the model collapse?"
         )
-    return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
 
 
 def write_submission(
@@ -200,11 +208,10 @@ def write_submission(
     ``os.replace``-d into place, so a failed write never leaves a partial or invalid file.
     """
     ids = [str(i) for i in ids]
-    p = np.asarray(probs)
-    if p.ndim == 2 and p.shape[1] == 1:
-        p = p[:, 0]
-    if p.ndim != 1:
-        raise SubmissionError(f"probs must be 1-D (N,) or (N, 1); got shape {p.shape}")
+    try:
+        p = vector(probs, "probs")
+    except ValueError as err:
+        raise SubmissionError(str(err)) from None
     if len(ids) != len(p):
         raise SubmissionError(f"{len(ids)} ids but {len(p)} probabilities")
     if not np.issubdtype(p.dtype, np.floating):
@@ -216,14 +223,7 @@ def write_submission(
         frame = frame.set_index("id").loc[expected].reset_index()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
+    with atomic_path(target, durable=True) as tmp:
+        frame.to_csv(tmp, index=False)
         check_submission(tmp, expected)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target

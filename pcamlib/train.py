@@ -63,6 +63,13 @@ class TrainResult:
     history: pd.DataFrame
     best_model_path: Path
 
+    def __repr__(self) -> str:  # short: notebooks show it, and paths differ per machine
+        best = self.history["val_auc"].max() if "val_auc" in self.history else float("nan")
+        return (
+            f"TrainResult(run={self.run_dir.name!r}, epochs={len(self.history)}, "
+            f"best_val_auc={best:.4f}, best_model={self.best_model_path.name!r})"
+        )
+
 
 def save_model_atomic(model: keras.Model, path: Path, state: dict | None = None) -> None:
     """``model.save`` to a temp name, then rename: a crash never leaves half a .keras file.
@@ -147,12 +154,22 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, replicas: int = 1)
     raise ValueError(f"optimizer must be adam, adamw or sgd; got {config.optimizer!r}")
 
 
+# ROC AUC thresholds evenly spaced in logit space, sigmoid(-40…16): Keras' default 200
+# thresholds evenly spaced in [0, 1] cannot rank probabilities that all sit below 0.005, which
+# is where a short run with stale BatchNorm statistics puts every patch (val_auc then reads
+# 0.5 and best.keras is chosen blind).
+AUC_THRESHOLDS = (1 / (1 + np.exp(-np.linspace(-40, 16, 999)))).tolist()
+
+
 def compile_model(model: keras.Model, optimizer, label_smoothing: float = 0.0) -> keras.Model:
     """Adam/BCE with accuracy and ROC AUC, the metrics the series reports."""
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc", thresholds=AUC_THRESHOLDS),
+        ],
     )
     return model
 
@@ -282,6 +299,87 @@ def _record_split(
     atomic_write_text(run_dir / "split.csv", frame[frame.subset != ""].to_csv(index=False))
 
 
+def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> None:
+    """Refuse what the files, the network or the packages cannot honour (values: TrainConfig)."""
+    from .limits import check_paths
+    from .models import fetch_imagenet_weights
+
+    check_paths(config, need_data=cache is None)
+    if config.weights == "imagenet":
+        fetch_imagenet_weights(config.model)
+    if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
+        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
+
+
+def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCache:
+    if cache is None:
+        cache = load_patches(
+            config.data,
+            "train",
+            cache_dir=config.cache_dir,
+            groups_csv=config.groups_csv,
+            on_error="exclude" if config.exclude_bad else "raise",
+        )
+    if cache.labels is None:
+        raise ValueError(f"{config.data}: training needs labelled data")
+    if config.split == "slide" and cache.groups is None:
+        raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
+    return cache
+
+
+def _split(config: TrainConfig, cache: PackedCache, replicas: int):
+    """(train, val, test) rows of the protocol, validation trimmed as the run needs it."""
+    from .limits import SettingError
+
+    groups = cache.groups if config.split == "slide" else None
+    train_idx, val_idx, test_idx = protocol_split(  # test: the same rows for every run
+        cache.labels,
+        groups,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    if config.val_limit is not None:
+        per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
+        val_idx = np.sort(np.concatenate(per_class))
+    # Every replica needs an equal share of every batch (JAX refuses uneven ones), so a
+    # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer).
+    val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
+    if config.batch_size * replicas > len(train_idx):
+        per_replica = f" / {replicas} replicas" if replicas > 1 else ""
+        raise SettingError(
+            "batch_size",
+            config.batch_size,
+            f"must be ≤ the {len(train_idx)} training rows" + per_replica,
+        )
+    return train_idx, val_idx, test_idx
+
+
+def _model(config, state, run_dir, cache, train_idx, steps, replicas, policy):
+    """The resumed model (weights + optimizer state), or a new, compiled one."""
+    if state is not None:
+        if (state.get("policy"), state.get("replicas")) != (policy, replicas):
+            warnings.warn(
+                f"resuming a {state.get('policy')} run on {state.get('replicas')} "
+                f"replica(s) with {policy} on {replicas}: the history will differ from "
+                "an uninterrupted run",
+                stacklevel=3,
+            )
+        return keras.saving.load_model(run_dir / "last.keras")
+    model = build_model(
+        config.model,
+        image_size=config.image_size,
+        weights=config.weights,
+        trainable=config.trainable,
+        **config.model_kwargs,
+    )
+    # Stain normalisation and on-device augmentation as the first layers.
+    model = with_input_layers(model, model_front(config, cache.images, train_idx))
+    return compile_model(model, make_optimizer(config, steps, replicas), config.label_smoothing)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -294,62 +392,20 @@ def train(
     Under a distribution strategy ``batch_size`` is per replica (the global batch is
     ``batch_size × replicas``) and the peak LR is ``lr × replicas``. An epoch is the full
     batches of the training split, or the first ``steps_per_epoch`` of them; the next epoch
-    starts again from a new order.
-    """
-    from .limits import SettingError, check_paths
-    from .models import fetch_imagenet_weights
+    starts again from a new order. Nothing is written before every check has passed.
 
-    # TrainConfig checked its values (and applied its recipe) when it was made; refuse what
-    # the files and the network cannot honour before anything is written.
-    check_paths(config, need_data=cache is None)
-    if config.weights == "imagenet":
-        fetch_imagenet_weights(config.model)
-    if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
-        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
-    run_dir = Path(config.out)  # created only once every check has passed
+    Examples:
+        >>> result = train(TrainConfig(recipe="pcam-cpu", data="data/sample", out="runs/r"))
+        >>> result.history[["epoch", "val_auc"]]
+    """
+    _check_before_writing(config, cache)
+    run_dir = Path(config.out)
     state = _resume_state(run_dir, config)
     # Non-chief workers of a multi-worker cluster train too, but write to a scratch dir.
     write_dir = run_dir if is_chief() else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
-
-    if cache is None:
-        cache = load_patches(
-            config.data,
-            "train",
-            cache_dir=config.cache_dir,
-            groups_csv=config.groups_csv,
-            on_error="exclude" if config.exclude_bad else "raise",
-        )
-    if cache.labels is None:
-        raise ValueError(f"{config.data}: training needs labelled data")
-    groups = cache.groups if config.split == "slide" else None
-    if config.split == "slide" and groups is None:
-        raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
-    train_idx, val_idx, test_idx = protocol_split(  # test: the same rows for every run
-        cache.labels,
-        groups,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-    )
-    if config.val_limit is not None:
-        val_idx = np.sort(
-            np.concatenate(
-                [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
-            )
-        )
+    cache = _training_data(config, cache)
     scope, replicas = distribution(config.strategy)  # before TF starts: some strategies must
-    # Every replica needs an equal share of every batch (JAX refuses uneven ones), so a
-    # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer).
-    val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
-    if config.batch_size * replicas > len(train_idx):
-        raise SettingError(
-            "batch_size",
-            config.batch_size,
-            f"must be ≤ the {len(train_idx)} training rows"
-            + (f" / {replicas} replicas" if replicas > 1 else ""),
-        )
+    train_idx, val_idx, test_idx = _split(config, cache, replicas)
     if write_dir == run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _record_split(run_dir, cache, train_idx, val_idx, test_idx, config.split)
@@ -368,41 +424,17 @@ def train(
             **host_augmentation(config),  # nothing when config.augment_on == "model"
         )
         # Full batches only, for the same reason.
-        steps = max(1, len(train_idx) // batch)
-        if config.steps_per_epoch is not None:
-            steps = min(config.steps_per_epoch, steps)
+        steps = min(config.steps_per_epoch or len(train_idx), max(1, len(train_idx) // batch))
         train_data = EpochBatches(stream, steps)
         val_data = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
         with scope:
             keras.utils.set_random_seed(config.seed)
-            if state is not None:
-                model = keras.saving.load_model(run_dir / "last.keras")  # + optimizer state
-                if (state.get("policy"), state.get("replicas")) != (policy, replicas):
-                    warnings.warn(
-                        f"resuming a {state.get('policy')} run on {state.get('replicas')} "
-                        f"replica(s) with {policy} on {replicas}: the history will differ from "
-                        "an uninterrupted run",
-                        stacklevel=2,
-                    )
-            else:
+            model = _model(config, state, run_dir, cache, train_idx, steps, replicas, policy)
+            if state is None:
                 state = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "history": []}
-                model = build_model(
-                    config.model,
-                    image_size=config.image_size,
-                    weights=config.weights,
-                    trainable=config.trainable,
-                    **config.model_kwargs,
-                )
-                # Stain normalisation and on-device augmentation as the first layers.
-                front = model_front(config, cache.images, train_idx)
-                model = with_input_layers(model, front)
-                compile_model(
-                    model, make_optimizer(config, steps, replicas), config.label_smoothing
-                )
             state.update(policy=policy, replicas=replicas)
             if state["epoch"] and write_dir == run_dir:  # a kill may have left them behind
                 write_readable_copies(run_dir, state)
-
             cbs = [RunCheckpoint(write_dir, state, config, train_data), *(callbacks or [])]
             if config.tensorboard:
                 cbs.append(keras.callbacks.TensorBoard(log_dir=str(write_dir / "tensorboard")))

@@ -251,3 +251,18 @@ def test_tensorboard_logs_or_a_clear_error_before_training(sample_cache, tmp_pat
     else:
         train(config, verbose=0)
         assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_val_auc_still_ranks_when_every_probability_is_tiny():
+    """A short run with stale BatchNorm statistics puts every patch below p=0.005."""
+    from sklearn.metrics import roc_auc_score
+
+    from pcamlib.train import compile_model
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 1000).astype("float32")
+    probs = 1 / (1 + np.exp(-(-28 + 2 * y + rng.normal(0, 1.5, 1000))))  # all < 1e-9
+    identity = keras.Sequential([keras.Input((1,)), keras.layers.Activation("linear")])
+    compile_model(identity, "adam")
+    logs = identity.evaluate(probs[:, None].astype("float32"), y, verbose=0, return_dict=True)
+    assert logs["auc"] == pytest.approx(roc_auc_score(y, probs), abs=0.005)  # Keras' default: 0.5
