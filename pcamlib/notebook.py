@@ -8,6 +8,7 @@ data, which device, which precision and which mode this notebook runs with.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -90,6 +91,13 @@ def _quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
+    # TensorFlow logs (not warns) when a new model's train step is traced again, which every
+    # notebook that trains several models does by design.
+    logging.getLogger("tensorflow").addFilter(_not_retracing)
+
+
+def _not_retracing(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _figure_defaults() -> None:
