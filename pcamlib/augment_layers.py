@@ -42,7 +42,7 @@ def _like(y, x, *, pixels: bool):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """A layer with its own SeedGenerator (found by ``reseed`` in ``_seed_generators``)."""
+    """A layer with its own SeedGenerator, which ``reseed`` finds via ``keras_shim.seed_states``."""
 
     def __init__(self, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)

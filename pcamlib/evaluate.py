@@ -357,3 +357,28 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
             stacklevel=3,
         )
     return pd.concat([old[old["test_set"] == new["test_set"].iloc[0]], new], ignore_index=True)
+
+
+def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict[str, float]:
+    """ROC AUC with BatchNorm on its moving averages (inference) and on batch statistics.
+
+    A short run leaves the moving averages (momentum 0.99) far from the statistics the network
+    trained with: inference then ranks patches much worse than training mode does, and every
+    probability can land on one side of 0.5. A large gap names that cause. (Training mode
+    also turns Dropout on, which only adds noise to the second number.)
+    """
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    rows = np.asarray(rows)
+    y = cache.labels[rows]
+    aucs = {}
+    for name, training in (("moving averages", False), ("batch statistics", True)):
+        probs = [
+            keras.ops.convert_to_numpy(
+                model(np.asarray(cache.images[rows[i : i + batch_size]]), training=training)
+            )[:, 0]
+            for i in range(0, len(rows), batch_size)
+        ]
+        aucs[name] = float(roc_auc_score(y, np.concatenate(probs)))
+    return aucs

@@ -1,9 +1,9 @@
 """The series' files: execute the notebooks in order, in place, and keep their set-up in sync.
 
-``python -m pcamlib.run_series notebooks`` (``make run``) runs each notebook top to bottom in
-a fresh kernel with its own folder as working directory; outputs are stored in the notebook
-(without execution timestamps), artefacts go to ``outputs/``. A failing cell stops the series
-with the notebook and cell named.
+``python -m pcamlib.run_series notebooks`` (``make run``; or one notebook's path) runs each
+notebook top to bottom in a fresh kernel with its own folder as working directory; outputs
+are stored in the notebook (without execution timestamps), artefacts go to ``outputs/``. A
+failing cell stops the series with the notebook and cell named.
 
 ``python -m pcamlib.run_series --sync notebooks`` (``make sync``) writes the set-up cell and the
 Colab/Kaggle badges of every notebook from :data:`SETUP_CELL` and the repository URL in
@@ -87,6 +87,9 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
 
 
 def notebook_paths(folder: str | Path) -> list[Path]:
+    """The series' notebooks in order; a single notebook's path gives just that one."""
+    if Path(folder).is_file():
+        return [Path(folder)]
     paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not paths:
         raise SystemExit(f"{folder}: no NN_*.ipynb notebooks found")
@@ -122,7 +125,7 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
     from nbclient.exceptions import CellExecutionError
 
     quiet_kernels()
-    sync_series(folder)
+    sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
     times = []
     for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)

@@ -22,7 +22,7 @@ from pcamlib.evaluate import (
 from pcamlib.limits import SettingError
 from pcamlib.metrics import youden_threshold
 from pcamlib.protocol import protocol_split, read_split
-from pcamlib.train import load_model, train
+from pcamlib.train import load_model
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +31,11 @@ def cache():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_run):
     """Two runs that differ in seed and val_fraction: their test rows must not."""
     root = tmp_path_factory.mktemp("runs")
     for name, seed, val_fraction in (("a", 1, 0.25), ("b", 2, 0.1)):
-        train(
-            TrainConfig(
-                model="pcamnet",
-                data=str(SAMPLE_DIR),
-                out=str(root / name),
-                epochs=1,
-                steps_per_epoch=2,
-                batch_size=32,
-                seed=seed,
-                val_fraction=val_fraction,
-                model_kwargs={"widths": [8, 16]},
-            ),
-            verbose=0,
-        )
+        tiny_run(root / name, seed=seed, val_fraction=val_fraction)
     return root
 
 
