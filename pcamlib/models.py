@@ -247,9 +247,12 @@ class WeightsUnavailable(SettingError):
     """Explicit ImageNet weights that cannot be had: why, where to put them, the alternative."""
 
     def __init__(self, model: str, path: Path, url: str, reason: str):
+        home = str(Path.home())
+        folder = str(path.parent).replace(home, "~", 1) if home != "/" else str(path.parent)
+
         def text(style: str) -> str:
             return (
-                f"{reason}; put a copy of {url} in {path.parent}/ (Keras' cache, "
+                f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, "
                 f"$KERAS_HOME/models when set), or use {spelled('weights', None, style)} "
                 f"to train {model} from scratch"
             )

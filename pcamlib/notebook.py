@@ -94,6 +94,11 @@ def _quiet_known_noise() -> None:
     # TensorFlow logs (not warns) when a new model's train step is traced again, which every
     # notebook that trains several models does by design.
     logging.getLogger("tensorflow").addFilter(_not_retracing)
+    warnings.formatwarning = _short_warning  # no machine-specific source paths in outputs
+
+
+def _short_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{category.__name__}: {message}\n"
 
 
 def _not_retracing(record: logging.LogRecord) -> bool:
