@@ -106,7 +106,7 @@ def _not_retracing(record: logging.LogRecord) -> bool:
 
 
 def _figure_defaults() -> None:
-    """PNG at 100 dpi: text in figures stays readable on GitHub and in Colab."""
+    """100 dpi keeps figure text readable on GitHub and in Colab; JPEG keeps photos small."""
     import matplotlib.pyplot as plt
 
     plt.rcParams["figure.dpi"] = 100
@@ -114,6 +114,6 @@ def _figure_defaults() -> None:
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
 
-        set_matplotlib_formats("png")
+        set_matplotlib_formats("jpeg")  # tissue photos: 100-dpi JPEG keeps notebooks small
     except ImportError:  # not in a notebook kernel
         pass
