@@ -47,6 +47,7 @@ def main() -> None:
 
     from pcamlib.cache import load_patches
     from pcamlib.evaluate import evaluate
+    from pcamlib.metrics import auc_ci
     from pcamlib.train import load_model, train
 
     t0 = time.perf_counter()
@@ -62,8 +63,9 @@ def main() -> None:
     rows = {}
     for tta in (1, 8):
         t0 = time.perf_counter()
-        metrics, _ = evaluate(model, valid_cache, tta=tta, progress=False)
-        rows[tta] = {**metrics, "seconds": time.perf_counter() - t0}
+        metrics, probs = evaluate(model, valid_cache, tta=tta, progress=False)
+        _, lo, hi = auc_ci(valid_cache.labels, probs)  # DeLong 95% CI
+        rows[tta] = {**metrics, "auc_lo": lo, "auc_hi": hi, "seconds": time.perf_counter() - t0}
 
     print(f"\nrecipe {args.recipe} ({keras.backend.backend()} backend, {os.cpu_count()} CPUs)")
     print(f"train: {len(train_cache)} patches from {args.train}")
@@ -71,12 +73,13 @@ def main() -> None:
     print(f"pack (or reuse) caches: {t_pack:8.1f} s")
     print(f"train {len(result.history)} epochs:  {t_train:8.1f} s  ({t_train / 60:.1f} min)")
     print(
-        f"{'':10}{'ROC AUC':>9}{'PR AUC':>9}{'accuracy':>10}{'bal.acc':>9}{'sens':>7}"
+        f"{'':10}{'ROC AUC':>9}{'95% CI':>17}{'PR AUC':>9}{'accuracy':>10}{'bal.acc':>9}{'sens':>7}"
         f"{'spec':>7}{'ECE':>7}{'eval s':>8}"
     )
     for tta, m in rows.items():
         print(
-            f"TTA x{tta:<4}{m['roc_auc']:9.4f}{m['pr_auc']:9.4f}{m['accuracy']:10.4f}"
+            f"TTA x{tta:<4}{m['roc_auc']:9.4f}  [{m['auc_lo']:.4f}, {m['auc_hi']:.4f}]"
+            f"{m['pr_auc']:9.4f}{m['accuracy']:10.4f}"
             f"{m['balanced_accuracy']:9.4f}{m['sensitivity']:7.3f}{m['specificity']:7.3f}"
             f"{m['ece']:7.3f}{m['seconds']:8.1f}"
         )

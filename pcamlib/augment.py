@@ -37,16 +37,10 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 
-def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
-    """Mirror out-of-range indices back into 0..size-1 (numpy's ``reflect`` padding)."""
-    return (size - 1) - np.abs((size - 1) - np.abs(index))
-
-
 def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Move image j's content by ``offsets[j] = (dy, dx)`` pixels; the border is mirrored in.
 
-    No wrap-around: the pixels that come in are the reflection of the patch's own edge, as
-    in :class:`pcamlib.augment_layers.RandomShift` (the same transform, in the model).
+    No wrap-around, as in :class:`pcamlib.augment_layers.RandomShift` (the same, in the model).
     """
     n, h, w = batch.shape[:3]
     offsets = np.asarray(offsets)

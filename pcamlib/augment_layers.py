@@ -1,20 +1,12 @@
 """Augmentation as the first layers of the training model: it runs where the model runs.
 
-With ``TrainConfig(augment_on="model")`` the dihedral view, shift, colour and HED stain
-jitter are Keras layers in front of the network, so on a GPU they run in the training graph
-on the GPU and the host only reads and batches uint8 patches (a 2-core host can then feed
-a fast GPU; see ``benchmarks/pipeline.py``). Every layer is the identity unless
-``training=True`` (``model.fit``), so ``predict``, ``evaluate`` and TTA×8 see the plain model,
-and a saved model needs no special handling. Each layer owns a ``keras.random.SeedGenerator``,
-which :func:`pcamlib.train.reseed` resets from (seed, epoch): a resumed run draws the same
-augmentations as an uninterrupted one.
-
-:class:`ReinhardNormalization` is the exception: a deterministic stain normalisation that is
-active at training *and* inference, so the saved model carries it and a new centre's patches
-are normalised the same way.
-
-Only ``keras.ops`` / ``keras.random``: the same code runs on TensorFlow, JAX and PyTorch.
-Each layer works in float32 and returns its input's dtype (uint8 in, uint8 out).
+With ``TrainConfig(augment_on="model")`` the dihedral view, shift, colour and HED jitter run
+in the training graph on the accelerator, so a 2-core host only batches uint8 patches (see
+``benchmarks/pipeline.py``). They are the identity unless ``training=True``, so predict, TTA
+and saved models see the plain model, and :func:`pcamlib.train.reseed` resets their seeds
+from (seed, epoch) so a resumed run draws the same augmentations. :class:`ReinhardNormalization`
+is preprocessing, active at inference too. Only ``keras.ops`` / ``keras.random`` (any
+backend); each layer works in float32 and returns its input's dtype (uint8 in, uint8 out).
 """
 
 from __future__ import annotations
@@ -25,8 +17,6 @@ from keras import ops
 
 from . import stain
 from .config import TrainConfig
-
-PLACEMENTS = ("host", "model")
 
 
 def _float(x):
@@ -41,13 +31,31 @@ def _like(y, x, *, pixels: bool):
     return ops.cast(y, dtype)
 
 
+def _fraction(value: float, what: str) -> float:
+    if not 0 <= value < 1:
+        raise ValueError(f"{what} strength must be in [0, 1), got {value}")
+    return float(value)
+
+
 class _RandomLayer(keras.layers.Layer):
-    """A layer with its own SeedGenerator, which ``reseed`` finds via ``keras_shim.seed_states``."""
+    """Identity unless training; draws from its own SeedGenerator (``reseed`` resets it).
+
+    Subclasses name their strength argument in ``setting`` (0 makes the layer the identity;
+    it is saved in the config) and transform float32 pixels in ``augment``.
+    """
+
+    setting = ""
+    pixels = True  # the output has new pixel values (rounded and clipped), not moved ones
 
     def __init__(self, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or (self.setting and not getattr(self, self.setting)):
+            return x
+        return _like(self.augment(_float(x)), x, pixels=self.pixels)
 
     def _uniform(self, x, shape, low=0.0, high=1.0):
         """Uniform draws of ``(batch, *shape)``, reshaped to broadcast over NHWC."""
@@ -58,22 +66,23 @@ class _RandomLayer(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
+        config = {**super().get_config(), "seed": self.seed}
+        if self.setting:
+            config[self.setting] = getattr(self, self.setting)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class RandomDihedral(_RandomLayer):
     """One of the 8 dihedral views per image (transpose, flip up-down, flip left-right: 3 coins)."""
 
-    def call(self, x, training=False):
-        if not training:
-            return x
-        y = _float(x)
+    pixels = False
+
+    def augment(self, y):
         coins = self._uniform(y, (3, 1, 1, 1)) < 0.5  # (n, 3, 1, 1, 1)
         y = ops.where(coins[:, 0], ops.transpose(y, (0, 2, 1, 3)), y)
         y = ops.where(coins[:, 1], ops.flip(y, axis=1), y)
-        y = ops.where(coins[:, 2], ops.flip(y, axis=2), y)
-        return _like(y, x, pixels=False)
+        return ops.where(coins[:, 2], ops.flip(y, axis=2), y)
 
     def build(self, input_shape):
         if input_shape[1] != input_shape[2]:
@@ -82,8 +91,7 @@ class RandomDihedral(_RandomLayer):
 
 def _reflect(index, size: int):
     """Mirror out-of-range indices back into 0..size-1 (numpy's ``reflect`` padding)."""
-    index = ops.abs(index)
-    return (size - 1) - ops.abs((size - 1) - index)
+    return (size - 1) - ops.abs((size - 1) - ops.abs(index))
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
@@ -95,16 +103,15 @@ class RandomShift(_RandomLayer):
     centre 64×64 of 96) a shift of ≤ (96 - crop) / 2 never brings them into view at all.
     """
 
+    setting, pixels = "shift", False
+
     def __init__(self, shift: int, seed: int | None = None, **kwargs):
         super().__init__(seed, **kwargs)
         if shift < 0:
             raise ValueError(f"shift must be ≥ 0, got {shift}")
         self.shift = int(shift)
 
-    def call(self, x, training=False):
-        if not training or not self.shift:
-            return x
-        y = _float(x)
+    def augment(self, y):
         n = ops.shape(y)[0]
         h, w, c = y.shape[1], y.shape[2], y.shape[3]
         d = keras.random.randint((n, 2), -self.shift, self.shift + 1, seed=self.seed_generator)
@@ -113,84 +120,57 @@ class RandomShift(_RandomLayer):
         base = ops.arange(n)[:, None, None] * (h * w)
         flat = base + rows[:, :, None] * w + cols[:, None, :]  # (n, h, w) pixel numbers
         y = ops.take(ops.reshape(y, (-1, c)), ops.reshape(flat, (-1,)), axis=0)
-        return _like(ops.reshape(y, (n, h, w, c)), x, pixels=False)
-
-    def get_config(self):
-        return {**super().get_config(), "shift": self.shift}
+        return ops.reshape(y, (n, h, w, c))
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class HEDJitter(_RandomLayer):
-    """Tellez et al. (2019) stain augmentation: H, E, DAB scaled by U(1±σ), shifted by U(±σ).
+    """Tellez et al. (2019) stain augmentation: :func:`pcamlib.stain.hed_jitter` in the graph."""
 
-    The same arithmetic as :func:`pcamlib.stain.hed_jitter` (optical density, σ = 0.05 is
-    mild), in the training graph.
-    """
+    setting = "sigma"
 
     def __init__(self, sigma: float, seed: int | None = None, **kwargs):
         super().__init__(seed, **kwargs)
-        if not 0 <= sigma < 1:
-            raise ValueError(f"HED jitter strength must be in [0, 1), got {sigma}")
-        self.sigma = float(sigma)
+        self.sigma = _fraction(sigma, "HED jitter")
 
-    def call(self, x, training=False):
-        if not training or not self.sigma:
-            return x
-        s = self.sigma
-        factors = self._uniform(x, (2, 3), -s, s)  # (n, 2, 3): alpha - 1, beta
+    def augment(self, y):
+        factors = self._uniform(y, (2, 3), -self.sigma, self.sigma)  # (n, 2, 3): alpha - 1, beta
         alpha = 1.0 + ops.reshape(factors[:, 0], (-1, 1, 1, 3))
-        beta = ops.reshape(factors[:, 1], (-1, 1, 1, 3))
-        return _like(apply_hed(x, alpha, beta), x, pixels=True)
-
-    def get_config(self):
-        return {**super().get_config(), "sigma": self.sigma}
+        return apply_hed(y, alpha, ops.reshape(factors[:, 1], (-1, 1, 1, 3)))
 
 
 def apply_hed(x, alpha, beta):
     """RGB (0–255) → stain concentrations → ``alpha · c + beta`` → RGB (0–255, float32)."""
-    hed_from_rgb = ops.convert_to_tensor(stain.HED_FROM_RGB, "float32")
-    rgb_from_hed = ops.convert_to_tensor(stain.RGB_FROM_HED, "float32")
     od = -ops.log((_float(x) + 1.0) / stain.I0)
-    hed = ops.matmul(od, hed_from_rgb) * alpha + beta
-    return stain.I0 * ops.exp(-ops.matmul(hed, rgb_from_hed)) - 1.0
+    hed = ops.matmul(od, _float(stain.HED_FROM_RGB)) * alpha + beta
+    return stain.I0 * ops.exp(-ops.matmul(hed, _float(stain.RGB_FROM_HED))) - 1.0
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class RandomColour(_RandomLayer):
-    """Brightness ±c·128, contrast ×(1±c) about the image mean, per-channel gain ×(1±c/2).
+    """:func:`pcamlib.augment.jitter_colour` as a layer: ``color_jitter`` means the same on either
+    placement (brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2))."""
 
-    :func:`pcamlib.augment.jitter_colour` as a layer: ``color_jitter`` means the same on
-    either placement.
-    """
+    setting = "strength"
 
     def __init__(self, strength: float, seed: int | None = None, **kwargs):
         super().__init__(seed, **kwargs)
-        if not 0 <= strength < 1:
-            raise ValueError(f"colour jitter strength must be in [0, 1), got {strength}")
-        self.strength = float(strength)
+        self.strength = _fraction(strength, "colour jitter")
 
-    def call(self, x, training=False):
-        if not training or not self.strength:
-            return x
+    def augment(self, y):
         c = self.strength
-        u = self._uniform(x, (1, 1, 5), -1.0, 1.0)  # contrast, 3 gains, brightness
-        y = _float(x)
+        u = self._uniform(y, (1, 1, 5), -1.0, 1.0)  # contrast, 3 gains, brightness
         mean = ops.mean(y, axis=(1, 2, 3), keepdims=True)
         contrast, gain = 1 + c * u[..., :1], 1 + c / 2 * u[..., 1:4]
-        y = ((y - mean) * contrast + mean) * gain + c * 128 * u[..., 4:]
-        return _like(y, x, pixels=True)
-
-    def get_config(self):
-        return {**super().get_config(), "strength": self.strength}
+        return ((y - mean) * contrast + mean) * gain + c * 128 * u[..., 4:]
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class ReinhardNormalization(keras.layers.Layer):
-    """Reinhard stain normalisation: each image's lαβ mean/std matched to a fixed target.
+    """Reinhard stain normalisation (:func:`pcamlib.stain.reinhard_normalise`) in the model.
 
-    Active at training and inference alike (it is preprocessing, not augmentation), so the
-    saved model applies it to every patch it is given. Targets come from
-    :func:`pcamlib.stain.reinhard_target` on training patches and are stored in the config.
+    Active at training and inference alike, so the saved model normalises every patch it is
+    given; the target (from :func:`pcamlib.stain.reinhard_target`) is stored in the config.
     """
 
     def __init__(self, means, stds, eps: float = 1e-3, **kwargs):
@@ -199,19 +179,15 @@ class ReinhardNormalization(keras.layers.Layer):
         self.eps = float(eps)
 
     def call(self, x):
-        lms_from_rgb = ops.convert_to_tensor(stain.LMS_FROM_RGB.T, "float32")
-        lab_from_loglms = ops.convert_to_tensor(stain.LAB_FROM_LOGLMS.T, "float32")
-        loglms_from_lab = ops.convert_to_tensor(stain.LOGLMS_FROM_LAB.T, "float32")
-        rgb_from_lms = ops.convert_to_tensor(stain.RGB_FROM_LMS.T, "float32")
-        lms = ops.matmul(ops.maximum(_float(x), 1.0), lms_from_rgb)
-        lab = ops.matmul(ops.log(ops.maximum(lms, 1.0)) / np.log(10.0), lab_from_loglms)
+        lms = ops.matmul(ops.maximum(_float(x), 1.0), _float(stain.LMS_FROM_RGB.T))
+        lab = ops.matmul(
+            ops.log(ops.maximum(lms, 1.0)) / np.log(10.0), _float(stain.LAB_FROM_LOGLMS.T)
+        )
         mu = ops.mean(lab, axis=(1, 2), keepdims=True)
         sd = ops.std(lab, axis=(1, 2), keepdims=True)
-        means = ops.convert_to_tensor(self.means, "float32")
-        stds = ops.convert_to_tensor(self.stds, "float32")
-        lab = (lab - mu) / (sd + self.eps) * stds + means
-        lms = ops.power(10.0, ops.matmul(lab, loglms_from_lab))
-        return _like(ops.matmul(lms, rgb_from_lms), x, pixels=True)
+        lab = (lab - mu) / (sd + self.eps) * _float(self.stds) + _float(self.means)
+        lms = ops.power(10.0, ops.matmul(lab, _float(stain.LOGLMS_FROM_LAB.T)))
+        return _like(ops.matmul(lms, _float(stain.RGB_FROM_LMS.T)), x, pixels=True)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -220,24 +196,11 @@ class ReinhardNormalization(keras.layers.Layer):
         return {**super().get_config(), "means": self.means, "stds": self.stds, "eps": self.eps}
 
 
-def _check(config: TrainConfig) -> None:
-    if config.augment_on not in PLACEMENTS:
-        raise ValueError(f"augment_on must be 'host' or 'model'; got {config.augment_on!r}")
-    if config.stain_norm not in (None, "reinhard"):
-        raise ValueError(f"stain_norm must be None or 'reinhard'; got {config.stain_norm!r}")
-
-
 def host_augmentation(config: TrainConfig) -> dict:
     """The :class:`~pcamlib.data.PatchStream` arguments that augment on the host (numpy)."""
-    _check(config)
     if config.augment_on != "host":
         return {}
-    return dict(
-        augment=config.augment,
-        shift=config.shift,
-        color_jitter=config.color_jitter,
-        hed_jitter=config.hed_jitter,
-    )
+    return {k: getattr(config, k) for k in ("augment", "shift", "color_jitter", "hed_jitter")}
 
 
 def model_front(
@@ -248,7 +211,6 @@ def model_front(
     ``images[rows]`` are the training patches the Reinhard target is measured on (an evenly
     spaced 2,000 of them); they are only read when ``config.stain_norm`` is set.
     """
-    _check(config)
     front: list[keras.layers.Layer] = []
     if config.stain_norm == "reinhard":
         if images is None:

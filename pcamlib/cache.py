@@ -1,23 +1,18 @@
 """Pack once, stream many epochs: a verified uint8 memmap cache of decoded patches.
 
 Decoding TIFF/JPEG runs at a few thousand images/s; a memmap reads at 50k+. ``pack`` decodes
-every item once, in parallel threads, chunk by chunk, recording progress after each chunk so
-that a killed run resumes where it stopped. It finishes atomically (a cache directory is
-either complete with its ``meta.json`` or not a cache), and ``PackedCache.open`` checks shape,
-dtype, count and content checksums.
-
-Layout of a cache directory::
-
-    images.npy    (N, 96, 96, 3) uint8, a plain .npy readable with np.load(mmap_mode="r")
-    index.csv     id, label (-1 when unlabelled), group (slide, when known)
-    meta.json     source name + fingerprint, count, per-chunk CRC32 checksums; written last
-    excluded.csv  items left out on request (only with on_error="exclude"): id, where, reason
-    .partial/     work in progress: images.npy + state.json (chunks done, bad items so far)
+every item once, in threads, chunk by chunk, recording progress so that a killed run resumes
+at its last chunk, and finishes atomically. A cache directory holds ``images.npy`` ((N, 96,
+96, 3) uint8, readable with ``np.load(mmap_mode="r")``), ``index.csv`` (id, label or -1,
+group), ``excluded.csv`` (items left out with on_error="exclude") and ``meta.json`` (source
+fingerprint, count, CRC32 per chunk; written last, so no meta.json means no cache). Work in
+progress lives in ``.partial/`` (images.npy + state.json).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +22,7 @@ import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +37,23 @@ __all__ = ["PackedCache", "default_cache_dir", "load_patches", "pack"]
 
 CHUNK = 1024  # images per resume point and per checksum
 FORMAT_VERSION = 2
-_EXCLUDE_HINT = "pass on_error='exclude' to leave them out (listed in excluded.csv)"
 
 
 def _digest(block: np.ndarray) -> str:
     return f"{zlib.crc32(np.ascontiguousarray(block).data):08x}"
 
 
+def _bad_chunk(images: np.ndarray, digests: list[str], chunk: int, chunks=None) -> int | None:
+    """The first of ``chunks`` (default: all) whose CRC32 differs from ``digests``, or None."""
+    chunks = range(len(digests)) if chunks is None else chunks
+    return next(
+        (c for c in chunks if _digest(images[c * chunk : (c + 1) * chunk]) != digests[c]), None
+    )
+
+
 def _bad_items_error(problems: list[Problem], name: str) -> DataError:
-    return DataError(f"{format_problems(problems, name)}\n({_EXCLUDE_HINT})", problems)
+    hint = "pass on_error='exclude' to leave them out (listed in excluded.csv)"
+    return DataError(f"{format_problems(problems, name)}\n({hint})", problems)
 
 
 @dataclass
@@ -123,19 +127,17 @@ def _verify_chunks(path: Path, images, digests: list[str], chunk: int, verify: s
     if verify == "quick" and len(digests) > 8:
         rng = np.random.default_rng()  # a different sample each open
         chunks = sorted({0, len(digests) - 1, *rng.choice(len(digests), 6, replace=False)})
-    for c in chunks:
+    c = _bad_chunk(images, digests, chunk, chunks)
+    if c is not None:
         lo, hi = c * chunk, min((c + 1) * chunk, len(images))
-        if _digest(images[lo:hi]) != digests[c]:
-            raise DataError(
-                f"{path}/images.npy: checksum mismatch in chunk {c} (images {lo}–{hi - 1}); "
-                "the cache is corrupt: delete it and pack again"
-            )
+        raise DataError(
+            f"{path}/images.npy: checksum mismatch in chunk {c} (images {lo}–{hi - 1}); "
+            "the cache is corrupt: delete it and pack again"
+        )
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
     """``PCAM_CACHE_DIR`` if set; else next to the data when writable; else a per-user dir."""
-    import hashlib
-
     key = hashlib.blake2b(source.name.encode(), digest_size=6).hexdigest()
     configured = os.environ.get("PCAM_CACHE_DIR")
     if configured:
@@ -152,26 +154,20 @@ def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -
 @contextlib.contextmanager
 def _locked(out: Path):
     """One packer per cache directory at a time (a second process waits, then reuses)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; packing the same dir twice is on you
-        yield
-        return
+    import fcntl  # POSIX only, like the os.pwrite that packing relies on
+
     try:
         f = open(out / ".lock", "a")
     except OSError:  # a read-only cache can still be reused; packing into it fails clearly
         yield
         return
-    with f:
+    with f:  # closing the file releases the lock
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             tqdm.write(f"waiting for another process that is packing {out} …", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def pack(
@@ -195,7 +191,6 @@ def pack(
         source = _open(source, split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with _locked(out):
         fingerprint = source.fingerprint()
         if (out / "meta.json").is_file():
@@ -208,14 +203,15 @@ def pack(
                     if cache.meta["excluded"] and on_error == "raise":
                         raise _bad_items_error(cache.excluded, source.name)
                     return cache
-            (out / "meta.json").unlink()  # from here on `out` is no longer a cache
-            for name in ("images.npy", "index.csv", "excluded.csv"):
+            # meta.json first: from here on `out` is no longer a cache
+            for name in ("meta.json", "images.npy", "index.csv", "excluded.csv"):
                 (out / name).unlink(missing_ok=True)
+        workers = workers or min(8, 2 * (os.cpu_count() or 1))
         return _pack(source, out, fingerprint, on_error, workers, progress)
 
 
-def _load_state(work: Path, fingerprint: str, count: int) -> tuple[dict, int] | None:
-    """Resume point of an interrupted pack of the same source: (state, data offset) or None.
+def _start(work: Path, fingerprint: str, n: int) -> tuple[dict, int]:
+    """(state, data offset) of an interrupted pack of the same source, else of a fresh one.
 
     Chunks recorded as done are checksummed again, so a resume never trusts lost writes.
     """
@@ -223,22 +219,15 @@ def _load_state(work: Path, fingerprint: str, count: int) -> tuple[dict, int] | 
         state = json.loads((work / "state.json").read_text())
         images = np.load(work / "images.npy", mmap_mode="r")
     except (OSError, ValueError):
-        return None
+        state = {}
     same = (state.get("format"), state.get("fingerprint"), state.get("count"))
-    if same != (FORMAT_VERSION, fingerprint, count) or images.shape != (count, *PATCH_SHAPE):
-        return None
-    chunk, done = state["chunk"], 0
-    for c, digest in enumerate(state["digests"][: state["done_chunks"]]):
-        if _digest(images[c * chunk : (c + 1) * chunk]) != digest:
-            break
-        done = c + 1
-    state.update(done_chunks=done, digests=state["digests"][:done])
-    state["bad"] = [b for b in state["bad"] if b[0] < done * chunk]
-    return state, images.offset
-
-
-def _new_state(work: Path, fingerprint: str, n: int) -> tuple[dict, int]:
-    """Start a pack from scratch: an empty array and its state in ``work``."""
+    if same == (FORMAT_VERSION, fingerprint, n) and images.shape == (n, *PATCH_SHAPE):
+        digests = state["digests"][: state["done_chunks"]]
+        bad = _bad_chunk(images, digests, state["chunk"])
+        done = len(digests) if bad is None else bad
+        state.update(done_chunks=done, digests=digests[:done])
+        state["bad"] = [b for b in state["bad"] if b[0] < done * state["chunk"]]
+        return state, images.offset
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     images = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
@@ -256,13 +245,13 @@ def _decode_chunks(
     # Decode into two reused RAM buffers (no page faults) and write each chunk with one pwrite.
     buffers = [np.zeros((min(chunk, n), *PATCH_SHAPE), np.uint8) for _ in range(2)]
 
-    def decode(buf: np.ndarray, base: int, lo: int, hi: int) -> list[tuple[int, str]]:
+    def decode(block: np.ndarray, lo: int, start: int, stop: int) -> list[tuple[int, str]]:
         bad = []
-        for i in range(lo, hi):
+        for i in range(start, stop):
             try:
-                buf[i - base] = source.read(i)
+                block[i - lo] = source.read(i)
             except DataError as exc:
-                buf[i - base] = 0
+                block[i - lo] = 0
                 bad.append((i, str(exc).removeprefix(f"{source.where(i)}: ")))
         return bad
 
@@ -274,33 +263,31 @@ def _decode_chunks(
         state["done_chunks"] = c + 1
         atomic_write_text(work / "state.json", json.dumps(state))
 
-    fd = os.open(work / "images.npy", os.O_WRONLY)
-    try:
-        with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as committer:
-            pending, n_bad = None, len(state["bad"])
-            for c in range(state["done_chunks"], -(-n // chunk)):
-                lo, hi = c * chunk, min((c + 1) * chunk, n)
-                block = buffers[c % 2][: hi - lo]  # its previous commit finished (see below)
-                if source.block_reads:
-                    block[:], bad = source.read_many(lo, hi), []
-                else:
-                    starts = range(lo, hi, -(-(hi - lo) // workers))  # one slice per worker
-                    parts = pool.map(
-                        decode, [block] * len(starts), [lo] * len(starts), starts, [*starts[1:], hi]
-                    )
-                    bad = [b for part in parts for b in part]
-                if pending is not None:
-                    pending.result()
-                pending = committer.submit(commit, fd, c, block, bad)
-                bar.update(hi - lo)
-                n_bad += len(bad)
-                if n_bad:
-                    bar.set_postfix(bad=n_bad, refresh=False)
+    with (
+        open(work / "images.npy", "r+b") as f,
+        ThreadPoolExecutor(workers) as pool,
+        ThreadPoolExecutor(1) as committer,
+    ):
+        pending, n_bad = None, len(state["bad"])
+        for c in range(state["done_chunks"], -(-n // chunk)):
+            lo, hi = c * chunk, min((c + 1) * chunk, n)
+            block = buffers[c % 2][: hi - lo]  # its previous commit finished (see below)
+            if source.block_reads:
+                block[:], bad = source.read_many(lo, hi), []
+            else:
+                starts = range(lo, hi, -(-(hi - lo) // workers))  # one slice per worker
+                parts = pool.map(partial(decode, block, lo), starts, [*starts[1:], hi])
+                bad = [b for part in parts for b in part]
             if pending is not None:
                 pending.result()
-        os.fsync(fd)  # a finished cache is on disk before its meta.json says so
-    finally:
-        os.close(fd)
+            pending = committer.submit(commit, f.fileno(), c, block, bad)
+            bar.update(hi - lo)
+            n_bad += len(bad)
+            if n_bad:
+                bar.set_postfix(bad=n_bad, refresh=False)
+        if pending is not None:
+            pending.result()
+        os.fsync(f.fileno())  # a finished cache is on disk before its meta.json says so
 
 
 def _pack(
@@ -316,49 +303,40 @@ def _pack(
             f"{len(source.problems)} bad item(s) in the listing; checking every image too",
             file=sys.stderr,
         )
-    work = out / ".partial"
-    state, offset = _load_state(work, fingerprint, n) or _new_state(work, fingerprint, n)
+    state, offset = _start(out / ".partial", fingerprint, n)
     resumed = state["done_chunks"] * state["chunk"]
     start_time = time.perf_counter()
     desc = f"packing {out.name}"
     with tqdm(total=n, initial=resumed, unit="img", desc=desc, disable=not progress) as bar:
-        _decode_chunks(source, work, state, offset, workers, bar)
+        _decode_chunks(source, out / ".partial", state, offset, workers, bar)
     rate = (n - resumed) / max(time.perf_counter() - start_time, 1e-9)
 
-    decode_problems = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
-    problems = source.problems + decode_problems
+    decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
+    problems = source.problems + decoded
     if problems and on_error == "raise":
         # .partial stays: a rerun with on_error='exclude' finishes without decoding again.
         raise _bad_items_error(problems, source.name)
-    row_of = {item_id: i for i, item_id in enumerate(source.ids)}
-    drop = {i for i, _ in state["bad"]} | {row_of[p.id] for p in source.problems if p.id in row_of}
-    _finalise(source, out, work, state, sorted(drop), problems, fingerprint)
+    _finalise(source, out, state, problems)
     cache = PackedCache.open(out, verify="none")
     if progress:
         pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
         classes = f" ({pos} tumour, {len(cache) - pos} normal)" if pos is not None else ""
         extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
-        size = len(cache) * np.prod(PATCH_SHAPE) / 2**20
         tqdm.write(
-            f"packed {len(cache)} patches{classes} into {out} ({size:,.0f} MiB) "
-            f"at {rate:,.0f} img/s{' after resuming' if resumed else ''}{extra}",
+            f"packed {len(cache)} patches{classes} into {out} "
+            f"({cache.images.nbytes / 2**20:,.0f} MiB) at {rate:,.0f} img/s"
+            f"{' after resuming' if resumed else ''}{extra}",
             file=sys.stderr,  # progress: stdout stays clean for the CLI's JSON
         )
     return cache
 
 
-def _finalise(
-    source: PatchSource,
-    out: Path,
-    work: Path,
-    state: dict,
-    drop: list[int],
-    problems: list[Problem],
-    fingerprint: str,
-) -> None:
+def _finalise(source: PatchSource, out: Path, state: dict, problems: list[Problem]) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
-    n, chunk = len(source), state["chunk"]
-    keep = np.setdiff1d(np.arange(n), np.asarray(drop, dtype=np.int64))
+    n, chunk, work = len(source), state["chunk"], out / ".partial"
+    row_of = {item_id: i for i, item_id in enumerate(source.ids)}
+    drop = {i for i, _ in state["bad"]} | {row_of[p.id] for p in source.problems if p.id in row_of}
+    keep = np.setdiff1d(np.arange(n), np.asarray(sorted(drop), dtype=np.int64))
     if len(keep) == 0:
         raise _bad_items_error(problems, f"{source.name} (nothing left to pack)")
     array, digests = work / "images.npy", state["digests"]
@@ -385,7 +363,7 @@ def _finalise(
     meta = {
         "format": FORMAT_VERSION,
         "source": source.name,
-        "fingerprint": fingerprint,
+        "fingerprint": state["fingerprint"],
         "count": int(len(keep)),
         "shape": list(PATCH_SHAPE),
         "dtype": "uint8",
@@ -399,11 +377,8 @@ def _finalise(
 
 
 def _open(spec: str | os.PathLike, split: str, groups_csv=None) -> PatchSource:
-    """Any layout :func:`~pcamlib.sources.open_source` knows, or ``tfds:NAME[/SPLIT]``.
-
-    The TFDS dispatch lives here, not in ``sources``, so imports flow one way:
-    ``tfds_source`` builds on ``sources`` and ``cache`` on both.
-    """
+    """:func:`~pcamlib.sources.open_source`, or ``tfds:NAME[/SPLIT]``: dispatched here, not in
+    ``sources``, so that imports flow one way (``tfds_source`` builds on ``sources``)."""
     if str(spec).startswith("tfds:"):
         return tfds_source(str(spec), split)
     return open_source(spec, split, groups_csv)
@@ -424,9 +399,11 @@ def load_patches(
     Packs on first use (into ``cache_dir``, default: see :func:`default_cache_dir`) and reuses
     the cache while the source is unchanged.
     """
-    if not isinstance(data, PatchSource) and (Path(data) / "meta.json").is_file():
-        return PackedCache.open(data)
-    source = data if isinstance(data, PatchSource) else _open(data, split, groups_csv)
-    root = None if isinstance(data, PatchSource) or str(data).startswith("tfds:") else Path(data)
+    source, root = data, None
+    if not isinstance(data, PatchSource):
+        if (Path(data) / "meta.json").is_file():
+            return PackedCache.open(data)
+        source = _open(data, split, groups_csv)
+        root = None if str(data).startswith("tfds:") else Path(data)
     out = Path(cache_dir) if cache_dir else default_cache_dir(source, split, root)
     return pack(source, out, split=split, on_error=on_error, workers=workers, progress=progress)

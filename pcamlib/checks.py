@@ -20,12 +20,10 @@ def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: 
 def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
     """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
     rows = np.flatnonzero(mask)
-    return f"{len(rows)} {what}: " + few(rows, fmt=lambda i: f"row {i}: {_plain(values[i])!r}")
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python values, so messages read ``2`` rather than ``np.int64(2)``."""
-    return value.item() if isinstance(value, np.generic) else value
+    # tolist() makes numpy scalars plain Python values: ``2``, not ``np.int64(2)``.
+    return f"{len(rows)} {what}: " + few(
+        rows, fmt=lambda i: f"row {i}: {values[i : i + 1].tolist()[0]!r}"
+    )
 
 
 def not01(values: Any) -> np.ndarray:

@@ -24,18 +24,18 @@ from pathlib import Path  # noqa: E402
 
 from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
 from .quiet import quiet_keras  # noqa: E402
-from .recipes import RECIPES  # noqa: E402
 
-RECIPE_NAMES = tuple(RECIPES)
+SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
 
 
-def _help(setting: str, text: str = "", rules=limits.TRAIN_RULES) -> str:
-    """A flag's help: what it does, then the values it takes (from the one table)."""
-    values = limits.allowed(setting, rules)
+def _help(text: str | None, rule: limits.Rule) -> str:
+    """A flag's help: what it does, then the values its rule takes."""
+    values = rule.describe("cli")
     return f"{text} ({values})" if text else values
 
 
 def _train_parser(sub) -> None:
+    """One flag per TrainConfig field: its type, values and help come with the field."""
     from .config import TrainConfig
 
     p = sub.add_parser(
@@ -44,100 +44,28 @@ def _train_parser(sub) -> None:
         description="Every setting is checked before anything is written; "
         "unset ones come from --recipe, else TrainConfig's defaults.",
     )
-    p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
-    p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    p.add_argument(
-        "--recipe", help=f"named recipe, one of {', '.join(RECIPE_NAMES)}; explicit flags win"
-    )
-    p.add_argument("--model", choices=limits.MODEL_NAMES)
-    p.add_argument("--epochs", type=int, help=_help("epochs"))
-    p.add_argument(
-        "--image-size",
-        type=int,
-        help="model input side in pixels: cnn1/cnn2 16-512 (default 64), backbones 32-512 "
-        "(default 96), pcamnet a centre crop of 2^(stages-1)-96 (default 64)",
-    )
-    p.add_argument("--batch-size", type=int, help=_help("batch_size", "per replica"))
-    p.add_argument("--lr", type=float, help=_help("lr", "peak learning rate"))
-    p.add_argument("--val-fraction", type=float, help=_help("val_fraction"))
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        help=_help(
-            "test_fraction",
-            "share held out as the protocol's test rows, the same for every run on this data; "
-            "0 when the test set is separate data",
-        ),
-    )
-    p.add_argument(
-        "--weights",
-        choices=["imagenet", "none"],
-        help="imagenet: pretrained backbone (vgg16, vgg19, resnet50; refused if it cannot be "
-        "downloaded or found in ~/.keras/models); none: from scratch",
-    )
-    p.add_argument(
-        "--trainable",
-        choices=["yes", "no"],
-        help="backbone trainable (default: "
-        "frozen with imagenet weights, trained from scratch without)",
-    )
-    p.add_argument("--seed", type=int, help=_help("seed"))
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random dihedral views",
-    )
-    p.add_argument("--shift", type=int, help=_help("shift", "random shifts of up to N pixels"))
-    p.add_argument("--color-jitter", type=float, help=_help("color_jitter", "colour jitter"))
-    p.add_argument("--hed-jitter", type=float, help=_help("hed_jitter", "HED stain jitter σ"))
-    p.add_argument("--augment-on", choices=["host", "model"], help="where augmentation runs")
-    p.add_argument(
-        "--stain-norm", choices=["reinhard", "none"], help="stain normalisation in the model"
-    )
-    p.add_argument("--val-limit", type=int, help=_help("val_limit", "validate on ≤ N rows"))
-    p.add_argument("--workers", type=int, help=_help("workers", "threads preparing batches"))
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float, help=_help("weight_decay", "adamw only"))
-    p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"])
-    p.add_argument(
-        "--warmup-epochs", type=float, help=_help("warmup_epochs", "≤ --epochs; fractions allowed")
-    )
-    p.add_argument("--label-smoothing", type=float, help=_help("label_smoothing"))
-    p.add_argument(
-        "--early-stopping",
-        type=int,
-        metavar="PATIENCE",
-        help=_help("early_stopping", "epochs without a val-AUC gain"),
-    )
-    p.add_argument("--mixed-precision", choices=limits.PRECISION_MODES)
-    p.add_argument("--strategy", choices=limits.STRATEGIES)
-    p.add_argument("--tensorboard", action="store_true", default=None)
-    p.add_argument(
-        "--steps-per-epoch", type=int, help=_help("steps_per_epoch", "cap on batches per epoch")
-    )
-    p.add_argument("--split", choices=["stratified", "slide"])
-    p.add_argument("--groups-csv", help="patch→slide csv (id,wsi); only with --split slide")
-    p.add_argument("--tta", type=int, choices=[1, 8], help="views evaluate/predict use by default")
-    p.add_argument("--cache-dir")
-    p.add_argument(
-        "--exclude-bad",
-        action="store_true",
-        default=None,
-        help="leave out unreadable/unlabelled items (listed in excluded.csv)",
-    )
-    p.set_defaults(func=cmd_train, _config_fields={f.name for f in dataclasses.fields(TrainConfig)})
+    fields = {f.name: f.metadata for f in dataclasses.fields(TrainConfig) if f.metadata}
+    for name, meta in fields.items():  # model_kwargs, without metadata, is Python only
+        flag, rule, text = "--" + name.replace("_", "-"), meta["rule"], meta["help"] or None
+        if isinstance(rule, limits.Number):
+            p.add_argument(flag, type=rule.kind, help=_help(text, rule))
+        elif rule is None:  # a path or a name
+            p.add_argument(flag, required=name in ("data", "out"), help=text)
+        elif rule is limits.YES_NO:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            p.add_argument(flag, choices=[limits.cli_value(o) for o in rule.options], help=text)
+    p.set_defaults(func=cmd_train, _rules={name: meta["rule"] for name, meta in fields.items()})
 
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
 
-    values = {k: v for k, v in vars(args).items() if k in args._config_fields and v is not None}
-    for name in ("weights", "stain_norm"):
-        if values.get(name) == "none":
-            values[name] = None
-    if "trainable" in values:
-        values["trainable"] = values["trainable"] == "yes"
+    values = {k: getattr(args, k) for k in args._rules if getattr(args, k) is not None}
+    for name, value in values.items():
+        rule = args._rules[name]
+        if isinstance(rule, limits.Choice) and isinstance(value, str):
+            values[name] = rule.from_cli(value)  # "none" → None, "yes" → True, "8" → 8
     config = TrainConfig(**values)  # applies the recipe and checks every setting
     quiet_keras()
     from .train import train
@@ -170,9 +98,6 @@ def _model_and_tta(args):
 
 
 def cmd_evaluate(args) -> int:
-    limits.check_values(
-        {"batch_size": args.batch_size, "operating_point": args.operating_point, "tta": args.tta}
-    )
     quiet_keras()
     from .cache import load_patches
     from .evaluate import evaluate, scoring_rows
@@ -200,7 +125,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    limits.check_values({"batch_size": args.batch_size, "tta": args.tta})
     from .submission import expected_test_ids, is_kaggle_test, missing_ids, write_submission
 
     # A Kaggle submission must cover the whole test listing, not just what the cache holds.
@@ -239,7 +163,6 @@ def cmd_check_submission(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    limits.check_values({"workers": args.workers})
     from .cache import PackedCache, pack
 
     cache = pack(
@@ -275,56 +198,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    run = limits.RUN_RULES
 
-    for name, func, help_text in (
-        ("evaluate", cmd_evaluate, "metrics of a model on labelled data (JSON)"),
-        ("predict", cmd_predict, "tumour probabilities for a test set → submission CSV"),
-    ):
-        p = sub.add_parser(name, help=help_text)
+    evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
+    predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
+    for p, func in ((evaluate, cmd_evaluate), (predict, cmd_predict)):
         p.add_argument("--model", required=True, help="run directory (best.keras) or .keras file")
         p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
         p.add_argument(
             "--tta",
             type=int,
-            choices=[1, 8],
+            choices=limits.TTA_VIEWS,
             help="1, or 8 dihedral views (default: the run's recipe setting, else 1)",
         )
         p.add_argument(
-            "--batch-size",
-            type=int,
-            default=256,
-            help=_help("batch_size", "default 256", limits.RUN_RULES),
+            "--batch-size", type=int, default=256, help=_help("default 256", run["batch_size"])
         )
         p.add_argument("--cache-dir")
         p.set_defaults(func=func)
-        if name == "evaluate":
-            p.add_argument(
-                "--split",
-                default="valid",
-                choices=["train", "valid", "test"],
-                help="split for HDF5/TFDS sources",
-            )
-            p.add_argument(
-                "--subset",
-                choices=["test", "val", "train", "all"],
-                help="rows of a run's split.csv: 'test' (default; every row of data the run "
-                "never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
-            )
-            p.add_argument(
-                "--include-train",
-                action="store_true",
-                help="allow rows the run trained on (the JSON's train_rows counts them)",
-            )
-            p.add_argument(
-                "--operating-point",
-                type=float,
-                default=0.95,
-                help=_help(
-                    "operating_point", "target sensitivity for the op_* metrics", limits.RUN_RULES
-                ),
-            )
-        else:
-            p.add_argument("--out", required=True, help="submission CSV to write")
+    evaluate.add_argument(
+        "--split", default="valid", choices=SPLITS, help="split for HDF5/TFDS sources"
+    )
+    evaluate.add_argument(
+        "--subset",
+        choices=["test", "val", "train", "all"],
+        help="rows of a run's split.csv: 'test' (default; every row of data the run "
+        "never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
+    )
+    evaluate.add_argument(
+        "--include-train",
+        action="store_true",
+        help="allow rows the run trained on (the JSON's train_rows counts them)",
+    )
+    evaluate.add_argument(
+        "--operating-point",
+        type=float,
+        default=0.95,
+        help=_help("target sensitivity for the op_* metrics", run["operating_point"]),
+    )
+    predict.add_argument("--out", required=True, help="submission CSV to write")
 
     p = sub.add_parser("check-submission", help="validate a submission CSV")
     p.add_argument("file")
@@ -339,11 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="decode a source once into a verified uint8 cache")
     p.add_argument("source")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="train", choices=SPLITS)
     p.add_argument("--exclude-bad", action="store_true")
-    p.add_argument(
-        "--workers", type=int, help=_help("workers", "decoding threads", limits.RUN_RULES)
-    )
+    p.add_argument("--workers", type=int, help=_help("decoding threads", run["workers"]))
     p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
     p.set_defaults(func=cmd_pack)
 
@@ -356,12 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "train":  # TrainConfig checks train's settings
+            limits.check_values(vars(args), limits.RUN_RULES)
         return args.func(args)
-    except limits.SettingError as exc:  # spelled as typed: --lr, not lr
-        print(f"pcam {args.command}: error: {exc.render('cli')}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, ImportError) as exc:  # DataError is a ValueError
-        print(f"pcam {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # SettingError, DataError too
+        # A SettingError is spelled as typed: --lr, not lr.
+        text = exc.render("cli") if isinstance(exc, limits.SettingError) else exc
+        print(f"pcam {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,22 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import (
+    COUNT,
+    FRACTION,
+    MAX_IMAGE_SIZE,
+    MODEL_NAMES,
+    PRECISION_MODES,
+    STRATEGIES,
+    TTA_VIEWS,
+    YES_NO,
+    Choice,
+    Number,
+    Rule,
+    check_train,
+)
+from .recipes import RECIPES, recipe_values
+
 KAGGLE_INPUT = Path("/kaggle/input/histopathologic-cancer-detection")  # Kaggle Notebooks
 KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
@@ -30,7 +46,6 @@ def project_root() -> Path:
 
 REPO_ROOT = project_root()
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
-FULL_DIR = REPO_ROOT / "data" / "full"
 
 
 def on_kaggle() -> bool:
@@ -83,64 +98,87 @@ def default_cache_root() -> Path | None:
     return None
 
 
+def _setting(default, rule: Rule | None = None, help: str = ""):
+    """A TrainConfig field with its valid values (checked by limits) and its --help text."""
+    return field(default=default, metadata={"rule": rule, "help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run directory.
 
-    Args:
-        image_size: model input side in pixels (None: the model's default, 64 for the
-            baselines, 96 for backbones, 64-pixel centre crop for pcamnet).
-        lr: peak learning rate; scaled by the number of replicas under a distribution strategy.
-        warmup_epochs: linear warm-up length before the schedule (fractions allowed).
-        batch_size: per replica; the global batch is batch_size × replicas.
-        augment: random dihedral views; ``shift`` and ``color_jitter`` add translation and
-            colour jitter (see :class:`pcamlib.data.PatchStream`), ``hed_jitter`` stain jitter.
-        augment_on: "host" runs those in numpy while batching (cheapest on a CPU-only
-            machine); "model" runs them as the training model's first layers, on the
-            accelerator, so a 2-core host can feed a GPU (:mod:`pcamlib.augment_layers`).
-        steps_per_epoch: cap on batches per epoch (smoke runs); None means the whole split.
-        val_limit: validate on a class-balanced subset of this many rows (smoke runs).
-        workers: threads preparing batches (augmentation); more keep a fast GPU fed.
-        split: 'stratified' random split, or 'slide' (needs groups_csv or HDF5 meta) so no
-            slide is on both sides.
+    Each setting states its default, its valid values and what it does (``pcam train --help``
+    shows the same). ``recipe`` fills the settings the caller did not give.
     """
 
-    model: str = "cnn1"
-    data: str = ""
-    out: str = "runs/cnn1"
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-4
-    image_size: int | None = None
-    val_fraction: float = 0.25
-    test_fraction: float = 0.2  # share of labelled rows only reported (pcamlib.protocol); 0: none
-    seed: int = 42
-    weights: str | None = None
-    trainable: bool | None = None
-    augment: bool = False
-    shift: int = 0
-    color_jitter: float = 0.0
-    hed_jitter: float = 0.0  # HED stain jitter strength σ in optical density (0.05 mild); 0: off
-    augment_on: str = "host"  # where augment/shift/jitters run: "host" (numpy) or "model" (layers)
-    stain_norm: str | None = None  # "reinhard": stain normalisation inside the model (train + test)
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    early_stopping: int | None = None
-    mixed_precision: str = "auto"
-    strategy: str = "auto"
-    tensorboard: bool = False
-    steps_per_epoch: int | None = None
-    val_limit: int | None = None
-    workers: int = 1
-    split: str = "stratified"
-    groups_csv: str | None = None
-    cache_dir: str | None = None
-    exclude_bad: bool = False
-    recipe: str | None = None
-    tta: int = 1
+    model: str = _setting("cnn1", Choice(MODEL_NAMES))
+    data: str = _setting("", help="dataset root (any layout), a packed cache, or tfds:NAME")
+    out: str = _setting("runs/cnn1", help="run directory (rerun to resume)")
+    epochs: int = _setting(5, Number(int, 1, 10000))
+    batch_size: int = _setting(64, Number(int, 1, 65536), "per replica")
+    lr: float = _setting(
+        1e-4, Number(float, 0, 1, low_open=True), "peak learning rate (× replicas)"
+    )
+    image_size: int | None = _setting(
+        None,
+        Number(int, 1, MAX_IMAGE_SIZE, optional=True),  # and per model: limits.check_train
+        "model input side; cnn1/cnn2 take ≥ 16 (default 64), backbones ≥ 32 (default 96), "
+        "pcamnet a centre crop of 2^(stages-1) to 96 (default 64)",
+    )
+    val_fraction: float = _setting(0.25, Number(float, 0, 0.5, low_open=True))
+    test_fraction: float = _setting(
+        0.2,
+        Number(float, 0, 0.4),
+        "share held out for testing, the same rows for every run; 0: separate test data",
+    )
+    seed: int = _setting(42, Number(int, 0, 2**31 - 1))
+    weights: str | None = _setting(
+        None, Choice(("imagenet", None)), "imagenet: pretrained backbone; none: from scratch"
+    )
+    trainable: bool | None = _setting(
+        None, Choice((True, False, None)), "backbone trainable (default: not with imagenet weights)"
+    )
+    augment: bool = _setting(False, YES_NO, "random dihedral views")
+    shift: int = _setting(0, Number(int, 0, 32), "random shifts of up to N pixels")
+    color_jitter: float = _setting(0.0, FRACTION, "colour jitter")
+    hed_jitter: float = _setting(0.0, FRACTION, "HED stain jitter σ")
+    augment_on: str = _setting(
+        "host",
+        Choice(("host", "model")),
+        "host: numpy while batching (cheapest on a CPU); model: first layers of the model, on "
+        "the accelerator, so 2 host cores can feed a GPU",
+    )
+    stain_norm: str | None = _setting(
+        None, Choice((None, "reinhard")), "stain normalisation inside the model"
+    )
+    optimizer: str = _setting("adam", Choice(("adam", "adamw", "sgd")))
+    weight_decay: float = _setting(0.0, Number(float, 0, 1), "adamw only")
+    schedule: str = _setting("constant", Choice(("constant", "cosine", "onecycle")))
+    warmup_epochs: float = _setting(0.0, Number(float, 0), "linear warm-up, ≤ epochs")
+    label_smoothing: float = _setting(0.0, FRACTION)
+    early_stopping: int | None = _setting(None, COUNT, "patience: epochs without a val-AUC gain")
+    mixed_precision: str = _setting("auto", Choice(PRECISION_MODES))
+    strategy: str = _setting("auto", Choice(STRATEGIES), "distribution strategy")
+    tensorboard: bool = _setting(False, YES_NO, "write TensorBoard logs")
+    steps_per_epoch: int | None = _setting(None, COUNT, "cap on batches per epoch")
+    val_limit: int | None = _setting(
+        None, Number(int, 2, optional=True), "validate on a class-balanced subset of N rows"
+    )
+    workers: int = _setting(1, Number(int, 1, 256), "threads preparing batches")
+    split: str = _setting(
+        "stratified",
+        Choice(("stratified", "slide")),
+        "slide: no slide on both sides (needs groups-csv or HDF5 meta)",
+    )
+    groups_csv: str | None = _setting(None, help="patch→slide csv (id,wsi) for split slide")
+    cache_dir: str | None = _setting(None, help="where packed caches go (default: beside data)")
+    exclude_bad: bool = _setting(
+        False, YES_NO, "leave out unreadable items (listed in excluded.csv)"
+    )
+    recipe: str | None = _setting(
+        None, help=f"named recipe, one of {', '.join(RECIPES)}; explicit settings win"
+    )
+    tta: int = _setting(1, Choice(TTA_VIEWS), "views evaluate/predict use by default")
     model_kwargs: dict = field(default_factory=dict)
 
     def __new__(cls, *args, **kwargs):
@@ -152,14 +190,8 @@ class TrainConfig:
         return self
 
     def __post_init__(self) -> None:
-        """Fill the fields not given from ``recipe``, then refuse what cannot be honoured.
-
-        Raises :class:`pcamlib.limits.SettingError` naming the setting, its value and what is
-        allowed, before any file is written.
-        """
-        from .limits import check_train
-        from .recipes import recipe_values
-
+        """Fill the fields not given from ``recipe``, then refuse (SettingError) what cannot be
+        honoured, before any file is written."""
         if self.recipe is not None:
             given = {name: getattr(self, name) for name in self._given}
             for name, value in recipe_values(self.recipe, given).items():
@@ -172,8 +204,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         return cls(**values)

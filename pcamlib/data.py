@@ -41,16 +41,15 @@ def split_indices(
         train, val = train_test_split(
             index, test_size=val_fraction, stratify=labels, random_state=seed
         )
-        return np.sort(train), np.sort(val)
-    groups = np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    n_splits = max(2, round(1 / val_fraction))
-    if n_groups < n_splits:
-        raise DataError(
-            f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide"
-        )
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train, val = next(folds.split(index, labels, groups))
+    else:
+        n_groups = len(np.unique(groups))
+        n_splits = max(2, round(1 / val_fraction))
+        if n_groups < n_splits:
+            raise DataError(
+                f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide"
+            )
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train, val = next(folds.split(index, labels, groups))
     return np.sort(train), np.sort(val)
 
 
@@ -61,14 +60,13 @@ class PatchStream(keras.utils.PyDataset):
         images: (N, 96, 96, 3) uint8 array or memmap (``PackedCache.images``).
         labels: (N,) 0/1 labels, or None for prediction (batches are then ``(images,)``).
         indices: rows to use (default all), e.g. from :func:`split_indices`.
-        shuffle: a new order every epoch, from (seed, epoch) only.
+        shuffle: a new order every epoch (see :meth:`set_epoch`).
         augment: a random dihedral view per image (tissue has no orientation).
-        shift: random translation of up to ``shift`` pixels per axis; the border is
-            mirrored in, not wrapped (a centre-cropping model never sees it).
+        shift: random translation of up to ``shift`` pixels per axis, the border mirrored in.
         color_jitter: strength c of brightness (±c·128), contrast (×1±c) and per-channel gain
             (×1±c/2) jitter.
-        hed_jitter: strength σ of HED stain jitter (:func:`pcamlib.stain.hed_jitter`), the
-            standard stain augmentation for slides from other centres.
+        hed_jitter: HED stain jitter strength σ (:func:`pcamlib.stain.hed_jitter`), the standard
+            stain augmentation for slides from other centres.
         crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
         workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
     """
@@ -87,11 +85,9 @@ class PatchStream(keras.utils.PyDataset):
         hed_jitter: float = 0.0,
         crop: int | None = None,
         seed: int = 0,
-        epoch: int = 0,
         workers: int = 1,
-        max_queue_size: int = 10,
     ):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+        super().__init__(workers=workers, use_multiprocessing=False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if labels is not None and len(labels) != len(images):
@@ -114,18 +110,14 @@ class PatchStream(keras.utils.PyDataset):
         self.shift, self.color_jitter, self.hed_jitter = shift, color_jitter, hed_jitter
         offset = (side - crop) // 2 if crop else 0
         self._window = slice(offset, offset + crop) if crop else slice(None)
-        self.seed, self.epoch = seed, epoch
-        self._order = self._epoch_order()
-
-    def _epoch_order(self) -> np.ndarray:
-        if not self.shuffle:
-            return self.indices
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.indices)
+        self.seed = seed
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Jump to ``epoch``'s order (used when resuming)."""
+        """Jump to ``epoch``'s order (used when resuming); it depends on (seed, epoch) only."""
         self.epoch = epoch
-        self._order = self._epoch_order()
+        rng = np.random.default_rng([self.seed, epoch])
+        self._order = rng.permutation(self.indices) if self.shuffle else self.indices
 
     def on_epoch_end(self) -> None:
         # Keras calls this after every epoch (and once before the first): next order.
@@ -149,7 +141,6 @@ class PatchStream(keras.utils.PyDataset):
             x = jitter_hed(x, self.hed_jitter, rng)
         if self.color_jitter:
             x = jitter_colour(x, self.color_jitter, rng)
-        x = np.asarray(x)
         if self.labels is None:
             return (x,)
         return x, np.asarray(self.labels[rows], np.float32)

@@ -42,51 +42,35 @@ def accelerator() -> tuple[str, int]:
     return "cpu", 1
 
 
-def describe_device() -> str:
-    """'CPU', or the accelerator's name and count (e.g. '1× NVIDIA H100 80GB HBM3')."""
-    kind, count = accelerator()
-    if kind == "cpu":
-        return "CPU"
-    name = kind.upper()
-    with contextlib.suppress(Exception):  # a name is a nicety: never fail a notebook over it
+def _device_details(kind: str) -> tuple[str, int]:
+    """Name and compute-capability major of the first ``kind`` device (kind.upper(), 0 unknown)."""
+    name, major = kind.upper(), 0
+    with contextlib.suppress(Exception):  # details are niceties: never fail a notebook over them
         backend = keras.backend.backend()
         if backend == "tensorflow":
             import tensorflow as tf
 
             found = tf.config.list_physical_devices(kind.upper())
-            name = tf.config.experimental.get_device_details(found[0]).get("device_name", name)
+            details = tf.config.experimental.get_device_details(found[0])
+            name = details.get("device_name", name)
+            major = details.get("compute_capability", (0, 0))[0]
         elif backend == "jax":
             import jax
 
             name = jax.devices()[0].device_kind
+            major = int(float(getattr(jax.devices()[0], "compute_capability", "0")))
         elif backend == "torch":
             import torch
 
             name = torch.cuda.get_device_name(0)
-    return f"{count}× {name}"
+            major = torch.cuda.get_device_capability()[0]
+    return name, major
 
 
-def _gpu_supports_bfloat16() -> bool:
-    """Compute capability ≥ 8 (Ampere, Hopper…) has fast bfloat16; older GPUs want float16."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
-            return details.get("compute_capability", (0, 0))[0] >= 8
-        if backend == "jax":
-            import jax
-
-            return float(getattr(jax.devices()[0], "compute_capability", "0")) >= 8
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.get_device_capability()[0] >= 8
-    except Exception:
-        return False
-    return False
+def describe_device() -> str:
+    """'CPU', or the accelerator's name and count (e.g. '1× NVIDIA H100 80GB HBM3')."""
+    kind, count = accelerator()
+    return "CPU" if kind == "cpu" else f"{count}× {_device_details(kind)[0]}"
 
 
 def precision_policy(mode: str | bool | None = "auto") -> str:
@@ -107,7 +91,7 @@ def precision_policy(mode: str | bool | None = "auto") -> str:
     kind, _ = accelerator()
     if kind == "cpu":
         return "float32" if mode == "auto" else "mixed_bfloat16"  # CPUs have no fast float16
-    if kind == "gpu" and not _gpu_supports_bfloat16():
+    if kind == "gpu" and _device_details(kind)[1] < 8:  # fast bfloat16 from Ampere on
         return "mixed_float16"
     return "mixed_bfloat16"
 
@@ -137,58 +121,43 @@ def is_chief() -> bool:
 def distribution(name: str = "auto"):
     """A context manager for the requested strategy, and the number of replicas it trains on.
 
-    Build, compile and fit the model inside the context. 'auto' uses every local GPU (or TPU
-    core) when there are several, else nothing. On the TensorFlow backend 'mirrored' and
-    'data_parallel' are ``tf.distribute.MirroredStrategy`` over the local GPUs (over the
-    logical CPUs when there is no GPU, which is how the tests run it), 'multiworker' is
-    ``MultiWorkerMirroredStrategy`` (cluster from TF_CONFIG) and 'tpu' is ``TPUStrategy``. On
-    JAX 'mirrored'/'data_parallel' (and 'tpu' on a TPU host) are
-    ``keras.distribution.DataParallel`` over every local device.
-
-    The caller scales the batch and the learning rate by the replica count (``train`` does:
-    ``batch_size`` is per replica, the peak LR grows linearly with the global batch).
+    Build, compile and fit the model inside it. 'auto' uses every local GPU (or TPU core)
+    when there are several. 'mirrored'/'data_parallel' mirror over the local GPUs (on
+    TensorFlow over the logical CPUs when there is none, as the tests run it; on JAX with
+    ``keras.distribution.DataParallel``); 'multiworker' (TF_CONFIG) and 'tpu' are TensorFlow's
+    cluster strategies. The caller scales the batch and the learning rate by the replica count.
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "none":
         return contextlib.nullcontext(), 1
-    backend = keras.backend.backend()
-    if backend == "tensorflow" and name in ("multiworker", "tpu"):
-        strategy = _tf_cluster_strategy(name)  # before anything starts the TF runtime
-        return strategy.scope(), strategy.num_replicas_in_sync
-    kind, count = accelerator()
-    if name == "auto" and (kind == "cpu" or count < 2):
-        return contextlib.nullcontext(), 1
     if name == "auto":
+        kind, count = accelerator()
+        if kind == "cpu" or count < 2:
+            return contextlib.nullcontext(), 1
         name = "tpu" if kind == "tpu" else "mirrored"
+    backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        if name == "tpu":
-            strategy = _tf_cluster_strategy(name)
-        else:
-            devices = None  # MirroredStrategy's default: every local GPU
-            if kind == "cpu":
-                devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-            strategy = tf.distribute.MirroredStrategy(devices)
+        # The cluster strategies must exist before anything starts the TF runtime.
+        if name == "multiworker":
+            if "TF_CONFIG" not in os.environ:
+                raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable")
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        elif name == "tpu":
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            strategy = tf.distribute.TPUStrategy(resolver)
+        else:  # MirroredStrategy's default (None) is every local GPU
+            cpu = accelerator()[0] == "cpu"
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")] if cpu else None
+            strategy = tf.distribute.MirroredStrategy(cpus)
         return strategy.scope(), strategy.num_replicas_in_sync
     if backend == "jax":
-        if name == "multiworker" or (name == "tpu" and kind != "tpu"):
+        if name == "multiworker" or (name == "tpu" and accelerator()[0] != "tpu"):
             raise ValueError(f"strategy {name!r} is not available on the JAX backend here")
         devices = keras.distribution.list_devices()
         return keras.distribution.DataParallel(devices=devices).scope(), len(devices)
     raise ValueError(f"strategy {name!r} is not supported on the {backend} backend")
-
-
-def _tf_cluster_strategy(name: str):
-    """MultiWorkerMirroredStrategy (TF_CONFIG) or TPUStrategy: both must exist before TF starts."""
-    import tensorflow as tf
-
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)

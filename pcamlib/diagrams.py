@@ -1,11 +1,8 @@
 """Architecture diagrams (visualkeras layered view) that work under Keras 3.
 
-visualkeras 0.2.0 reads ``layer.output_shape``, which Keras 3 layers no longer
-have, so it fails on every model. Its layered renderer only touches
-``model.layers``, ``type(layer)`` and ``layer.output_shape``, so we hand it
-lightweight read-only views of the layers instead of patching the model: the
-model is never mutated and nothing can be left behind if rendering fails.
-
+visualkeras reads ``layer.output_shape``, which Keras 3 layers no longer have. Its layered
+renderer only touches ``model.layers``, ``type(layer)`` and ``layer.output_shape``, so it gets
+read-only views of the layers instead of a patched model: nothing is left behind on failure.
 Long models (a ResNet50 built on the model's own tensor has 175 layers) are drawn one box
 per stage: consecutive layers sharing a name stem (``conv2_block1_1_conv`` → ``conv2``).
 """
@@ -14,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import types
 import warnings
 from pathlib import Path
 
@@ -36,11 +34,6 @@ class _LayerView:
         return getattr(self._layer, name)
 
 
-class _ModelView:
-    def __init__(self, layers):
-        self.layers = layers
-
-
 def _output_shape(layer):
     """Shape of the layer's (first) symbolic output, as a plain tuple."""
     out = layer.output  # raises if the layer was never called symbolically
@@ -60,26 +53,17 @@ def _flatten(model, expand_nested, top=True):
             yield layer  # a nested model's own InputLayer would duplicate a box
 
 
-def _legend_font(size=14):
-    """A readable TrueType font, falling back to PIL's built-in one."""
+def _legend_font():
+    """A readable TrueType font, else PIL's built-in one (a bitmap font without FreeType)."""
     for load in (
-        lambda: ImageFont.truetype("DejaVuSans.ttf", size),
-        lambda: ImageFont.load_default(size=size),
-        ImageFont.load_default,
+        lambda: ImageFont.truetype("DejaVuSans.ttf", 14),
+        lambda: ImageFont.load_default(size=14),
     ):
         try:
             return load()
-        except Exception:  # noqa: BLE001 - missing font file / no FreeType
+        except Exception:  # noqa: BLE001 - missing font file / no FreeType / old Pillow
             continue
-    return None
-
-
-def _save(img, path):
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    if fmt in ("JPEG", "BMP"):  # no alpha channel support
-        img = img.convert("RGB")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt)
+    return ImageFont.load_default()
 
 
 def _stages(layers):
@@ -113,19 +97,19 @@ def _render(model, expand_nested, legend, kwargs):
             label = key if isinstance(key, str) else key.__name__
             classes[key] = type(label, (_LayerView,), {"wrapped_type": type(layer)})
         views.append(classes[key](layer, _output_shape(layer)))
-
-    def remap(types):  # user color_map / type_ignore use real Keras classes
-        return {c: types[c.wrapped_type] for c in classes.values() if c.wrapped_type in types}
-
+    # The caller's color_map / type_ignore name real Keras classes.
     if kwargs.get("color_map"):
-        kwargs["color_map"] = remap(kwargs["color_map"])
+        wanted = kwargs["color_map"]
+        kwargs["color_map"] = {
+            c: wanted[c.wrapped_type] for c in classes.values() if c.wrapped_type in wanted
+        }
     if kwargs.get("type_ignore"):
         ignore = set(kwargs["type_ignore"])
         kwargs["type_ignore"] = [c for c in classes.values() if c.wrapped_type in ignore]
     kwargs.setdefault("legend_text_spacing_offset", 0)  # silences a deprecation warning
     if legend and kwargs.get("font") is None:
         kwargs["font"] = _legend_font()
-    return visualkeras.layered_view(_ModelView(views), legend=legend, **kwargs)
+    return visualkeras.layered_view(types.SimpleNamespace(layers=views), legend=legend, **kwargs)
 
 
 def draw_model(
@@ -145,7 +129,9 @@ def draw_model(
     try:
         img = _render(model, expand_nested, legend, dict(kwargs))
         if path is not None:
-            _save(img, path)
+            fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+            with atomic_path(path) as tmp:  # JPEG and BMP have no alpha channel
+                (img.convert("RGB") if fmt in ("JPEG", "BMP") else img).save(tmp, format=fmt)
         return img
     except Exception as exc:  # noqa: BLE001 - by design, see docstring
         name = getattr(model, "name", type(model).__name__)

@@ -1,13 +1,10 @@
 """Fetch the full competition data with the Kaggle CLI (never at import or test time).
 
-The sample in ``data/sample`` makes every notebook run without it; the full 220k-patch
-training set goes to ``data/full`` (git-ignored), where the notebooks pick it up.
-
-Safe against interruption: the archive is downloaded into ``data/full.download/`` (the
-Kaggle CLI skips a finished download), unpacked into ``data/full.partial/`` and renamed to
-``data/full`` only when complete, so a ``data/full`` folder is always whole. A broken archive
-is deleted and fetched again. Credentials travel only in the Kaggle CLI's environment: never
-printed, logged or written to a file by pcamlib.
+Notebooks run on the sample in ``data/sample``; the full set goes to ``data/full``
+(git-ignored). Safe against interruption: the zip lands in ``data/full.download/`` (the CLI
+skips a finished download; a broken one is fetched again), is unpacked into
+``data/full.partial/`` and renamed to ``data/full`` only when complete. Credentials travel
+only in the Kaggle CLI's environment: never printed, logged or written by pcamlib.
 """
 
 from __future__ import annotations
@@ -38,8 +35,13 @@ def kaggle_credentials() -> dict[str, str] | None:
     env = dict(os.environ)
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return env
-    secrets = _colab_secrets()
-    if secrets:
+    try:
+        from google.colab import userdata  # only importable on Colab
+
+        secrets = {name: userdata.get(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    except Exception:  # not Colab, a secret missing, or this notebook was not granted access
+        secrets = {}
+    if secrets and all(secrets.values()):
         return {**env, **secrets}
     config = env.get("KAGGLE_CONFIG_DIR")
     folders = [Path(config)] if config else []
@@ -48,18 +50,6 @@ def kaggle_credentials() -> dict[str, str] | None:
         if (folder / "kaggle.json").is_file():
             return {**env, "KAGGLE_CONFIG_DIR": str(folder)}
     return None
-
-
-def _colab_secrets() -> dict[str, str] | None:
-    try:
-        from google.colab import userdata  # only importable on Colab
-    except ImportError:
-        return None
-    try:
-        found = {name: userdata.get(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
-    except Exception:  # secret missing, or this notebook was not granted access
-        return None
-    return found if all(found.values()) else None
 
 
 def resolve_out(out: str | os.PathLike) -> Path:
@@ -73,6 +63,8 @@ def download_competition(out: str | os.PathLike = "data/full", *, force: bool = 
 
     Returns at once when ``out`` already holds the unpacked data, unless ``force``.
     """
+    from tqdm.auto import tqdm
+
     out = resolve_out(out)
     if (out / "train_labels.csv").is_file() and not force:
         return out
@@ -82,7 +74,17 @@ def download_competition(out: str | os.PathLike = "data/full", *, force: bool = 
     if shutil.which("kaggle") is None:
         raise DataError("the kaggle command is not installed: pip install 'pcamlib[kaggle]'")
     archive = _fetch_archive(out.with_name(out.name + ".download"), env)
-    _unpack(archive, out)
+    # Unzip into out.partial, then rename: `out` appears only whole.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
+    with zipfile.ZipFile(archive) as zf:
+        for member in tqdm(zf.infolist(), desc="unpacking", unit="file", mininterval=1):
+            zf.extract(member, partial)
+    if not (partial / "train_labels.csv").is_file():
+        raise DataError(f"{archive}: the archive has no train_labels.csv")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
     shutil.rmtree(archive.parent, ignore_errors=True)
     return out
 
@@ -91,7 +93,7 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
     """The competition zip in ``folder``, downloaded (with the CLI's progress bar) if needed."""
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{COMPETITION}.zip"
-    if archive.is_file() and zipfile.is_zipfile(archive):  # a finished earlier download
+    if zipfile.is_zipfile(archive):  # a finished earlier download (False when missing)
         return archive
     for _ in range(2):
         command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
@@ -101,34 +103,16 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
                 f"kaggle download failed (exit {done.returncode}); check the credentials and "
                 f"that you accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
             )
-        if archive.is_file() and zipfile.is_zipfile(archive):
+        if zipfile.is_zipfile(archive):
             return archive
         archive.unlink(missing_ok=True)  # truncated: fetch it again, once
     raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
 
 
-def _unpack(archive: Path, out: Path) -> None:
-    """Unzip into ``out.partial`` with progress, then rename: ``out`` appears only whole."""
-    from tqdm.auto import tqdm
-
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
-    with zipfile.ZipFile(archive) as zf:
-        members = zf.infolist()
-        for member in tqdm(members, desc="unpacking", unit="file", mininterval=1):
-            zf.extract(member, partial)
-    if not (partial / "train_labels.csv").is_file():
-        raise DataError(f"{archive}: the archive has no train_labels.csv")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-
-
 def get_full_data(out: str | os.PathLike = "data/full") -> Path | None:
     """The notebooks' one call: the full data in ``out`` when credentials exist, else None.
 
-    Without credentials it prints one line saying how to add them, and the series goes on
-    with the embedded sample. On Kaggle Notebooks it returns the attached competition input.
+    Without credentials it prints how to add them, and the series goes on with the sample.
     """
     if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
         return KAGGLE_INPUT

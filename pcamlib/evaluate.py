@@ -19,9 +19,7 @@ import pandas as pd
 from .cache import PackedCache
 from .io import atomic_write_text
 from .metrics import auc_ci, binary_metrics, predict_proba, youden_threshold
-from .protocol import fingerprint, read_split
-
-SUBSETS = ("test", "val", "train", "all")
+from .protocol import SUBSETS, fingerprint, read_split
 
 
 class _Rows:
@@ -37,59 +35,47 @@ class _Rows:
         return np.asarray(self.images[self.rows[item]])
 
 
+def _isin(ids, wanted) -> np.ndarray:
+    """Hashed membership: a boolean mask of ``ids`` that are in ``wanted``."""
+    return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
+
+
 def subset_rows(
     cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
 ) -> np.ndarray:
-    """Row indices of ``cache`` to score: all, or the run's 'train', 'val' or 'test' ids.
+    """Row indices of ``cache`` to score: 'all', or the run's 'train', 'val' or 'test' ids.
 
     ``limit`` keeps a class-balanced subset of that many rows (smoke runs); being the first
     rows of each class, it keeps the same rows for every run with the same test ids.
     """
-    rows = _subset_rows(cache, run_dir, subset)
-    return _limited(cache, rows, limit)
-
-
-def _limited(cache: PackedCache, rows: np.ndarray, limit: int | None) -> np.ndarray:
+    if subset == "all":
+        rows = np.arange(len(cache))
+    elif subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
+    elif run_dir is None or not (Path(run_dir) / "split.csv").is_file():
+        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
+    else:
+        split = read_split(run_dir)
+        wanted = split.loc[split["subset"] == subset, "id"]
+        split_csv = Path(run_dir) / "split.csv"
+        if wanted.empty:
+            hint = (
+                " (a run made before the test protocol, or with test_fraction=0): retrain it, or "
+                "score its validation rows (subset 'val', which also chose its best.keras)"
+                if subset == "test"
+                else ""
+            )
+            raise ValueError(f"{split_csv} has no {subset!r} rows{hint}")
+        rows = np.flatnonzero(_isin(cache.ids, wanted))
+        if len(rows) != len(wanted):
+            raise ValueError(
+                f"{split_csv}: {len(wanted) - len(rows)} {subset} id(s) are not in {cache.path}; "
+                "evaluate on the data the run was trained on"
+            )
     if limit is None or limit >= len(rows) or cache.labels is None:
         return rows
     per_class = [rows[cache.labels[rows] == c][: limit // 2] for c in (0, 1)]
     return np.sort(np.concatenate(per_class))
-
-
-def _subset_rows(cache: PackedCache, run_dir, subset: str) -> np.ndarray:
-    if subset == "all":
-        return np.arange(len(cache))
-    if subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}; got {subset!r}")
-    if run_dir is None or not (Path(run_dir) / "split.csv").is_file():
-        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
-    split = read_split(run_dir)
-    wanted = set(split.loc[split["subset"] == subset, "id"])
-    split_csv = Path(run_dir) / "split.csv"
-    if not wanted:
-        hint = (
-            " (a run made before the test protocol, or with test_fraction=0): retrain it, or "
-            "score its validation rows (subset 'val', which also chose its best.keras)"
-            if subset == "test"
-            else ""
-        )
-        raise ValueError(f"{split_csv} has no {subset!r} rows{hint}")
-    rows = np.flatnonzero([i in wanted for i in cache.ids])
-    if len(rows) != len(wanted):
-        raise ValueError(
-            f"{split_csv}: {len(wanted) - len(rows)} {subset} id(s) are not in {cache.path}; "
-            "evaluate on the data the run was trained on"
-        )
-    return rows
-
-
-def run_directory(model: str | os.PathLike) -> Path | None:
-    """The run directory of ``model`` (a run directory, or a .keras file beside a split.csv)."""
-    model = Path(model)
-    for folder in (model, model.parent):
-        if (folder / "split.csv").is_file():
-            return folder
-    return None
 
 
 def scoring_rows(
@@ -98,40 +84,37 @@ def scoring_rows(
     subset: str | None = None,
     *,
     include_train: bool = False,
-    limit: int | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The rows of ``cache`` to score ``model`` on, and what they are.
+    """The rows of ``cache`` to score ``model`` (a run directory or a .keras file) on, and what.
 
     ``subset=None`` means the run's held-out test rows, or every row when the data holds none
     of the run's ids (another dataset). Rows that include the run's training ids are refused
     unless ``include_train``. The dict gives ``subset`` and ``train_rows`` (how many of the
     rows the model trained on; None when ``model`` is a bare .keras file with no split.csv).
     """
-    run_dir = run_directory(model)
+    model = Path(model)
+    run_dir = next((d for d in (model, model.parent) if (d / "split.csv").is_file()), None)
     if run_dir is None:
         if subset != "all":
             raise ValueError(
                 f"{model} has no split.csv beside it, so which rows it trained on is unknown; "
                 "pass subset 'all' to score every row anyway"
             )
-        rows = _limited(cache, np.arange(len(cache)), limit)
-        return rows, {"subset": "all", "train_rows": None}
+        return np.arange(len(cache)), {"subset": "all", "train_rows": None}
     split = read_split(run_dir)
-    known = set(split["id"])
-    seen = np.fromiter((i in known for i in cache.ids), bool, len(cache))
+    unseen = not _isin(cache.ids, split["id"]).any()
     if subset is None:
-        subset = "test" if seen.any() else "all"
-    rows = subset_rows(cache, run_dir, subset, limit)
-    train_ids = set(split.loc[split["subset"] == "train", "id"])
-    ids = np.asarray(cache.ids, dtype=object)[rows]
-    n_train = int(sum(i in train_ids for i in ids))
+        subset = "all" if unseen else "test"
+    rows = subset_rows(cache, run_dir, subset)
+    train_ids = split.loc[split["subset"] == "train", "id"]
+    n_train = int(_isin(cache.ids, train_ids)[rows].sum())
     if n_train and not include_train:
         raise ValueError(
             f"subset {subset!r} of {cache.path} holds {n_train} of the {len(train_ids)} rows "
             f"{run_dir} trained on (its split.csv); pass include_train (--include-train) to "
             "score them anyway, or leave subset unset for the held-out test rows"
         )
-    return rows, {"subset": subset, "train_rows": n_train, "unseen_data": not seen.any()}
+    return rows, {"subset": subset, "train_rows": n_train, "unseen_data": unseen}
 
 
 def predict_cache(
@@ -231,18 +214,6 @@ def _training_facts(run_dir: Path) -> dict:
     }
 
 
-def _ci_text(auc: float, lo: float, hi: float) -> str:
-    return f"{auc:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _rank(table: pd.DataFrame, tta: int) -> pd.DataFrame:
-    """Flag the runs whose 95% interval overlaps that of the top run (not distinguishable)."""
-    lo, hi = table[f"auc_tta{tta}_lo"], table[f"auc_tta{tta}_hi"]
-    top = table[f"auc_tta{tta}"].idxmax()
-    table["overlaps_top_ci"] = (lo <= hi[top]) & (hi >= lo[top])
-    return table
-
-
 # The leaderboard columns a notebook shows (results.csv keeps them all).
 SHOWN = [
     "model", "weights", "params", "epochs", "train_s", "img_per_s", "val_auc", "n_test",
@@ -256,83 +227,64 @@ def results_table(
     cache: PackedCache,
     *,
     csv: str | os.PathLike | None = None,
-    tta: tuple[int, ...] = (1, 8),
     limit: int | None = None,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The leaderboard: every run on the protocol's test rows (the same rows for all of them).
 
-    Per run: model, weights (``random, frozen`` + ``no_imagenet``: a transfer setup that got no
-    ImageNet weights), params, epochs, training seconds and images/s (training images per
-    second of epoch wall time, validation included), best val AUC, then on the test rows for
-    each TTA in ``tta``: ROC AUC with its 95% DeLong interval (``auc_tta8 [95% CI]`` as text,
-    ``auc_tta8_lo``/``_hi`` as numbers); and, with the largest TTA, accuracy, sensitivity and
-    specificity at the threshold that maximises Youden's J on the run's VALIDATION rows
-    (``threshold``), accuracy at 0.5 (``acc@0.5``) and ECE. ``overlaps_top_ci`` marks runs whose
-    interval overlaps the best run's: the test set cannot tell them apart. ``test_set`` is a
-    hash of the scored test ids.
+    Per run: training facts (``weights`` says ``random, frozen`` and ``no_imagenet`` is True
+    for a transfer setup that got no ImageNet weights), test ROC AUC with its 95% DeLong
+    interval without and with 8-view TTA, and at TTA 8 accuracy/sensitivity/specificity at the
+    Youden threshold of the run's VALIDATION rows, ``acc@0.5`` and ECE. ``overlaps_top_ci``:
+    the test set cannot tell that run from the best one; ``test_set`` hashes the test ids.
 
-    With ``csv`` (``outputs/results.csv``) the rows are merged into that file by run name (a
-    rerun replaces its row; rows scored on another test set are dropped with a warning) and
-    the whole leaderboard is returned. Also returns ``{run: (y_true, y_prob)}`` of the test rows
-    at the largest TTA, for ROC/PR plots. ``limit`` caps the test and validation rows
-    (class-balanced; see :func:`subset_rows`).
-
-    Examples:
-        >>> table, curves = results_table(runs, cache, csv=S.out_dir / "results.csv")
-        >>> table.sort_values("auc_tta8", ascending=False)
+    With ``csv`` the rows are merged into that file by run name (rows of another test set are
+    dropped with a warning) and the whole leaderboard is returned. Also returns
+    ``{run: (y_true, y_prob)}`` at TTA 8 for ROC/PR plots. ``limit``: see :func:`subset_rows`.
     """
     from .train import load_model
 
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("results_table needs at least one run directory")
-    rows, curves, test_sets = [], {}, {}
-    top_tta = max(tta)
+    rows, curves = [], {}
     for run_dir in run_dirs:
         test = subset_rows(cache, run_dir, "test", limit)
-        test_sets[run_dir] = fingerprint(np.asarray(cache.ids, dtype=object)[test])
-        first = next(iter(test_sets))
-        if test_sets[run_dir] != test_sets[first]:
+        test_set = fingerprint(np.asarray(cache.ids, dtype=object)[test])
+        if rows and test_set != rows[0]["test_set"]:
             raise ValueError(
-                f"{run_dir} and {first} have different test rows (another test_fraction, "
+                f"{run_dir} and {run_dirs[0]} have different test rows (another test_fraction, "
                 "split or data): a leaderboard compares runs on one test set"
             )
         model = load_model(run_dir)
         row = {"run": run_dir.name, **_training_facts(run_dir), "params": model.count_params()}
         row["n_test"] = len(test)
         y = cache.labels[test]
-        # Figures name the run as tables do: a transfer run without ImageNet weights says so.
-        label = run_dir.name + (" (no ImageNet)" if row.get("no_imagenet") else "")
-        for t in tta:
-            probs = predict_cache(model, cache, test, tta=t, progress=progress)
-            auc, lo, hi = auc_ci(y, probs)
-            row[f"auc_tta{t} [95% CI]"] = _ci_text(auc, lo, hi)
+        probs = {t: predict_cache(model, cache, test, tta=t, progress=progress) for t in (1, 8)}
+        for t, p in probs.items():
+            auc, lo, hi = auc_ci(y, p)
+            row[f"auc_tta{t} [95% CI]"] = f"{auc:.3f} [{lo:.3f}, {hi:.3f}]"
             row.update({f"auc_tta{t}": auc, f"auc_tta{t}_lo": lo, f"auc_tta{t}_hi": hi})
-            if t == top_tta:
-                curves[label] = (y, probs)
-        y, probs = curves[label]
+        # Figures name the run as tables do: a transfer run without ImageNet weights says so.
+        label = run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")
+        curves[label] = (y, probs[8])
         val = subset_rows(cache, run_dir, "val", limit)
-        val_probs = predict_cache(model, cache, val, tta=top_tta, progress=progress)
-        threshold = youden_threshold(cache.labels[val], val_probs)
-        at = binary_metrics(y, probs, threshold=threshold)
-        row.update(
-            threshold=threshold,
-            accuracy=at["accuracy"],
-            sensitivity=at["sensitivity"],
-            specificity=at["specificity"],
-            **{"acc@0.5": binary_metrics(y, probs)["accuracy"]},
-            ece=at["ece"],
-            test_set=test_sets[run_dir],
-        )
+        val_probs = predict_cache(model, cache, val, tta=8, progress=progress)
+        row["threshold"] = youden_threshold(cache.labels[val], val_probs)
+        at = binary_metrics(y, probs[8], threshold=row["threshold"])
+        row.update({k: at[k] for k in ("accuracy", "sensitivity", "specificity")})
+        row["acc@0.5"] = binary_metrics(y, probs[8])["accuracy"]
+        row.update(ece=at["ece"], test_set=test_set)
         rows.append(row)
     table = pd.DataFrame(rows)
     if csv is not None:
         table = _merge(Path(csv), table)
-    table = _rank(table.set_index("run"), top_tta)
+    table = table.set_index("run")
+    lo, hi, top = table["auc_tta8_lo"], table["auc_tta8_hi"], table["auc_tta8"].idxmax()
+    table["overlaps_top_ci"] = (lo <= hi[top]) & (hi >= lo[top])
     front = ["model", "weights", "params", "epochs", "best_epoch", "train_s", "img_per_s"]
-    front += ["val_auc", "n_test", *(f"auc_tta{t} [95% CI]" for t in tta)]
-    front += ["threshold", "accuracy", "sensitivity", "specificity", "acc@0.5", "ece"]
+    front += ["val_auc", "n_test", "auc_tta1 [95% CI]", "auc_tta8 [95% CI]", "threshold"]
+    front += ["accuracy", "sensitivity", "specificity", "acc@0.5", "ece"]
     table = table[front + [c for c in table.columns if c not in front]]
     if csv is not None:
         atomic_write_text(csv, table.to_csv())
@@ -341,7 +293,7 @@ def results_table(
 
 def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
     """``new`` rows over the rows of ``csv`` (by run); rows of another test set are dropped."""
-    if not csv.is_file() or new.empty:
+    if not csv.is_file():
         return new
     old = pd.read_csv(csv, dtype={"run": str, "test_set": str})
     if "run" not in old.columns:
@@ -350,13 +302,13 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
         warnings.warn(f"{csv}: replacing a table scored before the test protocol", stacklevel=3)
         return new
     old = old[~old["run"].isin(new["run"])]
-    other = old[old["test_set"] != new["test_set"].iloc[0]]
-    if len(other):
+    same = old["test_set"] == new["test_set"].iloc[0]
+    if not same.all():
         warnings.warn(
-            f"{csv}: dropping {', '.join(map(str, other['run']))}: scored on another test set",
+            f"{csv}: dropping {', '.join(map(str, old['run'][~same]))}: scored on another test set",
             stacklevel=3,
         )
-    return pd.concat([old[old["test_set"] == new["test_set"].iloc[0]], new], ignore_index=True)
+    return pd.concat([old[same], new], ignore_index=True)
 
 
 def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict[str, float]:
@@ -371,7 +323,6 @@ def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict
     from sklearn.metrics import roc_auc_score
 
     rows = np.asarray(rows)
-    y = cache.labels[rows]
     aucs = {}
     for name, training in (("moving averages", False), ("batch statistics", True)):
         probs = [
@@ -380,5 +331,5 @@ def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict
             )[:, 0]
             for i in range(0, len(rows), batch_size)
         ]
-        aucs[name] = float(roc_auc_score(y, np.concatenate(probs)))
+        aucs[name] = float(roc_auc_score(cache.labels[rows], np.concatenate(probs)))
     return aucs

@@ -38,49 +38,56 @@ def patches_at(images: Any, idx: Sequence[int] | np.ndarray) -> np.ndarray:
     return out
 
 
-def _draw_centre_box(ax: Axes, h: int, w: int, size: int = CENTRE, color: str = "lime") -> None:
-    """Outline the centre ``size`` px square (pixels 32..63 of a 96 px patch) that is labelled."""
-    if h < size or w < size:
-        return
-    top, left = (h - size) // 2, (w - size) // 2
-    ax.add_patch(
-        Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor=color, linewidth=1.0)
-    )
+def grid(
+    n: int,
+    ncols: int,
+    cell: tuple[float, float],
+    extra_h: float = 0.0,
+    figsize: tuple[float, float] | None = None,
+) -> tuple[Figure, np.ndarray]:
+    """A figure with ``n`` axes in rows of at most ``ncols`` cells; the spare axes are hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    size = figsize or (ncols * cell[0], nrows * cell[1] + extra_h)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _draw_centre_box(ax: Axes, h: int, w: int, color: str = "lime") -> None:
+    """Outline the labelled centre square (pixels 32..63 of a 96 px patch)."""
+    if h >= CENTRE and w >= CENTRE:
+        xy = ((w - CENTRE) // 2 - 0.5, (h - CENTRE) // 2 - 0.5)
+        ax.add_patch(Rectangle(xy, CENTRE, CENTRE, fill=False, edgecolor=color, linewidth=1.0))
 
 
 def _show_patch(
     ax: Axes, img: np.ndarray, centre_box: bool = True, caption: str = "", fontsize: float = 7
 ) -> None:
     """One patch without ticks, optionally with the labelled centre region outlined."""
-    ax.imshow(
-        img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None
-    )
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")  # RGB ignores cmap
     if centre_box:
-        _draw_centre_box(ax, img.shape[0], img.shape[1])
+        _draw_centre_box(ax, *img.shape[:2])
     ax.set_axis_off()
     if caption:
         ax.set_title(caption, fontsize=fontsize, pad=2)
 
 
-def _grid(
-    n: int, ncols: int, cell: float = 1.25, extra_h: float = 0.4
-) -> tuple[Figure, np.ndarray]:
-    """A figure with an n-cell grid of image axes."""
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * cell, nrows * cell + extra_h), squeeze=False
-    )
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, axes
+def _caption(i: int, y: np.ndarray | None, p: np.ndarray | None) -> str:
+    """``y=1 p=0.93`` for whichever of label and probability is known."""
+    parts = [f"y={y[i]}" if y is not None else "", f"p={p[i]:.2f}" if p is not None else ""]
+    return " ".join(s for s in parts if s)
 
 
-def _rows(n: int, **arrays: Any) -> None:
-    """Every given per-patch array has one row per patch."""
-    for name, arr in arrays.items():
+def _captions_data(n: int, labels: Any, probs: Any) -> tuple[np.ndarray | None, ...]:
+    """Labels and probabilities as arrays (or None), each with one row per image."""
+    y = None if labels is None else labels01(labels)
+    p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
+    for name, arr in (("labels", y), ("probs", p)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} rows but images has {n}")
+    return y, p
 
 
 def plot_patch_grid(
@@ -96,18 +103,14 @@ def plot_patch_grid(
 
     Captions are green when the 0.5-thresholded probability matches the label, red otherwise.
     """
-    total = len(images)
-    m = min(int(n), total)
+    m = min(int(n), len(images))
     if m < 1:
         raise ValueError("no images to plot")
-    y = None if labels is None else labels01(labels)
-    p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
-    _rows(total, labels=y, probs=p)
+    y, p = _captions_data(len(images), labels, probs)
     imgs = patches_at(images, np.arange(m))
-    fig, axes = _grid(m, ncols, extra_h=0.6 if title else 0.3)
+    fig, axes = grid(m, ncols, (1.25, 1.25), extra_h=0.6 if title else 0.3)
     for i, ax in enumerate(axes.flat[:m]):
-        parts = [f"y={y[i]}" if y is not None else "", f"p={p[i]:.2f}" if p is not None else ""]
-        _show_patch(ax, imgs[i], centre_box, " ".join(s for s in parts if s))
+        _show_patch(ax, imgs[i], centre_box, _caption(i, y, p))
         if y is not None and p is not None:
             ax.title.set_color("green" if int(p[i] >= 0.5) == y[i] else "red")
     if title:
@@ -127,26 +130,21 @@ def plot_confident_errors(
 ) -> Figure:
     """The ``n`` most confident false positives and false negatives, to see what fools the model."""
     yt, yp = validate_binary(y_true, y_prob)
-    _rows(len(images), y_true=yt)
+    if len(yt) != len(images):
+        raise ValueError(f"y_true has {len(yt)} rows but images has {len(images)}")
     fp = np.flatnonzero((yt == 0) & (yp >= threshold))
     fn = np.flatnonzero((yt == 1) & (yp < threshold))
     groups = [
-        (
-            f"Most confident false positives (normal, p ≥ {threshold:g})",
-            fp[np.argsort(-yp[fp], kind="stable")],
-        ),
-        (
-            f"Most confident false negatives (tumour, p < {threshold:g})",
-            fn[np.argsort(yp[fn], kind="stable")],
-        ),
+        (f"false positives (normal, p ≥ {threshold:g})", fp[np.argsort(-yp[fp], kind="stable")]),
+        (f"false negatives (tumour, p < {threshold:g})", fn[np.argsort(yp[fn], kind="stable")]),
     ]
     cols = max(1, min(ncols, n))
     rows = max(1, math.ceil(n / cols))
     fig = plt.figure(figsize=(cols * 1.7, 2 * (rows * 1.8 + 0.6)))
     for sub, (label, idx) in zip(fig.subfigures(2, 1), groups, strict=True):
-        sub.suptitle(f"{label}: showing {min(n, len(idx))} of {len(idx)}", fontsize=12)
-        axes = sub.subplots(rows, cols, squeeze=False)
         shown = idx[:n]
+        sub.suptitle(f"Most confident {label}: showing {len(shown)} of {len(idx)}", fontsize=12)
+        axes = sub.subplots(rows, cols, squeeze=False)
         imgs = patches_at(images, shown)
         for k, ax in enumerate(axes.flat):
             if k < len(shown):
@@ -172,28 +170,21 @@ def plot_gradcam(
     """Grad-CAM heat-maps over their patches, centre 32x32 outlined; ``pairs`` adds the raw one."""
     imgs = np.asarray(images)
     heat = np.asarray(heatmaps, dtype=np.float32)
-    if imgs.ndim != 4 or heat.ndim != 3:
+    if imgs.ndim != 4 or imgs.shape[:3] != heat.shape:
         raise ValueError(
-            f"expected images (N,H,W,C) and heatmaps (N,H,W); got {imgs.shape}, {heat.shape}"
+            f"heatmaps {heat.shape} do not match images {imgs.shape}: "
+            "expected images (N, H, W, C) and heatmaps (N, H, W)"
         )
-    if imgs.shape[:3] != heat.shape:
-        raise ValueError(f"heatmaps {heat.shape} do not match images {imgs.shape[:3]}")
     if not np.isfinite(heat).all():
         raise ValueError("heatmaps contain non-finite values")
-    n = len(imgs)
-    p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
-    y = None if labels is None else labels01(labels)
-    _rows(n, probs=p, labels=y)
+    y, p = _captions_data(len(imgs), labels, probs)
     per = 2 if pairs else 1
-    fig, axes = _grid(n * per, ncols * per, cell=1.6)
-    flat = axes.flat
-    for i in range(n):
-        parts = [f"y={y[i]}" if y is not None else "", f"p={p[i]:.2f}" if p is not None else ""]
-        caption = " ".join(s for s in parts if s)
+    fig, axes = grid(len(imgs) * per, ncols * per, (1.6, 1.6), extra_h=0.4)
+    for i, img in enumerate(imgs):
         if pairs:
-            _show_patch(flat[2 * i], imgs[i], True, caption)
-        ax = flat[per * i + per - 1]
-        _show_patch(ax, imgs[i], False, "" if pairs else caption)
+            _show_patch(axes.flat[2 * i], img, True, _caption(i, y, p))
+        ax = axes.flat[per * i + per - 1]
+        _show_patch(ax, img, False, "" if pairs else _caption(i, y, p))
         ax.imshow(heat[i], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         _draw_centre_box(ax, *heat.shape[1:], color="white")
     fig.tight_layout(pad=0.3)

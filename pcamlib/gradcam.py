@@ -40,16 +40,16 @@ def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
     """
     if getattr(model, "inputs", None) is None:
         raise ValueError(f"gradcam needs a Sequential or functional model; got {type(model)}")
-    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    layers = model.layers
+    nested = [layer.name for layer in layers if isinstance(layer, keras.Model)]
     if layer_name is not None:
-        if layer_name not in {layer.name for layer in model.layers}:
-            maps = [layer.name for layer in model.layers if _rank(layer) == 4][-8:]
+        if layer_name not in {layer.name for layer in layers}:
+            maps = [layer.name for layer in layers if _rank(layer) == 4][-8:]
             hint = f"; {_NESTED_HINT} (nested: {nested})" if nested else ""
             raise ValueError(f"no layer named {layer_name!r}; last 4-D layers are {maps}{hint}")
         if _rank(model.get_layer(layer_name)) != 4:
             raise ValueError(f"layer {layer_name!r} does not output a 4-D (N, h, w, C) feature map")
         return layer_name
-    layers = model.layers
     convs = ["convolutional" in type(la).__module__ or isinstance(la, keras.Model) for la in layers]
     if not any(convs):
         raise ValueError("model has no convolutional layer to explain; pass layer_name=")
@@ -66,13 +66,10 @@ def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
 def _score(model: keras.Model) -> tuple[Any, Callable[[Any], Any]]:
     """(tensor, finish): ``finish(tensor)`` is the pre-sigmoid tumour logit.
 
-    Gradients of a saturated probability (p = 1.0 in float32) are exactly zero, so Grad-CAM
-    explains the logit: pcamlib's ``tumor_logit`` layer, or the input of a final sigmoid
-    ``Activation``, or, for a final sigmoid ``Dense`` (older pcamlib models, most Keras
-    examples), that layer's kernel and bias applied to its input.
+    A saturated probability (p = 1.0 in float32) has zero gradient, so the logit is explained:
+    ``tumor_logit``, or the input of a final sigmoid (a sigmoid ``Dense``'s weights applied).
     """
-    names = {layer.name for layer in model.layers}
-    if "tumor_logit" in names:
+    if "tumor_logit" in {layer.name for layer in model.layers}:
         return model.get_layer("tumor_logit").output, lambda t: t
     last = model.layers[-1]
     if getattr(last, "activation", None) is not keras.activations.sigmoid:
@@ -122,10 +119,9 @@ def _gradient(head: Callable[[Any], Any], feat: Any) -> Any:
 
 
 def _field_of_view(model: keras.Model, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the input the network sees: the window of a CenterCrop.
+    """(top, left, height, width) of the input the network sees: a CenterCrop's window.
 
-    A model that centre-crops (e.g. PCamNet) computes its feature map from the crop only, so
-    the map belongs over that window, not stretched over the whole patch.
+    A centre-cropping model (PCamNet) maps only the crop, so its map goes over that window.
     """
     top, left, (h, w) = 0, 0, size
     for layer in model.layers:
@@ -144,15 +140,10 @@ def gradcam(
 ) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] at input resolution for the tumour output.
 
-    The feature map is ``layer_name`` or, by default, the last conv-like 4-D output (see
-    :func:`find_target_layer`); gradients are of the pre-sigmoid logit (see :func:`_score`).
-    Each map is ReLU-ed, resized bilinearly onto the part of the patch the network sees (the
-    crop window of a centre-cropping model, zero outside) and divided by its maximum; a map
-    with no evidence is all zeros.
-
-    Examples:
-        >>> heat = gradcam(model, patches[:8])          # (8, 96, 96) in [0, 1]
-        >>> fig = plot_gradcam(patches[:8], heat)        # from pcamlib.plots
+    The feature map is ``layer_name`` or the one :func:`find_target_layer` picks; gradients are
+    of the pre-sigmoid logit. Each map is ReLU-ed, resized bilinearly onto the part of the patch
+    the network sees (zero outside a centre crop) and divided by its maximum; a map with no
+    evidence is all zeros.
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -178,7 +169,7 @@ def gradcam(
             keras.ops.convert_to_numpy(big)[..., 0], 0
         )
         peak = cam.max(axis=(1, 2), keepdims=True)
-        chunks.append(np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0))
+        chunks.append(cam / np.where(peak > 0, peak, 1.0))  # an all-zero map stays zero
     if not chunks:
-        return np.zeros((0, *tuple(np.shape(images))[1:3]), np.float32)
-    return np.clip(np.concatenate(chunks), 0.0, 1.0).astype(np.float32)
+        return np.zeros((0, *np.shape(images)[1:3]), np.float32)
+    return np.concatenate(chunks)

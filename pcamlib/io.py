@@ -1,9 +1,8 @@
 """Atomic file writes: readers see the old file or the new one, never half of either.
 
-Write to a temp file in the target's folder (same file system, so the rename is atomic),
-fsync it, then ``os.replace`` it over the target. With ``durable=True`` the folder is fsynced
-too, so the rename itself survives a power cut: use it for files that mark something as done
-(a cache's ``meta.json``, a checkpoint, a submission).
+A temp file in the target's folder (same file system: the rename is atomic) is fsynced, then
+``os.replace``-d over the target. ``durable=True`` fsyncs the folder too, so the rename survives
+a power cut: for files that mark something as done (``meta.json``, a checkpoint, a submission).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""The one place pcamlib relies on a Keras detail that is not public API; tests guard it.
+"""The one place pcamlib relies on a Keras detail that is not public API.
 
-Resuming a run bit-identically means reseeding every ``keras.random.SeedGenerator`` of the
-model (Dropout, random augmentation layers), because ``.keras`` files do not store their
-states. ``model.variables`` is public and documented to include those states; picking them
-out by the variable name Keras gives them is the undocumented part.
-``tests/test_keras_shim.py`` fails if a Keras release changes it.
+Resuming bit-identically means reseeding every ``keras.random.SeedGenerator`` (Dropout, random
+augmentation layers): ``.keras`` files do not store their states. ``model.variables`` includes
+them; picking them out by name is the undocumented part, guarded by ``tests/test_keras_shim.py``.
 """
 
 from __future__ import annotations

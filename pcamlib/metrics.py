@@ -9,20 +9,8 @@ import numpy as np
 from sklearn import metrics as skm
 from tqdm import tqdm
 
-from .augment import N_DIHEDRAL, dihedral, dihedral_views
+from .augment import N_DIHEDRAL, dihedral
 from .checks import first_bad, labels01, vector
-
-__all__ = [
-    "auc_ci",
-    "binary_metrics",
-    "dihedral",
-    "dihedral_views",
-    "expected_calibration_error",
-    "predict_proba",
-    "require_both_classes",
-    "validate_binary",
-    "youden_threshold",
-]
 
 
 def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -30,17 +18,14 @@ def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
     yt, yp = labels01(y_true, "y_true"), vector(y_prob, "y_prob")
     if len(yt) != len(yp):
         raise ValueError(f"y_true has {len(yt)} rows but y_prob has {len(yp)}")
-    if not np.issubdtype(yp.dtype, np.number) or np.issubdtype(yp.dtype, np.complexfloating):
+    if yp.dtype.kind not in "iuf":
         raise ValueError(f"y_prob must be real probabilities; got dtype {yp.dtype}")
     yp = yp.astype(np.float64)
-    bad = ~np.isfinite(yp)
-    if bad.any():
-        raise ValueError("y_prob must be finite; " + first_bad(bad, yp, "non-finite values"))
-    bad = (yp < 0.0) | (yp > 1.0)
+    bad = ~((yp >= 0.0) & (yp <= 1.0))  # NaN fails both comparisons
     if bad.any():
         raise ValueError(
-            "y_prob must lie in [0, 1] (sigmoid outputs, not logits); "
-            + first_bad(bad, yp, "values outside [0, 1]")
+            "y_prob must hold probabilities (sigmoid outputs, not logits); "
+            + first_bad(bad, yp, "value(s) non-finite or outside [0, 1]")
         )
     return yt, yp
 
@@ -115,12 +100,9 @@ def binary_metrics(
 ) -> dict[str, float]:
     """One dict of the ranking, thresholded and calibration metrics used to compare models.
 
-    Thresholded metrics predict tumour when ``y_prob >= threshold`` (the same rule as
-    ``sklearn.metrics.roc_curve``). ``ece`` uses 10 equal-width probability bins, see
-    :func:`expected_calibration_error`. With ``operating_point`` (a target sensitivity such as
-    0.95) the ROC curve gives the highest threshold whose sensitivity reaches the target:
-    ``op_threshold``, ``op_sensitivity`` (achieved) and ``op_specificity`` there.
-    ``roc_auc_lo``/``roc_auc_hi`` bound its 95% DeLong interval (:func:`auc_ci`).
+    Tumour is predicted when ``y_prob >= threshold`` (the rule of ``sklearn.metrics.roc_curve``).
+    With ``operating_point`` (a target sensitivity such as 0.95), ``op_threshold`` is the
+    highest threshold whose sensitivity reaches it, with ``op_sensitivity``/``op_specificity``.
     """
     if not (0.0 <= float(threshold) <= 1.0):
         raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
@@ -159,7 +141,7 @@ def binary_metrics(
 
 
 def _predict_batch(model: Any, x: np.ndarray, start: int) -> np.ndarray:
-    """Run one batch and insist on one finite probability per image."""
+    """Run one batch and insist on one probability in [0, 1] per image."""
     y = model.predict_on_batch(x)
     if isinstance(y, (list, tuple, dict)):
         raise ValueError(f"model must have a single (B, 1) sigmoid output; got {type(y).__name__}")
@@ -170,15 +152,11 @@ def _predict_batch(model: Any, x: np.ndarray, start: int) -> np.ndarray:
             f"expected ({len(x)}, 1) sigmoid probabilities"
         )
     y = y.reshape(-1)
-    bad = ~np.isfinite(y)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"model produced a non-finite output ({y[i]}) for image {start + i}")
-    bad = (y < 0.0) | (y > 1.0)
+    bad = ~((y >= 0.0) & (y <= 1.0))  # NaN fails both comparisons
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"model output {y[i]} for image {start + i} is outside [0, 1]; "
+            f"model produced a non-finite or out-of-[0, 1] output ({y[i]}) for image {start + i}; "
             "predict_proba expects a sigmoid output, not logits"
         )
     return y
@@ -201,17 +179,11 @@ def predict_proba(
         raise ValueError(f"tta must be 1 or 8; got {tta!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = int(batch_size)
     n = len(images)
     out = np.empty(n, dtype=np.float32)
-    starts = range(0, n, int(batch_size))
-    bar = tqdm(
-        starts,
-        total=math.ceil(n / batch_size),
-        disable=not progress,
-        desc=f"predict (tta={tta})",
-        unit="batch",
-    )
-    for start in bar:
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, disable=not progress, desc=f"predict (tta={tta})", unit="batch"):
         x = np.asarray(images[start : start + batch_size])
         expected = min(batch_size, n - start)
         if x.ndim != 4 or len(x) != expected:
@@ -219,11 +191,7 @@ def predict_proba(
                 f"images[{start}:{start + batch_size}] gave shape {x.shape}; "
                 f"expected ({expected}, H, W, C)"
             )
-        if tta == 1:
-            out[start : start + len(x)] = _predict_batch(model, x, start)
-        else:
-            acc = np.zeros(len(x), dtype=np.float64)
-            for k in range(N_DIHEDRAL):
-                acc += _predict_batch(model, dihedral(x, k), start)
-            out[start : start + len(x)] = acc / N_DIHEDRAL
+        views = [x] if tta == 1 else [dihedral(x, k) for k in range(N_DIHEDRAL)]
+        probs = [_predict_batch(model, v, start) for v in views]
+        out[start : start + len(x)] = np.mean(probs, axis=0, dtype=np.float64)
     return out

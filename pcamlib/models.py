@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import urllib.error
 import warnings
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
-from .limits import MODEL_NAMES, SettingError, spelled
+from .limits import MODEL_NAMES, PATCH_SIDE, SettingError, spelled
 
-PATCH_SHAPE = (96, 96, 3)
 BACKBONES = {
     "vgg16": (keras.applications.VGG16, 0.3),
     "vgg19": (keras.applications.VGG19, 0.3),
@@ -43,6 +42,7 @@ class CaffePreprocess(layers.Layer):
         return bgr - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
 
 
+@dataclass
 class ConvBlock:
     """Conv→Conv→MaxPool, the reference's block; BatchNorm+ReLU after each conv when asked.
 
@@ -50,47 +50,36 @@ class ConvBlock:
     model, so summaries, diagrams and Grad-CAM see every conv layer.
     """
 
-    def __init__(
-        self,
-        n_filter: int,
-        kernel_sz: tuple[int, int] = (3, 3),
-        activation: str = "relu",
-        pool_sz: tuple[int, int] = (2, 2),
-        batch_norm: bool = False,
-        name: str | None = None,
-    ):
-        self.n_filter, self.kernel_sz, self.activation = n_filter, kernel_sz, activation
-        self.pool_sz, self.batch_norm, self.name = pool_sz, batch_norm, name
+    n_filter: int
+    kernel_sz: tuple[int, int] = (3, 3)
+    activation: str = "relu"
+    pool_sz: tuple[int, int] = (2, 2)
+    batch_norm: bool = False
+    name: str | None = None
 
     def __call__(self, x):
         prefix = f"{self.name}_" if self.name else ""
         for i in (1, 2):
+            x = layers.Conv2D(
+                self.n_filter,
+                self.kernel_sz,
+                activation=None if self.batch_norm else self.activation,
+                name=f"{prefix}conv{i}",
+            )(x)
             if self.batch_norm:
-                x = layers.Conv2D(self.n_filter, self.kernel_sz, name=f"{prefix}conv{i}")(x)
                 x = layers.BatchNormalization(name=f"{prefix}bn{i}")(x)
                 x = layers.Activation(self.activation, name=f"{prefix}act{i}")(x)
-            else:
-                x = layers.Conv2D(
-                    self.n_filter,
-                    self.kernel_sz,
-                    activation=self.activation,
-                    name=f"{prefix}conv{i}",
-                )(x)
         return layers.MaxPooling2D(self.pool_sz, name=f"{prefix}pool")(x)
 
 
+@dataclass
 class TopBlock:
     """Flatten→Dense(n_units)→[Dropout]→Dense(1, sigmoid): the reference's classifier head."""
 
-    def __init__(
-        self,
-        n_units: int,
-        activation: str = "relu",
-        drop_out: bool = False,
-        drop_rate: float = 0.5,
-    ):
-        self.n_units, self.activation = n_units, activation
-        self.drop_out, self.drop_rate = drop_out, drop_rate
+    n_units: int
+    activation: str = "relu"
+    drop_out: bool = False
+    drop_rate: float = 0.5
 
     def __call__(self, x):
         x = layers.Flatten(name="flatten")(x)
@@ -110,39 +99,36 @@ def _probability(x):
 
 
 def _patch_input() -> keras.KerasTensor:
-    return keras.Input(shape=PATCH_SHAPE, dtype="uint8", name="patch")
+    return keras.Input(shape=(PATCH_SIDE, PATCH_SIDE, 3), dtype="uint8", name="patch")
 
 
-def _rescaled(inputs, image_size: int):
+def _reference_cnn(image_size: int, blocks: list[ConvBlock], top: TopBlock, name: str):
+    """Rescale (and resize) the patch, then the ConvBlocks and the head: the baselines' layout."""
+    inputs = _patch_input()
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    if image_size != PATCH_SHAPE[0]:
+    if image_size != PATCH_SIDE:
         x = layers.Resizing(image_size, image_size, name="resize")(x)
-    return x
+    for block in blocks:
+        x = block(x)
+    return keras.Model(inputs, top(x), name=name)
 
 
 def CNNModel1(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference's name)
     """ConvBlock(16) → ConvBlock(32) → Dense(256): the reference's first baseline.
 
-    As specified it has 1,401,617 parameters at 64×64; the reference printed 1,401,873.
-    The 256 extra are exactly 4 × 64 BatchNormalization parameters (γ, β, mean, variance):
-    two BatchNorms over the 32 channels of ConvBlock(32), i.e. the printed model had
-    ``batch_norm=True`` in its second block. No change of padding or size gives +256 (``same``
-    padding alone would add ~0.7 M), so we keep the documented architecture, not the printout.
+    As specified it has 1,401,617 parameters at 64×64; the reference printed 1,401,873. The
+    256 extra are exactly two BatchNorms (γ, β, mean, variance) over the 32 channels of
+    ConvBlock(32), i.e. the printout had ``batch_norm=True`` there; no padding or size gives
+    +256 (``same`` adds ~0.7 M), so we keep the documented architecture, not the printout.
     """
-    inputs = _patch_input()
-    x = _rescaled(inputs, image_size)
-    x = ConvBlock(16, name="block1")(x)
-    x = ConvBlock(32, name="block2")(x)
-    return keras.Model(inputs, TopBlock(256)(x), name="cnn1")
+    blocks = [ConvBlock(16, name="block1"), ConvBlock(32, name="block2")]
+    return _reference_cnn(image_size, blocks, TopBlock(256), "cnn1")
 
 
 def CNNModel2(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference's name)
     """BatchNorm ConvBlocks 32/32 → Dense(512): the reference's 2nd baseline (2,799,073 params)."""
-    inputs = _patch_input()
-    x = _rescaled(inputs, image_size)
-    x = ConvBlock(32, batch_norm=True, name="block1")(x)
-    x = ConvBlock(32, batch_norm=True, name="block2")(x)
-    return keras.Model(inputs, TopBlock(512)(x), name="cnn2")
+    blocks = [ConvBlock(32, batch_norm=True, name=f"block{i}") for i in (1, 2)]
+    return _reference_cnn(image_size, blocks, TopBlock(512), "cnn2")
 
 
 def backbone_model(
@@ -155,28 +141,24 @@ def backbone_model(
     """VGG16/VGG19/ResNet50 with the reference's head.
 
     Head: Flatten→BN→Dense16→Dropout→Dense8→Dropout→BN→Dense1 (dropout 0.3 VGG, 0.5 ResNet).
-    The backbone's layers sit directly in the returned model (``input_tensor=``), so every
-    feature map has a name there (Grad-CAM uses ``block5_conv3`` / ``conv5_block3_out``).
+    The backbone is built on the model's own tensor (``input_tensor=``), so its layers are
+    the model's layers and Grad-CAM finds ``block5_conv3`` / ``conv5_block3_out`` by name.
     ``trainable=False`` freezes the backbone; a frozen BatchNormalization runs in inference
-    mode in Keras 3, so its ImageNet statistics stay. To fine-tune later, unfreeze all but the
-    BatchNormalization layers. ``weights=None, trainable=True`` trains it from scratch.
+    mode in Keras 3, so its ImageNet statistics stay: to fine-tune, unfreeze all but those.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     factory, default_rate = BACKBONES[name]
     rate = default_rate if drop_rate is None else drop_rate
     source = str(fetch_imagenet_weights(name)) if weights == "imagenet" else None
-    inputs = _patch_input()
-    x = inputs
-    if image_size != PATCH_SHAPE[0]:
+    inputs = x = _patch_input()
+    if image_size != PATCH_SIDE:
         x = layers.Resizing(image_size, image_size, name="resize")(x)
     x = CaffePreprocess(name="imagenet_preprocess")(x)
-    # Built on our own tensor, so its layers are this model's layers (block5_conv3 is
-    # model.get_layer("block5_conv3")) rather than one nested model.
     backbone = factory(weights=source, include_top=False, input_tensor=x)
-    backbone.trainable = trainable  # frozen BatchNormalization runs in inference mode
+    backbone.trainable = trainable
     x = layers.Flatten(name="flatten")(backbone.output)
     x = layers.BatchNormalization(name="head_bn1")(x)
     x = layers.Dense(16, activation="relu", name="head_dense16")(x)
@@ -196,9 +178,8 @@ def PCamNet(
     The label depends on the centre 32×32 only, so a centre crop keeps the evidence at full
     resolution while cutting the cost ~(96/crop)²; global average pooling keeps it small.
     """
-    inputs = _patch_input()
-    x = inputs
-    if crop != PATCH_SHAPE[0]:
+    inputs = x = _patch_input()
+    if crop != PATCH_SIDE:
         x = layers.CenterCrop(crop, crop, name="centre_crop")(x)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     for i, width in enumerate(widths, start=1):
@@ -218,17 +199,13 @@ def parameter_table(models: dict[str, keras.Model]):
     import pandas as pd
 
     def count(weights) -> int:
-        return int(sum(int(np.prod(w.shape)) for w in weights))
+        return sum(int(np.prod(w.shape)) for w in weights)
 
-    rows = {
-        name: {
-            "total": m.count_params(),
-            "trainable": count(m.trainable_weights),
-            "frozen": count(m.non_trainable_weights),
-        }
-        for name, m in models.items()
-    }
-    return pd.DataFrame.from_dict(rows, orient="index")
+    counts = [
+        [m.count_params(), count(m.trainable_weights), count(m.non_trainable_weights)]
+        for m in models.values()
+    ]
+    return pd.DataFrame(counts, index=list(models), columns=["total", "trainable", "frozen"])
 
 
 # The ImageNet files keras.applications loads for include_top=False: (origin folder, hash).
@@ -274,39 +251,28 @@ def fetch_imagenet_weights(name: str) -> Path:
     Fails in one line (:class:`WeightsUnavailable`) without network or with a corrupt copy,
     before any model is built, so a run asked for ImageNet never starts from random weights.
     """
-    if name not in IMAGENET_FILES:
-        raise SettingError(
-            "weights", "imagenet", f"{name} has no pretrained weights; only {', '.join(BACKBONES)}"
-        )
     folder, fname, file_hash = IMAGENET_FILES[name]
     url = _KERAS_WEIGHTS + folder + fname
-    path = keras_cache_dir() / "models" / fname
+    cache = keras_cache_dir()
+    path = cache / "models" / fname
     had_copy = path.is_file()
     try:
         found = keras.utils.get_file(
-            fname,
-            url,
-            cache_dir=str(keras_cache_dir()),
-            cache_subdir="models",
-            file_hash=file_hash,
+            fname, url, cache_dir=str(cache), cache_subdir="models", file_hash=file_hash
         )
     except Exception as exc:  # Keras wraps URLError/HTTPError in a bare Exception
         cause = exc.__context__ if isinstance(exc.__context__, urllib.error.URLError) else exc
         why = str(getattr(cause, "reason", cause)).splitlines()[0]
         if isinstance(exc, ValueError):  # downloaded, but the checksum does not match
             reason = f"the download of {fname} is corrupt ({why})"
-        elif had_copy:
-            reason = (
-                f"the cached {fname} is incomplete or corrupt and cannot be downloaded again "
-                f"(no network? {why})"
-            )
         else:
-            reason = f"cannot download {fname} (no network? {why})"
+            lost = f"the cached {fname} is incomplete or corrupt and cannot be downloaded again"
+            reason = f"{lost if had_copy else 'cannot download ' + fname} (no network? {why})"
         raise WeightsUnavailable(name, path, url, reason) from None
     return Path(found)
 
 
-def resolve_weights(weights: str | None, probe: str = "vgg16") -> str | None:
+def resolve_weights(weights: str | None) -> str | None:
     """'imagenet' if the ImageNet weights can be had here (cached or downloadable), else None.
 
     Keeps the series running on offline machines: transfer learning then starts from random
@@ -316,7 +282,7 @@ def resolve_weights(weights: str | None, probe: str = "vgg16") -> str | None:
     if weights != "imagenet":
         return weights
     try:
-        fetch_imagenet_weights(probe)
+        fetch_imagenet_weights("vgg16")
     except WeightsUnavailable as exc:
         warnings.warn(f"{exc}; backbones start from random weights (weights=None)", stacklevel=2)
         return None
@@ -336,21 +302,16 @@ def build_model(
     Backbones default to training from scratch when ``weights`` is None and to a frozen
     (transfer-learning) backbone when ``weights='imagenet'``, unless ``trainable`` says otherwise.
     """
-    builders: dict[str, Callable[..., keras.Model]] = {
-        "cnn1": CNNModel1,
-        "cnn2": CNNModel2,
-        "pcamnet": PCamNet,
-    }
-    if name in builders:
-        if weights is not None:
-            raise ValueError(f"{name} has no pretrained weights; use weights=None")
-        if name == "pcamnet":
-            return PCamNet(crop=image_size or 64, **kwargs)
-        return builders[name](image_size=image_size or 64, **kwargs)
     if name in BACKBONES:
         if trainable is None:
             trainable = weights is None
         return backbone_model(
             name, weights=weights, trainable=trainable, image_size=image_size or 96, **kwargs
         )
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if weights is not None:
+        raise ValueError(f"{name} has no pretrained weights; use weights=None")
+    if name == "pcamnet":
+        return PCamNet(crop=image_size or 64, **kwargs)
+    return (CNNModel1 if name == "cnn1" else CNNModel2)(image_size=image_size or 64, **kwargs)

@@ -7,7 +7,6 @@ overlays) live in :mod:`pcamlib.gallery` and are re-exported here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from .checks import labels01
-from .gallery import patches_at, plot_confident_errors, plot_gradcam, plot_patch_grid
+from .gallery import grid, patches_at, plot_confident_errors, plot_gradcam, plot_patch_grid
 from .metrics import expected_calibration_error, require_both_classes, validate_binary
 
 __all__ = [
@@ -42,68 +41,33 @@ __all__ = [
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 PALETTE = {CLASS_NAMES[0]: "#4C72B0", CLASS_NAMES[1]: "#C44E52"}
 _IGNORED_HISTORY = {"epoch", "lr", "learning_rate"}
+_BY_CLASS = {"hue_order": CLASS_NAMES, "palette": PALETTE}  # the same colour per class everywhere
+_STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
+_TITLES = {"loss": "Loss", "auc": "ROC AUC", "pr_auc": "PR AUC"}
+_TITLES |= dict.fromkeys(("accuracy", "acc", "binary_accuracy"), "Accuracy")
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """Draw on the caller's axes when given, else on a fresh figure."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
-    try:
-        return ax.get_figure(root=True), ax  # the top-level figure, even inside a subfigure
-    except TypeError:  # matplotlib < 3.10
-        return ax.figure, ax
-
-
-def _class_names(y: np.ndarray) -> np.ndarray:
-    """Readable class names for seaborn hue/x."""
-    return np.where(y == 1, CLASS_NAMES[1], CLASS_NAMES[0])
+        return plt.subplots(figsize=figsize)
+    return ax.figure.figure, ax  # a subfigure's .figure is the top-level figure
 
 
 # --------------------------------------------------------------------------- training curves
 
 
-def _history_frame(history: Any) -> pd.DataFrame:
-    """Accept a CSVLogger frame, a dict of lists, or anything with a ``.history`` dict."""
-    data = getattr(history, "history", history)
-    frame = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
-    if frame.empty:
-        raise ValueError("history is empty: no epochs to plot")
-    return frame
-
-
 def _metric_order(name: str) -> tuple[int, str]:
     """Loss first, then accuracy, then AUC, then anything else alphabetically."""
     low = name.lower()
-    if low == "loss":
-        return 0, low
-    if "acc" in low:
-        return 1, low
-    if "auc" in low:
-        return 2, low
-    return 3, low
+    return [low == "loss", "acc" in low, "auc" in low, True].index(True), low
 
 
 def _pretty(name: str) -> str:
-    """Human panel titles for the usual Keras metric names."""
+    """Human panel titles for the usual Keras metric names (``auc_1`` is still ROC AUC)."""
     low = name.lower()
-    if low == "loss":
-        return "Loss"
-    if low in ("accuracy", "acc", "binary_accuracy"):
-        return "Accuracy"
-    if low.startswith("auc"):
-        return "ROC AUC"
-    if low.startswith("pr_auc"):
-        return "PR AUC"
-    return name.replace("_", " ")
-
-
-def _epochs(frame: pd.DataFrame) -> np.ndarray:
-    """1-based epochs: CSVLogger's ``epoch`` counts from 0, pcamlib's history.csv from 1."""
-    if "epoch" not in frame:
-        return np.arange(1, len(frame) + 1)
-    epochs = frame["epoch"].to_numpy()
-    return epochs + 1 if len(epochs) and epochs.min() == 0 else epochs
+    key = next((k for k in ("auc", "pr_auc") if low.startswith(k)), low)
+    return _TITLES.get(key, name.replace("_", " "))
 
 
 def _best(frame: pd.DataFrame, bases: list[str], epochs: np.ndarray) -> tuple[int, str, str] | None:
@@ -120,32 +84,27 @@ def _best(frame: pd.DataFrame, bases: list[str], epochs: np.ndarray) -> tuple[in
 def plot_history(history: Any, *, figsize: tuple[float, float] | None = None) -> Figure:
     """Train vs validation curves per metric, with the best-validation-AUC epoch marked.
 
-    Epochs are shown 1-based (CSVLogger's 0-based ``epoch`` column is shifted; pcamlib's
-    history.csv is already 1-based). Without a validation AUC the marker falls back to the
-    lowest ``val_loss``.
+    Takes a CSVLogger frame, a dict of lists or a Keras ``History``. Epochs are shown 1-based
+    (CSVLogger counts from 0, pcamlib's history.csv from 1). Without a validation AUC the
+    marker falls back to the lowest ``val_loss``.
     """
-    frame = _history_frame(history)
-    epochs = _epochs(frame)
+    data = getattr(history, "history", history)
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
+    if frame.empty:
+        raise ValueError("history is empty: no epochs to plot")
+    epochs = frame["epoch"].to_numpy() if "epoch" in frame else np.arange(1, len(frame) + 1)
+    if epochs.min() == 0:
+        epochs = epochs + 1
     numeric = [
-        c
-        for c in frame.columns
-        if c not in _IGNORED_HISTORY and pd.api.types.is_numeric_dtype(frame[c])
+        c for c in frame if c not in _IGNORED_HISTORY and pd.api.types.is_numeric_dtype(frame[c])
     ]
     bases = sorted({c.removeprefix("val_") for c in numeric}, key=_metric_order)
     lr_col = next((c for c in ("learning_rate", "lr") if c in frame), None)
-    panels: list[str] = bases + ([lr_col] if lr_col else [])
+    panels = bases + ([lr_col] if lr_col else [])
     if not panels:
-        raise ValueError(
-            f"history has no numeric metric columns; columns are {list(frame.columns)}"
-        )
+        raise ValueError(f"history has no numeric metric columns; columns are {list(frame)}")
     best = _best(frame, bases, epochs)
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=figsize or (5 * ncols, 3.6 * nrows), squeeze=False
-    )
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
+    fig, axes = grid(len(panels), 3, (5, 3.6), figsize=figsize)
     for ax, base in zip(axes.flat, panels, strict=False):
         if base == lr_col:
             ax.plot(epochs, frame[base], color="grey", marker=".")
@@ -177,92 +136,50 @@ def plot_history(history: Any, *, figsize: tuple[float, float] | None = None) ->
 def plot_label_balance(labels: Any, ax: Axes | None = None) -> Figure:
     """Class counts with percentages, to see the imbalance before choosing metrics and splits."""
     y = labels01(labels)
-    names = _class_names(y)
+    names = np.take(CLASS_NAMES, y)
     fig, ax = _axes(ax, (5, 4))
-    sns.countplot(
-        x=names,
-        hue=names,
-        order=CLASS_NAMES,
-        hue_order=CLASS_NAMES,
-        palette=PALETTE,
-        legend=False,
-        ax=ax,
-    )
-    counts = [int((y == 0).sum()), int((y == 1).sum())]
+    sns.countplot(x=names, hue=names, order=CLASS_NAMES, legend=False, ax=ax, **_BY_CLASS)
+    counts = np.bincount(y, minlength=2)
     for i, c in enumerate(counts):
         ax.text(i, c, f"{c:,}\n({100 * c / len(y):.1f}%)", ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, max(counts) * 1.18)
-    ax.set_xlabel("class")
-    ax.set_ylabel("patches")
-    ax.set_title(f"Label balance (n = {len(y):,})")
+    ax.set(xlabel="class", ylabel="patches", title=f"Label balance (n = {len(y):,})")
     return fig
 
 
-def plot_channel_stats(
-    images: Any,
-    labels: Any,
-    *,
-    max_images: int = 5000,
-    seed: int = 0,
-    batch_size: int = 1024,
-) -> Figure:
+def plot_channel_stats(images: Any, labels: Any, *, max_images: int = 5000) -> Figure:
     """Per-class distributions of each image's mean R, G, B intensity (stain/brightness EDA).
 
-    At most ``max_images`` patches (a seeded random subset) are read, in batches.
+    At most ``max_images`` patches (a seeded random subset) are read, 1024 at a time.
     """
     y = labels01(labels)
     if len(y) != len(images):
         raise ValueError(f"labels has {len(y)} rows but images has {len(images)}")
     idx = np.arange(len(y))
     if len(idx) > max_images:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_images, replace=False))
-    means = []
-    for s in range(0, len(idx), batch_size):
-        chunk = patches_at(images, idx[s : s + batch_size]).astype(np.float32)
-        means.append(chunk.mean(axis=(1, 2)))
-    chan = np.concatenate(means)
+        idx = np.sort(np.random.default_rng(0).choice(idx, size=max_images, replace=False))
+    chan = np.concatenate(
+        [
+            patches_at(images, idx[s : s + 1024]).astype(np.float32).mean(axis=(1, 2))
+            for s in range(0, len(idx), 1024)
+        ]
+    )
     n_ch = chan.shape[1]
     names = ["red", "green", "blue"] if n_ch == 3 else [f"channel {c}" for c in range(n_ch)]
     frame = pd.DataFrame(chan, columns=names)
-    frame["class"] = _class_names(y[idx])
-    fig, axes = plt.subplots(1, n_ch, figsize=(4.5 * n_ch, 3.6), squeeze=False)
+    frame["class"] = np.take(CLASS_NAMES, y[idx])
+    fig, axes = grid(n_ch, n_ch, (4.5, 3.6))
     for ax, name in zip(axes.flat, names, strict=True):
         sns.histplot(
-            data=frame,
-            x=name,
-            hue="class",
-            hue_order=CLASS_NAMES,
-            palette=PALETTE,
-            bins=50,
-            stat="density",
-            common_norm=False,
-            element="step",
-            ax=ax,
+            frame, x=name, hue="class", bins=50, stat="density", ax=ax, **_STEPS, **_BY_CLASS
         )
-        ax.set_xlabel(f"mean {name} intensity per patch")
-        ax.set_title(name.capitalize())
+        ax.set(xlabel=f"mean {name} intensity per patch", title=name.capitalize())
     fig.suptitle(f"Per-class channel intensity (n = {len(idx):,} patches)")
     fig.tight_layout()
     return fig
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def _curves(curves: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Validate every (y_true, y_prob) pair up front so a bad model name is reported."""
-    if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
-    out = []
-    for name, pair in curves.items():
-        try:
-            yt, yp = validate_binary(*pair)
-            require_both_classes(yt)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"curve {name!r}: {err}") from err
-        out.append((str(name), yt, yp))
-    return out
-
 
 _CURVES = {  # Display class, score, its short name, axis labels, legend place, title
     "roc": (
@@ -287,7 +204,16 @@ _CURVES = {  # Display class, score, its short name, axis labels, legend place, 
 def _plot_curves(kind: str, curves: Mapping[str, tuple[Any, Any]], ax: Axes | None) -> Figure:
     """Several models' curves on one axis, each with its score (4 decimals), chance drawn once."""
     display, score, short, (xlabel, ylabel), loc, title = _CURVES[kind]
-    data = _curves(curves)
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
+    data = []
+    for name, pair in curves.items():  # all checked before drawing, so a bad one is named
+        try:
+            yt, yp = validate_binary(*pair)
+            require_both_classes(yt)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"curve {name!r}: {err}") from err
+        data.append((name, yt, yp))
     fig, ax = _axes(ax, (5.5, 5))
     for k, (name, yt, yp) in enumerate(data):
         chance = "chance" if kind == "roc" else f"chance (prevalence {yt.mean():.2f})"
@@ -346,12 +272,9 @@ def plot_reliability(y_true: Any, y_prob: Any, n_bins: int = 10, ax: Axes | None
     ax.set_zorder(counts.get_zorder() + 1)  # the curve in front of the bars
     ax.patch.set_visible(False)
     CalibrationDisplay.from_predictions(yt, yp, n_bins=n_bins, ax=ax, name="model")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("predicted tumour probability")
-    ax.set_ylabel("fraction tumour")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="predicted tumour probability")
+    ax.set(ylabel="fraction tumour", title=f"Reliability (ECE = {ece:.4f}, {n_bins} bins)")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"Reliability (ECE = {ece:.4f}, {n_bins} bins)")
     return fig
 
 
@@ -367,21 +290,12 @@ def plot_prob_hist(
     """Predicted-probability histograms per true class: how well and how surely it separates."""
     yt, yp = validate_binary(y_true, y_prob)
     fig, ax = _axes(ax, (6, 4))
-    sns.histplot(
-        x=yp,
-        hue=_class_names(yt),
-        hue_order=CLASS_NAMES,
-        palette=PALETTE,
-        bins=np.linspace(0, 1, bins + 1),
-        element="step",
-        common_norm=False,
-        ax=ax,
-    )
+    edges = np.linspace(0, 1, bins + 1)
+    sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=edges, ax=ax, **_STEPS, **_BY_CLASS)
     if log:
         ax.set_yscale("log")
     if threshold is not None:
         ax.axvline(threshold, color="k", linestyle="--", linewidth=1)
-    ax.set_xlabel("predicted tumour probability")
-    ax.set_ylabel("patches")
+    ax.set(xlabel="predicted tumour probability", ylabel="patches")
     ax.set_title("Predicted probability by true class")
     return fig

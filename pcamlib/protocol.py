@@ -1,15 +1,12 @@
 """The evaluation protocol: three disjoint parts of the labelled data, recorded in every run.
 
-* **test**: only reported. It depends on the data alone (labels, slide groups, ``test_fraction``
-  and the fixed :data:`PROTOCOL_SEED`), never on a run's seed or ``val_fraction``, so every run
-  on the same data is reported on the same rows;
+* **test**: only reported; drawn from the data alone (labels, slide groups, ``test_fraction``,
+  the fixed :data:`PROTOCOL_SEED`), so every run on the same data is reported on the same rows;
 * **val**: picks the epoch (``best.keras``); drawn from the rest with the run's seed;
 * **train**: what is left.
 
-With a patch→slide map the parts are slide-grouped: no slide is in two of them.
-``val_fraction`` and ``test_fraction`` are shares of all labelled rows. ``split.csv`` in a run
-directory records the parts (``id,label,subset,split``; runs made before the protocol have no
-``test`` rows and are still read).
+With a patch→slide map the parts are slide-grouped. Both fractions are shares of all labelled
+rows. ``split.csv`` in a run directory records the parts (``id,label,subset,split``).
 """
 
 from __future__ import annotations
@@ -50,18 +47,19 @@ def protocol_split(
             f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside "
             f"test_fraction ({test_fraction}): their sum must be < 1"
         )
-    index = np.arange(len(labels))
+    rest, test = np.arange(len(labels)), np.arange(0)
     if test_fraction:
         rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
-    else:
-        rest, test = index, index[:0]
     inner = None if groups is None else np.asarray(groups)[rest]
     train, val = split_indices(labels[rest], val_fraction / (1 - test_fraction), seed, inner)
     return rest[train], rest[val], test
 
 
 def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice."""
+    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice.
+
+    Runs made before the protocol have no ``test`` rows and are still read.
+    """
     path = Path(run_dir) / "split.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")

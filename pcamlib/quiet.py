@@ -1,10 +1,8 @@
 """Keep TensorFlow's native start-up chatter out of the user's terminal and notebooks.
 
-TF ≥ 2.17 logs through absl before its log level applies, so even ``TF_CPP_MIN_LOG_LEVEL=3``
-lets a CPU machine print "Could not find cuda drivers" (twice) and "failed call to cuInit".
-Those lines go straight to file descriptor 2, so only a redirect of that descriptor catches
-them: :func:`quiet_keras` starts Keras and looks for devices with fd 2 captured, then replays
-every line that is not known chatter. Errors and tracebacks still show.
+TF ≥ 2.17 logs through absl before its log level applies, straight to file descriptor 2, so
+even ``TF_CPP_MIN_LOG_LEVEL=3`` lets a CPU machine print "Could not find cuda drivers" and
+"failed call to cuInit". Only a redirect of fd 2 catches them; errors and tracebacks still show.
 """
 
 from __future__ import annotations
@@ -21,11 +19,6 @@ CHATTER = re.compile(
     r"To enable the following instructions:)"
 )
 NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")  # noise only without an NVIDIA driver
-
-
-def is_chatter(line: str) -> bool:
-    no_driver = not os.path.exists("/proc/driver/nvidia/version")
-    return bool(CHATTER.match(line) or (no_driver and NO_CUDA.match(line)))
 
 
 @contextlib.contextmanager
@@ -49,9 +42,10 @@ def native_chatter_dropped():
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not is_chatter(line))
+            no_driver = not os.path.exists("/proc/driver/nvidia/version")
+            kept = [x for x in lines if not (CHATTER.match(x) or no_driver and NO_CUDA.match(x))]
             if kept:
-                sys.stderr.write(kept)
+                sys.stderr.write("".join(kept))
 
 
 def quiet_keras() -> None:

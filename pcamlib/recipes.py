@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
+from .limits import SettingError
+
 RECIPES: dict[str, dict] = {
     # 20k PCam patches in < 30 min on a 2-core CPU (TF backend); README has the measured numbers.
     # The centre crop keeps the labelled 32×32 region at full resolution for ~(64/96)² the cost;
@@ -51,26 +53,18 @@ RECIPES["pcam-gpu"] = {
 }
 
 
-# Settings that belong to a recipe's model (its crop, its widths) or to its optimizer.
-_MODEL_SETTINGS = ("image_size", "model_kwargs")
-_OPTIMIZER_SETTINGS = ("weight_decay",)
-
-
 def recipe_values(name: str, given: Mapping[str, object]) -> dict:
     """The settings of recipe ``name`` for the fields not in ``given`` (field → value set).
 
     Choosing another model than the recipe's keeps that model's own input size and
     arguments; choosing another optimizer drops the recipe's weight decay.
     """
-    from .limits import SettingError
-
     if name not in RECIPES:
         raise SettingError("recipe", name, f"must be one of {', '.join(sorted(RECIPES))}")
     values = copy.deepcopy(RECIPES[name])
+    skip = set(given)  # and what belongs to a model or optimizer the caller replaced
     if "model" in given and given["model"] != values.get("model"):
-        for key in _MODEL_SETTINGS:
-            values.pop(key, None)
+        skip |= {"image_size", "model_kwargs"}
     if "optimizer" in given and given["optimizer"] != values.get("optimizer"):
-        for key in _OPTIMIZER_SETTINGS:
-            values.pop(key, None)
-    return {key: value for key, value in values.items() if key not in given}
+        skip.add("weight_decay")
+    return {key: value for key, value in values.items() if key not in skip}

@@ -1,13 +1,10 @@
-"""The series' files: execute the notebooks in order, in place, and keep their set-up in sync.
+"""Run the series' notebooks in order, in place, and keep their set-up cells in sync.
 
 ``python -m pcamlib.run_series notebooks`` (``make run``; or one notebook's path) runs each
-notebook top to bottom in a fresh kernel with its own folder as working directory; outputs
-are stored in the notebook (without execution timestamps), artefacts go to ``outputs/``. A
-failing cell stops the series with the notebook and cell named.
-
-``python -m pcamlib.run_series --sync notebooks`` (``make sync``) writes the set-up cell and the
-Colab/Kaggle badges of every notebook from :data:`SETUP_CELL` and the repository URL in
-``pyproject.toml`` (``[project.urls] Repository``): the one place a fork edits.
+notebook in a fresh kernel from its own folder and stores its outputs; a failing cell stops the
+series, naming notebook and cell. ``--sync`` (``make sync``) writes every notebook's set-up cell
+and Colab/Kaggle badges from :data:`SETUP_CELL` and ``[project.urls] Repository`` in
+``pyproject.toml``: the one place a fork edits.
 """
 
 from __future__ import annotations
@@ -61,26 +58,21 @@ def repository_url(pyproject: str | Path = "pyproject.toml") -> str:
     return match.group(1)
 
 
-def synced(notebook, name: str, repo: str) -> bool:
-    """Write the set-up cell and badges into ``notebook``; True if anything changed."""
-    slug = repo.removeprefix("https://github.com/")
-    title, setup = notebook.cells[0], notebook.cells[1]
-    source = BADGE_LINE.sub(BADGES.format(slug=slug, repo=repo, name=name), title.source)
-    changed = (title.source, setup.source) != (source, SETUP_CELL.format(repo=repo))
-    title.source, setup.source = source, SETUP_CELL.format(repo=repo)
-    return changed
-
-
 def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None = None) -> list[str]:
     """Rewrite the set-up cell and badges of every notebook in ``folder``; the changed names."""
     import nbformat
 
     folder = Path(folder)
     repo = repository_url(pyproject or folder.resolve().parent / "pyproject.toml")
+    slug = repo.removeprefix("https://github.com/")
     changed = []
     for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)
-        if synced(notebook, path.name, repo):
+        title, setup = notebook.cells[0], notebook.cells[1]
+        badges = BADGES.format(slug=slug, repo=repo, name=path.name)
+        new = BADGE_LINE.sub(badges, title.source), SETUP_CELL.format(repo=repo)
+        if (title.source, setup.source) != new:
+            title.source, setup.source = new
             nbformat.write(notebook, path)
             changed.append(path.name)
     return changed
@@ -96,20 +88,11 @@ def notebook_paths(folder: str | Path) -> list[Path]:
     return paths
 
 
-def without_timestamps(notebook):
-    """Drop per-cell execution timestamps: re-running the series leaves only real changes."""
-    for cell in notebook.cells:
-        cell.metadata.pop("execution", None)
-    return notebook
-
-
 def quiet_kernels() -> Path:
     """Make notebook kernels leave native (C++) stderr alone; returns the IPython dir used.
 
     ipykernel forwards file-descriptor output into cell outputs by default, so TensorFlow's
-    timestamped C++ log lines (which no environment variable silences) would land in stored
-    outputs and make every ``pytest --nbval`` comparison fail. With ``capture_fd_output``
-    off they go to the terminal instead, like any other program's logs.
+    C++ log lines would land in stored outputs and break every ``pytest --nbval`` comparison.
     """
     ipython_dir = Path(tempfile.mkdtemp(prefix="pcam-ipython-"))
     profile = ipython_dir / "profile_default"
@@ -120,6 +103,7 @@ def quiet_kernels() -> Path:
 
 
 def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float]]:
+    """Execute the notebooks of ``folder`` (or one notebook) in place; (name, seconds) each."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -135,15 +119,16 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
             notebook,
             timeout=timeout,
             kernel_name="python3",
+            record_timing=False,  # no per-cell timestamps: a rerun leaves only real changes
             resources={"metadata": {"path": str(path.parent)}},
         )
         try:
             client.execute()
         except CellExecutionError as exc:
-            nbformat.write(without_timestamps(notebook), path)
+            nbformat.write(notebook, path)
             message = f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
             raise SystemExit(message) from None
-        nbformat.write(without_timestamps(notebook), path)
+        nbformat.write(notebook, path)
         times.append((path.name, time.perf_counter() - start))
         print(f"  done in {times[-1][1]:.0f} s", flush=True)
     return times

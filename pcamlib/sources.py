@@ -1,17 +1,11 @@
 """Where patches come from: one reader interface over the layouts users actually have.
 
-* Kaggle competition layout: ``train_labels.csv`` + ``train/<id>.tif`` (and ``test/<id>.tif``
-  ordered by ``sample_submission.csv``);
-* PCam HDF5 release: ``camelyonpatch_level_2_split_<split>_{x,y}.h5`` (+ optional meta csv
-  whose ``wsi`` column gives the slide of each patch);
-* class folders: ``DIR/0/*`` and ``DIR/1/*`` (tif, png or jpg), or ``DIR/<split>/{0,1}``;
-* TensorFlow Datasets ``tfds:patch_camelyon`` (``tfds_source``, which builds on this module;
-  ``cache.load_patches`` dispatches to it, so imports flow one way).
-
-A source lists items and decodes one of them; packing (``cache.py``) does the rest. Listing
-problems (a label row without a file, a file without a label, duplicate ids, labels that are
-not 0/1) are collected by name in ``PatchSource.problems``; image problems (corrupt,
-truncated, grayscale, RGBA, wrong size) surface as a ``DataError`` naming the file.
+Kaggle (``train_labels.csv`` + ``train/<id>.tif``, ``test/`` in ``sample_submission.csv``
+order), the PCam HDF5 release (+ optional meta csv giving each patch's slide), class folders
+``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``, and ``tfds:patch_camelyon`` (in ``tfds_source``,
+which builds on this module, so imports flow one way). A source lists items and decodes one;
+``cache.py`` packs them. Listing problems are collected by name in ``PatchSource.problems``;
+a bad image raises a ``DataError`` naming the file.
 """
 
 from __future__ import annotations
@@ -47,10 +41,8 @@ _PIL_MODES = {
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file/row and what is wrong.
-
-    ``problems`` lists every offending item when the error is about several of them.
-    """
+    """Bad input data: the message names the file/row and what is wrong; ``problems`` lists
+    every offending item when there are several."""
 
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
@@ -93,28 +85,22 @@ def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
     for any other TIFF so that tifffile decodes (or rejects) it.
     """
     bo = "<" if data[:2] == b"II" else ">"
-    if len(data) < 8:
+    try:  # a header or IFD cut short raises struct.error: let tifffile explain
+        (ifd,) = struct.unpack_from(bo + "I", data, 4)
+        (n,) = struct.unpack_from(bo + "H", data, ifd)
+        if struct.unpack_from(bo + "I", data, ifd + 2 + 12 * n)[0] != 0:
+            return None  # several pages
+        tags = {}
+        for k in range(n):
+            tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
+            if kind not in (3, 4) or count > 1024:  # only SHORT / LONG tags matter here
+                continue
+            fmt, size = ("H", 2) if kind == 3 else ("I", 4)
+            inline = count * size <= 4
+            offset = 0 if inline else struct.unpack_from(bo + "I", raw)[0]
+            tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", raw if inline else data, offset)
+    except struct.error:
         return None
-    (ifd,) = struct.unpack_from(bo + "I", data, 4)
-    if ifd + 2 > len(data):
-        return None
-    (n,) = struct.unpack_from(bo + "H", data, ifd)
-    end = ifd + 2 + 12 * n
-    if end + 4 > len(data) or struct.unpack_from(bo + "I", data, end)[0] != 0:
-        return None  # truncated IFD or several pages: let tifffile explain
-    tags = {}
-    for k in range(n):
-        tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
-        if kind not in (3, 4) or count > 1024:  # only SHORT / LONG tags matter here
-            continue
-        fmt, size = ("H", 2) if kind == 3 else ("I", 4)
-        buf, offset = raw, 0
-        if count * size > 4:
-            (offset,) = struct.unpack_from(bo + "I", raw)
-            if offset + count * size > len(data):
-                return None
-            buf = data
-        tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", buf, offset)
     plain = (
         tags.get(256) == (96,)
         and tags.get(257) == (96,)
@@ -164,14 +150,13 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
         raise
     except Exception as exc:  # corrupt / truncated / unknown format
         raise DataError(f"{where}: unreadable image ({type(exc).__name__}: {exc})") from None
-    return check_patch(np.asarray(image), where)
+    return check_patch(image, where)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one patch file as 96×96×3 uint8, with an error naming the file when it is not."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     if not data:
@@ -229,10 +214,9 @@ class PatchSource:
 
 
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
-    """Kaggle's ``id,label`` csv → (valid rows, problems naming each bad row).
+    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows).
 
-    Rows with an empty id, a label other than 0/1, or an id listed twice are problems and are
-    left out of the frame; the frame keeps the csv line number in ``row``.
+    Rows with an empty id, a label other than 0/1, or an id listed twice are left out.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -248,8 +232,7 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
         )
     frame["id"] = frame["id"].str.strip()
     frame["row"] = np.arange(2, len(frame) + 2)  # csv line numbers (line 1 is the header)
-    no_id = (frame["id"] == "").to_numpy()
-    bad = no_id | not01(pd.to_numeric(frame["label"], errors="coerce"))
+    bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
         Problem(f"line {row}", str(csv_path), "empty id")
         if not item_id
@@ -284,6 +267,17 @@ def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return found, problems
 
 
+def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str) -> None:
+    """Add a problem for each listed ``(id, where)`` without a file and each file not listed,
+    except for ids that already have one."""
+    reported = {p.id for p in problems}
+    problems += [
+        Problem(i, where, no_file(i)) for i, where in listed if i not in files and i not in reported
+    ]
+    names = {i for i, _ in listed} | reported
+    problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in names]
+
+
 def kaggle_train(
     root: str | os.PathLike, groups_csv: str | os.PathLike | None = None
 ) -> PatchSource:
@@ -296,27 +290,21 @@ def kaggle_train(
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
     files, file_problems = _images_in(folder)
     problems += file_problems
-    reported = {p.id for p in problems}
-    has_file = labels["id"].isin(files.keys()).to_numpy()
-    problems += [
-        Problem(i, f"{csv_path}:{row}", f"label row without an image file (no {folder}/{i}.tif)")
-        for i, row in zip(labels["id"][~has_file], labels["row"][~has_file], strict=True)
-        if i not in reported
-    ]
-    labelled = set(labels["id"])
-    problems += [
-        Problem(i, str(p), "image file without a row in train_labels.csv")
-        for i, p in sorted(files.items())
-        if i not in labelled and i not in reported
-    ]
-    labels = labels[has_file]
+    rows = [(i, f"{csv_path}:{row}") for i, row in zip(labels["id"], labels["row"], strict=True)]
+    _match(
+        problems,
+        rows,
+        files,
+        lambda i: f"label row without an image file (no {folder}/{i}.tif)",
+        "image file without a row in train_labels.csv",
+    )
+    labels = labels[labels["id"].isin(files.keys())]
     ids = labels["id"].tolist()
-    groups = _read_groups(groups_csv, ids) if groups_csv else None
     return PatchSource(
         name=f"kaggle-train:{root.resolve()}",
         ids=ids,
         labels=labels["label"].to_numpy(np.int8),
-        groups=groups,
+        groups=_read_groups(groups_csv, ids) if groups_csv else None,
         paths=[files[i] for i in ids],
         problems=problems,
     )
@@ -330,6 +318,7 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
     if not files and not problems:
         raise DataError(f"{folder}: no test images (*.tif) found")
     sample = root / "sample_submission.csv"
+    ids = sorted(files)
     if sample.is_file():
         order = pd.read_csv(sample, dtype=str, keep_default_na=False)
         if "id" not in order.columns:
@@ -337,22 +326,15 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
         ids = order["id"].str.strip()
         for item_id in sorted(set(ids[ids.duplicated()])):
             problems.append(Problem(item_id, str(sample), "duplicate id (listed twice)"))
-        reported = {p.id for p in problems}
-        problems += [
-            Problem(i, str(sample), f"no image file {folder}/{i}.tif")
-            for i in ids
-            if i not in files and i not in reported
-        ]
-        listed = set(ids)
-        problems += [
-            Problem(i, str(p), "test image not in sample_submission.csv")
-            for i, p in sorted(files.items())
-            if i not in listed
-        ]
+        _match(
+            problems,
+            [(i, str(sample)) for i in ids],
+            files,
+            lambda i: f"no image file {folder}/{i}.tif",
+            "test image not in sample_submission.csv",
+        )
         bad = {p.id for p in problems}
         ids = [i for i in ids if i not in bad]
-    else:
-        ids = sorted(files)
     return PatchSource(
         name=f"kaggle-test:{folder.resolve()}",
         ids=ids,
@@ -416,37 +398,39 @@ class H5Source(PatchSource):
         return [p for p in (self.x_path, self.y_path) if p is not None and p.is_file()]
 
 
-def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
-    """PCam HDF5 files of one split; slide groups come from the meta csv when it is there."""
+def _read_h5(path: Path, read):
+    """``read(h5py.File)``, with an error naming ``path`` when it is not readable HDF5."""
     import h5py
 
+    try:
+        with h5py.File(path, "r") as f:
+            return read(f)
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
+
+
+def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
+    """PCam HDF5 files of one split; slide groups come from the meta csv when it is there."""
     root = Path(root)
     x_path = root / H5_PATTERN.format(split=split, xy="x")
     y_path = root / H5_PATTERN.format(split=split, xy="y")
     if not x_path.is_file():
         raise DataError(f"{x_path}: PCam HDF5 file not found")
-    try:
-        with h5py.File(x_path, "r") as f:
-            shape, dtype = f["x"].shape, f["x"].dtype
-    except Exception as exc:
-        raise DataError(f"{x_path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
+    shape, dtype = _read_h5(x_path, lambda f: (f["x"].shape, f["x"].dtype))
     if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
         raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
     ids = [f"{split}/{i}" for i in range(shape[0])]
     labels, problems = None, []
     if y_path.is_file():
-        try:
-            with h5py.File(y_path, "r") as f:
-                y = np.asarray(f["y"]).reshape(-1)
-        except Exception as exc:
-            raise DataError(f"{y_path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
+        y = _read_h5(y_path, lambda f: np.asarray(f["y"]).reshape(-1))
         if len(y) != shape[0]:
             raise DataError(f"{y_path}: {len(y)} labels for {shape[0]} images in {x_path.name}")
+        bad = not01(y)
         problems = [
             Problem(ids[i], f"{y_path}[{i}]", f"label {y[i].item()!r} is not 0/1")
-            for i in np.flatnonzero(not01(y))
+            for i in np.flatnonzero(bad)
         ]
-        labels = np.where(not01(y), -1, y).astype(np.int8)
+        labels = np.where(bad, -1, y).astype(np.int8)
     groups = None
     meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
     if meta.is_file():
@@ -455,7 +439,7 @@ def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
             if len(frame) != shape[0]:
                 raise DataError(f"{meta}: {len(frame)} rows for {shape[0]} images")
             groups = frame["wsi"].astype(str).to_numpy()
-    source = H5Source(
+    return H5Source(
         name=f"pcam-h5:{x_path.resolve()}",
         ids=ids,
         labels=labels,
@@ -464,7 +448,6 @@ def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
         x_path=x_path,
         y_path=y_path if y_path.is_file() else None,
     )
-    return source
 
 
 def _read_groups(csv_path: str | os.PathLike, ids: list[str]) -> np.ndarray:

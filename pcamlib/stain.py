@@ -1,23 +1,13 @@
-"""H&E stain space in numpy: colour deconvolution, HED jitter and Reinhard statistics.
+"""H&E stain space in numpy (host side, figures, tests); the Keras layers share its matrices.
 
-Stain colour varies between centres (stain batches, scanners). Two standard answers:
-
-* **HED jitter** (Tellez et al. 2019, *Med. Image Anal.* 58:101544): unmix RGB into
-  haematoxylin, eosin and DAB concentrations with the Ruifrok & Johnston matrix, scale and
-  shift each, mix back. The strength ``sigma`` draws ``alpha ~ U(1-σ, 1+σ)`` and
-  ``beta ~ U(-σ, σ)`` per image and stain. Concentrations are Beer–Lambert optical densities,
-  ``OD = -ln((I + 1) / 256)`` (as in Macenko et al. 2009), unmixed with scikit-image's
-  ``hed_from_rgb``. On this scale σ = 0.05 moves a patch's pixels by 3.7 grey levels on
-  average and σ = 0.1 by 7.3 (256 Kaggle sample patches); colour differences between
-  sources are far larger. (scikit-image's ``rgb2hed`` divides OD by ln(10⁶) ≈ 13.8, so a σ
-  meant for code built on it is not comparable with this one.)
-* **Reinhard normalisation** (Reinhard et al. 2001): match each image's per-channel mean and
-  standard deviation in lαβ space to a target's. Deterministic, so it must be applied at
-  training *and* test time: :class:`pcamlib.augment_layers.ReinhardNormalization` does it
-  inside the model.
-
-The matrices here are shared with the Keras layers in :mod:`pcamlib.augment_layers`; this
-module is numpy only (host-side augmentation, figures and tests).
+* **HED jitter** (Tellez et al. 2019): unmix RGB into haematoxylin, eosin and DAB optical
+  densities (Ruifrok & Johnston matrix; ``OD = -ln((I + 1) / 256)`` as in Macenko et al.
+  2009), draw ``alpha ~ U(1±σ)``, ``beta ~ U(±σ)`` per image and stain, mix back. σ = 0.05
+  moves pixels by 3.7 grey levels on average, σ = 0.1 by 7.3 (256 Kaggle patches); this σ is
+  not scikit-image's ``rgb2hed`` scale, which divides OD by ln(10⁶) ≈ 13.8.
+* **Reinhard normalisation** (Reinhard et al. 2001): match each image's lαβ mean and std to
+  a target's. Deterministic, so it must run at training *and* test time:
+  :class:`pcamlib.augment_layers.ReinhardNormalization` does it inside the model.
 """
 
 from __future__ import annotations
@@ -41,14 +31,20 @@ RGB_FROM_LMS = np.linalg.inv(LMS_FROM_RGB)
 LOGLMS_FROM_LAB = np.linalg.inv(LAB_FROM_LOGLMS)
 
 
+def _optical_density(rgb: np.ndarray) -> np.ndarray:
+    return -np.log((np.asarray(rgb, np.float32) + 1) / np.float32(I0))
+
+
+_OD = _optical_density(np.arange(256))  # of each uint8 value: apply_hed looks them up
+
+
 def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
     """Stain concentrations (..., 3: H, E, DAB) of uint8 RGB, in optical density.
 
     Negative concentrations are kept (scikit-image clips them to 0): the transform is then
     exactly invertible, so an image with no jitter comes back unchanged.
     """
-    od = -np.log((np.asarray(rgb, np.float32) + 1) / np.float32(I0))
-    return od @ HED_FROM_RGB.astype(np.float32)
+    return _optical_density(rgb) @ HED_FROM_RGB.astype(np.float32)
 
 
 def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
@@ -64,20 +60,16 @@ def hed_factors(n: int, sigma: float, rng: np.random.Generator) -> tuple[np.ndar
     return alpha, beta
 
 
-_OD = -np.log((np.arange(256, dtype=np.float32) + 1) / np.float32(I0))  # OD of each uint8
-
-
 def apply_hed(batch: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Scale (``alpha``) and shift (``beta``) each image's H, E and DAB, both (n, 3).
 
-    ``hed_to_rgb(rgb_to_hed(x) * alpha + beta)``, folded into one 3×3 matrix and offset per
-    image with the OD of uint8 values looked up: ~4× less host CPU than the literal form.
+    ``hed_to_rgb(rgb_to_hed(x) * alpha + beta)`` folded into one 3×3 matrix and offset per
+    image: ~4× less host CPU than the literal form.
     """
     n, shape = len(batch), np.shape(batch)
     matrix = (HED_FROM_RGB[None] * alpha[:, None, :]) @ RGB_FROM_HED  # (n, 3, 3)
     offset = (beta @ RGB_FROM_HED)[:, None, :]  # (n, 1, 3)
-    od = _OD[np.asarray(batch)].reshape(n, -1, 3)
-    od = np.matmul(od, -matrix.astype(np.float32))
+    od = np.matmul(_OD[np.asarray(batch)].reshape(n, -1, 3), -matrix.astype(np.float32))
     od -= offset.astype(np.float32)
     rgb = np.exp(od, out=od)
     rgb *= np.float32(I0)
@@ -106,8 +98,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 def reinhard_target(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
     """Target lαβ means and standard deviations: the averages over (up to ``limit``) images.
 
-    An average over many training patches, not one hand-picked reference patch: no single
-    patch is typical of a centre.
+    An average over many training patches: no single hand-picked patch is typical of a centre.
     """
     x = np.asarray(images[: min(limit, len(images))])
     lab = rgb_to_lab(x).reshape(len(x), -1, 3)

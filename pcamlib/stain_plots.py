@@ -28,36 +28,29 @@ def plot_stain_tools(
 
     Below, one row of ``per_source`` patches per entry of ``sources`` (name → uint8 NHWC). The
     Reinhard target is measured on all the sources' patches together.
-
-    Examples:
-        >>> fig = plot_stain_tools(kaggle[0], {"Kaggle sample": kaggle, "PCam": pcam})
-        >>> fig.savefig("stain_tools.png")
     """
     patch = np.asarray(patch)
     if patch.shape[-3:] != (96, 96, 3) or patch.dtype != np.uint8:
         raise ValueError(f"patch must be a 96×96×3 uint8 image; got {patch.shape} {patch.dtype}")
     if not sources:
         raise ValueError("give at least one source of patches to compare with")
-    pools = {name: np.asarray(images[:per_source]) for name, images in sources.items()}
     target = reinhard_target(np.concatenate([np.asarray(v) for v in sources.values()]))
     jittered = hed_jitter(np.repeat(patch[None], n_jitter, 0), sigma, np.random.default_rng(seed))
-    top = [("original", patch)]
-    top += [(f"HED σ={sigma:g} #{i + 1}", im) for i, im in enumerate(jittered)]
-    top += [("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]
-
-    cols = max(len(top), per_source)
-    fig, axes = plt.subplots(1 + len(pools), cols, figsize=(1.6 * cols, 1.8 * (1 + len(pools))))
-    axes = np.atleast_2d(axes)
-    rows = [top] + [
-        [(name if j == 0 else "", im) for j, im in enumerate(v)] for name, v in pools.items()
+    rows = [
+        [("original", patch)]
+        + [(f"HED σ={sigma:g} #{i + 1}", im) for i, im in enumerate(jittered)]
+        + [("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]
     ]
+    for name, images in sources.items():
+        rows.append([(name if j == 0 else "", im) for j, im in enumerate(images[:per_source])])
+    cols = max(len(rows[0]), per_source)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.8 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows, strict=True):
-        for j, ax in enumerate(ax_row):
+        for ax, (caption, image) in zip(ax_row, row, strict=False):
+            ax.imshow(image)
+            ax.set_title(caption, fontsize=8, loc="left")
+        for ax in ax_row:
             ax.set_axis_off()
-            if j < len(row):
-                caption, image = row[j]
-                ax.imshow(image)
-                ax.set_title(caption, fontsize=8, loc="left")
     fig.suptitle("Stain augmentation (HED jitter) and normalisation (Reinhard)", fontsize=10)
     fig.tight_layout()
     return fig

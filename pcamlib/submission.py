@@ -13,24 +13,17 @@ import pandas as pd
 from .checks import few, vector
 from .io import atomic_path
 
-__all__ = [
-    "SubmissionError",
-    "check_submission",
-    "expected_test_ids",
-    "is_kaggle_test",
-    "missing_ids",
-    "write_submission",
-]
-
-COLUMNS = ("id", "label")
+COLUMNS = ["id", "label"]
 
 
 class SubmissionError(ValueError):
     """A submission that Kaggle would reject or score badly."""
 
 
-def _few(values: Iterable[Any], quote: bool = True) -> str:
-    return few(list(values), fmt=repr if quote else str)
+def _test_tifs(path: Path) -> tuple[Path, list[str]]:
+    """The test folder (``path/test``, else ``path``) and the sorted ids of its ``<id>.tif``."""
+    folder = path / "test" if (path / "test").is_dir() else path
+    return folder, sorted(f.stem for f in folder.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
 
 
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
@@ -44,8 +37,7 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     if p.is_dir():
         if (p / "sample_submission.csv").is_file():
             return expected_test_ids(p / "sample_submission.csv")
-        folder = p / "test" if (p / "test").is_dir() else p
-        ids = sorted(f.stem for f in folder.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
+        folder, ids = _test_tifs(p)
         if not ids:
             raise SubmissionError(
                 f"no .tif files in test directory {folder}, and no sample_submission.csv in {p}"
@@ -58,11 +50,10 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     if "id" not in frame.columns:
         raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
-    ids = frame["id"].tolist()
     dup = frame["id"][frame["id"].duplicated()].unique().tolist()
     if dup:
-        raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {_few(dup)}")
-    return ids
+        raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {few(dup)}")
+    return frame["id"].tolist()
 
 
 def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
@@ -70,10 +61,7 @@ def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if not p.is_dir():
         return p.name == "sample_submission.csv" and p.is_file()
-    folder = p / "test" if (p / "test").is_dir() else p
-    return (p / "sample_submission.csv").is_file() or any(
-        f.suffix.lower() in (".tif", ".tiff") for f in folder.iterdir()
-    )
+    return (p / "sample_submission.csv").is_file() or bool(_test_tifs(p)[1])
 
 
 def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> None:
@@ -82,21 +70,9 @@ def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> Non
     missing = [str(i) for i in expected if str(i) not in have]
     if missing:
         raise SubmissionError(
-            f"{where} lacks {len(missing)} test id(s) a submission must cover: {_few(missing)} "
+            f"{where} lacks {len(missing)} test id(s) a submission must cover: {few(missing)} "
             "(packed with --exclude-bad? fix or restore those files and pack again)"
         )
-
-
-def _read(path_or_frame: Any) -> tuple[pd.DataFrame, str]:
-    """Load a CSV as strings (so odd cells are reported, not silently coerced) or copy a frame."""
-    if isinstance(path_or_frame, pd.DataFrame):
-        return path_or_frame.copy(), "submission frame"
-    p = Path(path_or_frame)
-    try:
-        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError as err:
-        raise SubmissionError(f"{p} is empty; expected a header row 'id,label'") from err
-    return frame, str(p)
 
 
 def check_submission(
@@ -108,8 +84,14 @@ def check_submission(
     ``expected_ids=None`` skips the missing/extra-id checks (duplicates are still refused).
     All problems found are reported together in one :class:`SubmissionError`.
     """
-    frame, where = _read(path_or_frame)
-    frame = frame.reset_index(drop=True)
+    if isinstance(path_or_frame, pd.DataFrame):
+        frame, where = path_or_frame.reset_index(drop=True), "submission frame"
+    else:
+        where = str(Path(path_or_frame))
+        try:  # as strings, so odd cells are reported rather than silently coerced
+            frame = pd.read_csv(where, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError as err:
+            raise SubmissionError(f"{where} is empty; expected a header row 'id,label'") from err
     _check_columns(frame, where)
     ids = frame["id"].astype(str)
     labels = pd.to_numeric(frame["label"], errors="coerce").astype(np.float64)
@@ -122,12 +104,12 @@ def check_submission(
 
 def _check_columns(frame: pd.DataFrame, where: str) -> None:
     cols = [str(c) for c in frame.columns]
-    if cols == list(COLUMNS):
+    if cols == COLUMNS:
         return
     missing = [c for c in COLUMNS if c not in cols]
     extra = [c for c in cols if c not in COLUMNS]
     detail = [f"missing column(s) {missing}"] if missing else []
-    detail += [f"unexpected column(s) {_few(extra)}"] if extra else []
+    detail += [f"unexpected column(s) {few(extra)}"] if extra else []
     detail = detail or ["columns in the wrong order"]
     hint = " - is the header row 'id,label' missing?" if missing else ""
     raise SubmissionError(
@@ -141,10 +123,12 @@ def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str
     problems = [] if len(ids) else ["no rows"]
     empty_id = ids.str.strip() == ""
     if empty_id.any():
-        problems.append(f"{int(empty_id.sum())} empty id(s) at row(s) {_few(ids.index[empty_id])}")
+        problems.append(
+            f"{int(empty_id.sum())} empty id(s) at row(s) {few(ids.index[empty_id].tolist())}"
+        )
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
-        problems.append(f"{len(dup)} duplicate id(s): {_few(dup)}")
+        problems.append(f"{len(dup)} duplicate id(s): {few(dup)}")
     if expected_ids is None:
         return problems
     expected = [str(i) for i in expected_ids]
@@ -152,9 +136,9 @@ def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str
     missing = [i for i in expected if i not in got]
     extra = [i for i in ids.drop_duplicates() if i not in expected_set]
     if missing:
-        problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {_few(missing)}")
+        problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {few(missing)}")
     if extra:
-        problems.append(f"{len(extra)} unexpected id(s) not in the test set: {_few(extra)}")
+        problems.append(f"{len(extra)} unexpected id(s) not in the test set: {few(extra)}")
     return problems
 
 
@@ -167,14 +151,14 @@ def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[s
     problems = []
     if non_numeric.any():
         bad = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
-        problems.append(f"{len(bad)} non-numeric label(s): {_few(bad, quote=False)}")
+        problems.append(f"{len(bad)} non-numeric label(s): {few(bad, fmt=str)}")
     if nan.any():
-        problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {_few(ids[nan])}")
+        problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {few(ids[nan].tolist())}")
     if inf.any():
-        problems.append(f"{int(inf.sum())} infinite label(s) for id(s) {_few(ids[inf])}")
+        problems.append(f"{int(inf.sum())} infinite label(s) for id(s) {few(ids[inf].tolist())}")
     if len(outside):
         bad = [f"{ids[i]!r}: {labels[i]:g}" for i in outside.index]
-        problems.append(f"{len(bad)} label(s) outside [0, 1]: {_few(bad, quote=False)}")
+        problems.append(f"{len(bad)} label(s) outside [0, 1]: {few(bad, fmt=str)}")
     return problems
 
 
@@ -214,8 +198,6 @@ def write_submission(
         raise SubmissionError(str(err)) from None
     if len(ids) != len(p):
         raise SubmissionError(f"{len(ids)} ids but {len(p)} probabilities")
-    if not np.issubdtype(p.dtype, np.floating):
-        p = p.astype(np.float64) if np.issubdtype(p.dtype, np.number) else p
     frame = pd.DataFrame({"id": ids, "label": p})
     expected = None if expected_ids is None else [str(i) for i in expected_ids]
     frame = check_submission(frame, expected)

@@ -1,9 +1,8 @@
 """TensorFlow Datasets' ``patch_camelyon`` as a pcamlib source (``pip install "pcamlib[tfds]"``).
 
-``load_patches("tfds:patch_camelyon")`` (or ``pcam pack tfds:patch_camelyon``) lands here.
-TFDS downloads and prepares the data (7.5 GB) into its data dir (``TFDS_DATA_DIR``, default
-``~/tensorflow_datasets``) the first time; pcamlib then packs the split once, like any other
-source. ``tfds:NAME/SPLIT`` names a TFDS split explicitly.
+``load_patches("tfds:patch_camelyon")`` (or ``pcam pack tfds:patch_camelyon``) lands here. TFDS
+prepares the data (7.5 GB) in its data dir (``TFDS_DATA_DIR``, default ``~/tensorflow_datasets``)
+the first time; pcamlib then packs the split once. ``tfds:NAME/SPLIT`` names a TFDS split.
 """
 
 from __future__ import annotations
@@ -16,17 +15,16 @@ import numpy as np
 from .sources import SPLITS, DataError, PatchSource, check_patch
 
 TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
-INSTALL_HINT = (
-    "tfds:patch_camelyon needs tensorflow-datasets, which is not installed: "
-    'pip install "pcamlib[tfds]"  (or: pip install tensorflow-datasets)'
-)
 
 
 def _import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise ImportError(
+            "tfds:patch_camelyon needs tensorflow-datasets, which is not installed: "
+            'pip install "pcamlib[tfds]"  (or: pip install tensorflow-datasets)'
+        ) from None
     return tfds
 
 
@@ -86,18 +84,13 @@ def tfds_source(spec: str, split: str = "train", download: bool = True) -> TfdsS
         builder.download_and_prepare()
     if tfds_split not in builder.info.splits:
         raise DataError(f"{spec}: no split {tfds_split!r}; has {sorted(builder.info.splits)}")
-    source = TfdsSource(
-        name=f"tfds:{builder.info.full_name}/{tfds_split}",
-        ids=[],
-        labels=None,
-        builder=builder,
-        tfds_split=tfds_split,
-    )
+    name = f"tfds:{builder.info.full_name}/{tfds_split}"
+    source = TfdsSource(name, ids=[], labels=None, builder=builder, tfds_split=tfds_split)
     # Ids and labels up front (images are not decoded for this pass).
     skip = {"image": tfds.decode.SkipDecoding()}
-    ids, labels = [], []
+    labels = []
     for example in source._dataset(0, decoders=skip).as_numpy_iterator():
-        ids.append(_text(example["id"]))
+        source.ids.append(_text(example["id"]))
         labels.append(int(example["label"]))
-    source.ids, source.labels = ids, np.asarray(labels, np.int8)
+    source.labels = np.asarray(labels, np.int8)
     return source

@@ -1,32 +1,19 @@
 """Training runs that leave a complete, resumable run directory behind.
 
-``RUN_DIR/`` holds
-
-* ``config.json`` (the run's :class:`TrainConfig`) and ``split.csv`` (which id was train,
-  val or test, and how the split was made; see :mod:`pcamlib.protocol`);
-* ``history.csv``: one row per finished epoch (metrics, learning rate at the epoch's end,
-  seconds);
-* ``best.keras``: the model of the best val AUC so far;
-* ``last.keras``: the resume point after the last finished epoch (weights, optimizer state,
-  whose step counter drives the LR schedule, and the run state: epoch, best, patience,
-  history). The state is stored *inside* the same file, so one atomic rename moves both and
-  they can never disagree. It is the one authority: ``history.csv`` and ``state.json`` are
-  readable copies written right after it, so a kill between the writes can leave them one
-  epoch behind, and resuming rewrites them from ``last.keras`` before training goes on;
-* ``final.keras``: the model when training ended (the last epoch run, not the best one);
-* ``tensorboard/`` when ``config.tensorboard``.
-
-Running the same config on the same run directory after an interruption continues from the
-last finished epoch and reproduces the history of an uninterrupted run: batch order and
-augmentation depend only on (seed, epoch), and every random generator (the global ones and
-each layer's, e.g. Dropout's) is reseeded from (seed, epoch) when an epoch begins.
+``RUN_DIR/`` holds ``config.json``, ``split.csv`` (see :mod:`pcamlib.protocol`), ``history.csv``
+(one row per finished epoch), ``best.keras`` (best val AUC so far), ``last.keras``,
+``final.keras`` (the last epoch run, not the best) and ``tensorboard/`` when asked for.
+``last.keras`` is the one authority to resume from: the run state (epoch, best, patience,
+history) sits inside its zip beside weights and optimizer state, so one atomic rename commits
+both. ``state.json`` and ``history.csv`` are readable copies that a kill can leave one epoch
+behind; resuming rewrites them. A resumed run reproduces an uninterrupted one: batch order and
+augmentation depend only on (seed, epoch), and every RNG is reseeded from (seed, epoch).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -47,17 +34,22 @@ from .data import PatchStream
 from .devices import distribution, is_chief, precision
 from .io import atomic_path, atomic_write_text
 from .keras_shim import seed_states
-from .models import build_model
+from .limits import SettingError, check_paths
+from .models import build_model, fetch_imagenet_weights
 from .protocol import protocol_split
 
 # Config fields that may change between an interrupted run and its resumption. A longer
 # ``epochs`` extends a finished run; the LR schedule keeps the length it was built with.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "cache_dir", "data", "out", "tta"}
 STATE_ENTRY = "pcamlib/state.json"  # the run state, stored inside last.keras
+# Per schedule: the warm-up starts at peak / divisor; the decay ends at alpha × peak.
+SCHEDULES = {"constant": (10, 1.0), "cosine": (10, 0.01), "onecycle": (25, 1e-3)}
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run directory, the final model and the history."""
+
     run_dir: Path
     model: keras.Model
     history: pd.DataFrame
@@ -94,15 +86,11 @@ def read_state(path: str | os.PathLike) -> dict | None:
 
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` file, or a run directory's ``best.keras`` (falling back to final)."""
-    from . import models  # noqa: F401  (registers CaffePreprocess for deserialisation)
-
     path = Path(path)
     if path.is_dir():
-        for name in ("best.keras", "final.keras", "last.keras"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
+        names = ("best.keras", "final.keras", "last.keras")
+        path = next((path / n for n in names if (path / n).is_file()), path)
+        if path.is_dir():
             raise FileNotFoundError(f"{path}: run directory has no best/final/last .keras model")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
@@ -119,38 +107,24 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, replicas: int = 1)
     peak = config.lr * replicas
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     total = max(1, config.epochs * steps_per_epoch)
-    schedules = keras.optimizers.schedules
-    if config.schedule == "constant":
-        lr = peak
-        if warmup:  # alpha=1: the "decay" after warm-up is flat
-            lr = schedules.CosineDecay(
-                peak / 10, decay_steps=1, alpha=1.0, warmup_target=peak, warmup_steps=warmup
-            )
-    elif config.schedule == "cosine":
-        lr = schedules.CosineDecay(
-            peak / 10 if warmup else peak,
+    if config.schedule == "onecycle":
+        warmup = warmup or max(1, int(0.3 * total))
+    divisor, alpha = SCHEDULES[config.schedule]
+    lr = peak
+    if warmup or config.schedule != "constant":  # alpha=1: 'constant' is flat after warm-up
+        lr = keras.optimizers.schedules.CosineDecay(
+            peak / divisor if warmup else peak,
             decay_steps=max(1, total - warmup),
-            alpha=0.01,
+            alpha=alpha,
             warmup_target=peak if warmup else None,
             warmup_steps=warmup,
         )
-    elif config.schedule == "onecycle":
-        warmup = warmup or max(1, int(0.3 * total))
-        lr = schedules.CosineDecay(
-            peak / 25,
-            decay_steps=max(1, total - warmup),
-            alpha=1e-3,
-            warmup_target=peak,
-            warmup_steps=warmup,
-        )
-    else:
-        raise ValueError(f"schedule must be constant, cosine or onecycle; got {config.schedule!r}")
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay or 1e-4)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
     raise ValueError(f"optimizer must be adam, adamw or sgd; got {config.optimizer!r}")
 
 
@@ -162,7 +136,7 @@ AUC_THRESHOLDS = (1 / (1 + np.exp(-np.linspace(-40, 16, 999)))).tolist()
 
 
 def compile_model(model: keras.Model, optimizer, label_smoothing: float = 0.0) -> keras.Model:
-    """Adam/BCE with accuracy and ROC AUC, the metrics the series reports."""
+    """Binary cross-entropy with accuracy and ROC AUC, the metrics the series reports."""
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
@@ -175,34 +149,23 @@ def compile_model(model: keras.Model, optimizer, label_smoothing: float = 0.0) -
 
 
 class EpochBatches(keras.utils.PyDataset):
-    """The first ``steps`` batches of every epoch of ``stream``.
+    """The first ``steps`` batches of every epoch of ``stream``, from batch 0 each epoch.
 
-    Keras' ``fit(steps_per_epoch=…)`` keeps one iterator across epochs, so epoch 2 would go
-    on mid-way through epoch 1's order and a resumed run could not replay it; capping the
-    dataset instead restarts every epoch at batch 0 of that epoch's own order. The epoch is
-    set by :class:`RunCheckpoint` when it begins, not counted from Keras' ``on_epoch_end``
-    calls (Keras also makes one before the first epoch).
+    ``fit(steps_per_epoch=…)`` keeps one iterator across epochs, so epoch 2 would go on
+    mid-way through epoch 1's order and a resumed run could not replay it. The epoch is set by
+    :class:`RunCheckpoint` when it begins (Keras' ``on_epoch_end`` also runs once before the
+    first epoch, so it cannot count them).
     """
 
     def __init__(self, stream: PatchStream, steps: int):
-        super().__init__(
-            workers=stream.workers,
-            use_multiprocessing=stream.use_multiprocessing,
-            max_queue_size=stream.max_queue_size,
-        )
+        super().__init__(workers=stream.workers, max_queue_size=stream.max_queue_size)
         self.stream, self.steps = stream, steps
-
-    def set_epoch(self, epoch: int) -> None:
-        self.stream.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, i: int):
         return self.stream[i]
-
-    def on_epoch_end(self) -> None:
-        pass
 
 
 def reseed(model: keras.Model, seed: int, epoch: int) -> None:
@@ -231,16 +194,12 @@ class RunCheckpoint(keras.callbacks.Callback):
     and EarlyStopping forget both on restart.
     """
 
-    def __init__(
-        self, run_dir: Path, state: dict, config: TrainConfig, data: EpochBatches | None = None
-    ):
+    def __init__(self, run_dir: Path, state: dict, config: TrainConfig, data: EpochBatches):
         super().__init__()
         self.run_dir, self.state, self.config, self.data = run_dir, state, config, data
-        self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.data is not None:
-            self.data.set_epoch(epoch)  # batch order and augmentation of this epoch
+        self.data.stream.set_epoch(epoch)  # batch order and augmentation of this epoch
         reseed(self.model, self.config.seed, epoch)
         self._start = time.perf_counter()
 
@@ -249,10 +208,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         state = self.state
-        score = row.get("val_auc", float("nan"))
-        if not math.isnan(score) and score > state["best_val_auc"]:
+        if row.get("val_auc", float("nan")) > state["best_val_auc"]:  # NaN never is
             save_model_atomic(self.model, self.run_dir / "best.keras")
-            state.update(best_val_auc=score, best_epoch=epoch + 1)
+            state.update(best_val_auc=row["val_auc"], best_epoch=epoch + 1)
         state.update(epoch=epoch + 1, history=[*state["history"], row])
         state["stopped_early"] = state["epoch"] < self.config.epochs and _stops(
             state, self.config.epochs, self.config.early_stopping
@@ -269,17 +227,13 @@ def write_readable_copies(run_dir: Path, state: dict) -> None:
     atomic_write_text(run_dir / "history.csv", pd.DataFrame(state["history"]).to_csv(index=False))
 
 
-def _normalised(config: TrainConfig) -> dict:
-    return json.loads(config.to_json())  # tuples → lists, as config.json stores them
-
-
-def _resume_state(run_dir: Path, config: TrainConfig) -> dict | None:
-    """The state of an interrupted run of the same config in ``run_dir``, else None."""
+def _resume_state(run_dir: Path, config: TrainConfig) -> dict:
+    """The state of an interrupted run of the same config in ``run_dir``, else epoch 0's."""
     state = read_state(run_dir / "last.keras")
     if state is None:
-        return None
+        return {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "history": []}
     saved = json.loads((run_dir / "config.json").read_text())
-    current = _normalised(config)
+    current = json.loads(config.to_json())  # tuples → lists, as config.json stores them
     differ = {k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)}
     differ -= RESUMABLE_CHANGES
     if differ:
@@ -290,20 +244,8 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict | None:
     return state
 
 
-def _record_split(
-    run_dir: Path, cache: PackedCache, train_idx, val_idx, test_idx, how: str
-) -> None:
-    subset = np.full(len(cache), "", dtype=object)
-    subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
-    frame = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": subset, "split": how})
-    atomic_write_text(run_dir / "split.csv", frame[frame.subset != ""].to_csv(index=False))
-
-
 def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> None:
     """Refuse what the files, the network or the packages cannot honour (values: TrainConfig)."""
-    from .limits import check_paths
-    from .models import fetch_imagenet_weights
-
     check_paths(config, need_data=cache is None)
     if config.weights == "imagenet":
         fetch_imagenet_weights(config.model)
@@ -331,12 +273,9 @@ def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCach
 
 def _split(config: TrainConfig, cache: PackedCache, replicas: int):
     """(train, val, test) rows of the protocol, validation trimmed as the run needs it."""
-    from .limits import SettingError
-
-    groups = cache.groups if config.split == "slide" else None
     train_idx, val_idx, test_idx = protocol_split(  # test: the same rows for every run
         cache.labels,
-        groups,
+        cache.groups if config.split == "slide" else None,
         seed=config.seed,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
@@ -345,7 +284,8 @@ def _split(config: TrainConfig, cache: PackedCache, replicas: int):
         per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
         val_idx = np.sort(np.concatenate(per_class))
     # Every replica needs an equal share of every batch (JAX refuses uneven ones), so a
-    # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer).
+    # data-parallel run validates on a multiple of the replica count (≤ replicas-1 fewer)
+    # and trains on full batches only.
     val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
     if config.batch_size * replicas > len(train_idx):
         per_replica = f" / {replicas} replicas" if replicas > 1 else ""
@@ -359,7 +299,7 @@ def _split(config: TrainConfig, cache: PackedCache, replicas: int):
 
 def _model(config, state, run_dir, cache, train_idx, steps, replicas, policy):
     """The resumed model (weights + optimizer state), or a new, compiled one."""
-    if state is not None:
+    if state["epoch"]:  # last.keras is only written once an epoch has finished
         if (state.get("policy"), state.get("replicas")) != (policy, replicas):
             warnings.warn(
                 f"resuming a {state.get('policy')} run on {state.get('replicas')} "
@@ -401,14 +341,19 @@ def train(
     _check_before_writing(config, cache)
     run_dir = Path(config.out)
     state = _resume_state(run_dir, config)
-    # Non-chief workers of a multi-worker cluster train too, but write to a scratch dir.
-    write_dir = run_dir if is_chief() else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
+    chief = is_chief()  # the other workers of a cluster train too, but write to a scratch dir
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
     cache = _training_data(config, cache)
     scope, replicas = distribution(config.strategy)  # before TF starts: some strategies must
     train_idx, val_idx, test_idx = _split(config, cache, replicas)
-    if write_dir == run_dir:
+    if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _record_split(run_dir, cache, train_idx, val_idx, test_idx, config.split)
+        subset = np.full(len(cache), "", dtype=object)
+        subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
+        split = pd.DataFrame(
+            {"id": cache.ids, "label": cache.labels, "subset": subset, "split": config.split}
+        )
+        atomic_write_text(run_dir / "split.csv", split[split.subset != ""].to_csv(index=False))
         atomic_write_text(run_dir / "config.json", config.to_json())
 
     with precision(config.mixed_precision) as policy:
@@ -423,17 +368,14 @@ def train(
             workers=config.workers,
             **host_augmentation(config),  # nothing when config.augment_on == "model"
         )
-        # Full batches only, for the same reason.
-        steps = min(config.steps_per_epoch or len(train_idx), max(1, len(train_idx) // batch))
+        steps = min(config.steps_per_epoch or len(train_idx), len(train_idx) // batch)
         train_data = EpochBatches(stream, steps)
         val_data = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
         with scope:
             keras.utils.set_random_seed(config.seed)
             model = _model(config, state, run_dir, cache, train_idx, steps, replicas, policy)
-            if state is None:
-                state = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "history": []}
             state.update(policy=policy, replicas=replicas)
-            if state["epoch"] and write_dir == run_dir:  # a kill may have left them behind
+            if state["epoch"] and chief:  # a kill may have left them behind
                 write_readable_copies(run_dir, state)
             cbs = [RunCheckpoint(write_dir, state, config, train_data), *(callbacks or [])]
             if config.tensorboard:
@@ -448,7 +390,7 @@ def train(
                     verbose=verbose,
                 )
             save_model_atomic(model, write_dir / "final.keras")
-    if write_dir != run_dir:
+    if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     best = run_dir / "best.keras"
     return TrainResult(

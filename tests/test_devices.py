@@ -33,7 +33,7 @@ from pcamlib.train import compile_model, make_optimizer
 )
 def test_precision_policy_follows_the_device(monkeypatch, mode, kind, bf16, expected):
     monkeypatch.setattr(devices, "accelerator", lambda: (kind, 1))
-    monkeypatch.setattr(devices, "_gpu_supports_bfloat16", lambda: bf16)
+    monkeypatch.setattr(devices, "_device_details", lambda kind: (kind, 8 if bf16 else 7))
     assert devices.precision_policy(mode) == expected
 
 

@@ -55,6 +55,26 @@ def test_bad_train_setting_is_refused_in_one_line_before_anything_is_written(
     assert not out.exists()
 
 
+def test_train_flags_parse_into_the_values_they_name(monkeypatch, tmp_path):
+    """The flags come from TrainConfig's fields: "none", "yes"/"no", "8" become None, bools, 8."""
+    from pcamlib import config
+
+    seen = []
+
+    class Spy(config.TrainConfig):
+        def __post_init__(self):
+            seen.append(self)
+            raise SettingError("data", self.data, "stop here")
+
+    monkeypatch.setattr(config, "TrainConfig", Spy)
+    flags = "--weights none --trainable no --no-augment --tensorboard --tta 8".split()
+    assert main(["train", "--data", "d", "--out", str(tmp_path / "o"), *flags]) == 2
+    (got,) = seen
+    values = (got.weights, got.trainable, got.augment, got.tensorboard, got.tta)
+    assert values == (None, False, False, True, 8)
+    assert {"weights", "trainable", "augment", "tensorboard", "tta"} < got._given
+
+
 BAD_RUN = [
     (["evaluate", "--model", "m", "--data", "d", "--batch-size", "0"], "--batch-size 0"),
     (["evaluate", "--model", "m", "--data", "d", "--operating-point", "1.5"], "--operating-point"),

@@ -6,11 +6,10 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from pcamlib.augment import dihedral, dihedral_views
 from pcamlib.metrics import (
     auc_ci,
     binary_metrics,
-    dihedral,
-    dihedral_views,
     expected_calibration_error,
     predict_proba,
     youden_threshold,
