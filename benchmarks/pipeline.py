@@ -176,10 +176,19 @@ def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
         s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
                         seed=config.seed, **host_augmentation(config))  # fmt: skip
 
+        # The hand-off as the backend's trainer does it: Keras' JAX trainer device_puts each
+        # numpy batch (keras/src/backend/jax/trainer.py, _distribute_data); TF converts it.
+        if keras.backend.backend() == "jax":
+            import jax
+
+            hand_off = jax.device_put
+        else:
+            hand_off = keras.ops.convert_to_tensor
+
         def epoch():
             for i in range(len(s)):
                 x, y = s[i]
-                keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+                hand_off(x), hand_off(y)
             s.on_epoch_end()
 
         return epoch
