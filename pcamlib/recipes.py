@@ -17,8 +17,8 @@ RECIPES: dict[str, dict] = {
     # The centre crop keeps the labelled 32×32 region at full resolution for ~(64/96)² the cost;
     # dihedral views, ±4 px shifts and mild colour jitter fight overfitting on 20k patches.
     # On a CPU the numpy (host) augmentation costs less CPU than the same layers in the TF
-    # graph. HED stain jitter (hed_jitter) is available but not yet part of the recipe: the
-    # README's numbers were measured without it, and a re-tune must be measured the same way.
+    # graph. HED stain jitter is not part of it: hed_jitter=0.1 on top of this recipe scored
+    # 0.9353 [0.9269, 0.9437] valid AUC with TTA×8, no gain over 0.9385 without (README).
     "pcam-cpu": dict(
         model="pcamnet",
         image_size=64,
