@@ -139,6 +139,7 @@ class TrainConfig:
         None, Choice((True, False, None)), "backbone trainable (default: not with imagenet weights)"
     )
     augment: bool = _setting(False, YES_NO, "random dihedral views")
+    # Beyond 32 px the labelled centre 32×32 can leave the 96-px patch.
     shift: int = _setting(0, Number(int, 0, 32), "random shifts of up to N pixels")
     color_jitter: float = _setting(0.0, FRACTION, "colour jitter")
     hed_jitter: float = _setting(0.0, FRACTION, "HED stain jitter σ")

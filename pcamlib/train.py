@@ -158,7 +158,7 @@ class EpochBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, stream: PatchStream, steps: int):
-        super().__init__(workers=stream.workers, max_queue_size=stream.max_queue_size)
+        super().__init__(workers=stream.workers)
         self.stream, self.steps = stream, steps
 
     def __len__(self) -> int:
