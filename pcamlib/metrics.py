@@ -9,7 +9,7 @@ import numpy as np
 from sklearn import metrics as skm
 from tqdm import tqdm
 
-from .augment import N_DIHEDRAL, dihedral
+from .augment import N_DIHEDRAL, dihedral_views
 from .checks import first_bad, labels01, vector
 
 
@@ -191,7 +191,7 @@ def predict_proba(
                 f"images[{start}:{start + batch_size}] gave shape {x.shape}; "
                 f"expected ({expected}, H, W, C)"
             )
-        views = [x] if tta == 1 else [dihedral(x, k) for k in range(N_DIHEDRAL)]
+        views = [x] if tta == 1 else dihedral_views(x)
         probs = [_predict_batch(model, v, start) for v in views]
         out[start : start + len(x)] = np.mean(probs, axis=0, dtype=np.float64)
     return out
