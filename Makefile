@@ -1,5 +1,5 @@
 # Two entry points, both from a fresh clone with only Python >= 3.10 and make:
-#   make run    set up .venv, run notebooks 01-04 top to bottom on data/ -> outputs/
+#   make run    set up .venv, run notebooks 01-05 top to bottom on data/ -> outputs/
 #   make test   set up .venv, run the whole test suite (library tests + pytest --nbval)
 PYTHON ?= python3
 VENV   ?= .venv

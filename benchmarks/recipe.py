@@ -5,7 +5,8 @@
 
 Prints wall times (pack, train, evaluate) and validation metrics with TTA×1 and TTA×8. Rerunning
 with the same --out resumes (or reuses) the run, so the train time printed is then the
-remaining time only; use a fresh --out for a timing.
+remaining time only; use a fresh --out for a timing. ``--against RUN`` scores another run on the
+same patches and prints the paired DeLong difference of the two TTA×8 AUCs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--recipe", default="pcam-cpu")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--against", help="another run directory to compare with (paired)")
     return parser.parse_args(argv)
 
 
@@ -47,9 +49,11 @@ def main() -> None:
 
     from pcamlib.cache import load_patches
     from pcamlib.evaluate import evaluate
-    from pcamlib.metrics import auc_ci
+    from pcamlib.io import atomic_write_text
+    from pcamlib.metrics import auc_ci, auc_difference_ci
     from pcamlib.train import load_model, train
 
+    other = load_model(args.against) if args.against else None  # a bad path fails before training
     t0 = time.perf_counter()
     train_cache = load_patches(args.train, "train")
     valid_cache = load_patches(args.valid, "valid")
@@ -66,6 +70,11 @@ def main() -> None:
         metrics, probs = evaluate(model, valid_cache, tta=tta, progress=False)
         _, lo, hi = auc_ci(valid_cache.labels, probs)  # DeLong 95% CI
         rows[tta] = {**metrics, "auc_lo": lo, "auc_hi": hi, "seconds": time.perf_counter() - t0}
+    paired = {}
+    if other is not None:  # probs are this run's TTA×8 predictions
+        _, other_probs = evaluate(other, valid_cache, tta=8, progress=False)
+        diff, lo, hi, p = auc_difference_ci(valid_cache.labels, probs, other_probs)
+        paired = {"against": args.against, "auc_minus_against": diff, "lo": lo, "hi": hi, "p": p}
 
     print(f"\nrecipe {args.recipe} ({keras.backend.backend()} backend, {os.cpu_count()} CPUs)")
     print(f"train: {len(train_cache)} patches from {args.train}")
@@ -83,6 +92,11 @@ def main() -> None:
             f"{m['balanced_accuracy']:9.4f}{m['sensitivity']:7.3f}{m['specificity']:7.3f}"
             f"{m['ece']:7.3f}{m['seconds']:8.1f}"
         )
+    if paired:
+        print(
+            f"TTA x8 AUC minus {args.against}'s: {paired['auc_minus_against']:+.4f}, 95% CI "
+            f"[{paired['lo']:+.4f}, {paired['hi']:+.4f}], p = {paired['p']:.2g} (paired DeLong)"
+        )
     summary = {
         "train_seconds": round(t_train, 1),
         "epochs": len(result.history),
@@ -90,8 +104,9 @@ def main() -> None:
             f"tta{t}": {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
             for t, m in rows.items()
         },
+        **({"paired": paired} if paired else {}),
     }
-    (result.run_dir / "recipe_benchmark.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(result.run_dir / "recipe_benchmark.json", json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -236,7 +236,9 @@ def results_table(
     for a transfer setup that got no ImageNet weights), test ROC AUC with its 95% DeLong
     interval without and with 8-view TTA, and at TTA 8 accuracy/sensitivity/specificity at the
     Youden threshold of the run's VALIDATION rows, ``acc@0.5`` and ECE. ``overlaps_top_ci``:
-    the test set cannot tell that run from the best one; ``test_set`` hashes the test ids.
+    the run's interval overlaps the best run's, so the separate intervals do not show them
+    apart (a conservative screen: :func:`~pcamlib.metrics.auc_difference_ci`, paired on the
+    same rows, can); ``test_set`` hashes the test ids.
 
     With ``csv`` the rows are merged into that file by run name (rows of another test set are
     dropped with a warning) and the whole leaderboard is returned. Also returns

@@ -135,7 +135,7 @@ MODEL_KWARGS: dict[str, dict[str, Rule]] = {
     "cnn1": {},
     "cnn2": {},
     **{name: {"drop_rate": FRACTION} for name in BACKBONE_NAMES},
-    "pcamnet": {"widths": Widths(), "drop_rate": FRACTION},
+    "pcamnet": {"widths": Widths(), "drop_rate": FRACTION, "stem": Number(int, 0, 1024)},
 }
 
 
@@ -233,9 +233,10 @@ def _check_model(config, source: Callable[[str], str]) -> None:
         return
     # cnn1/cnn2: two blocks of two valid 3×3 convs and a 2×2 pool need ≥ 16 pixels; the
     # keras.applications backbones need ≥ 32; pcamnet centre-crops the 96-pixel patch and
-    # halves it between stages, so it needs 2^(stages-1) ≤ crop ≤ 96.
+    # halves it between stages (and once more in a stem), so it needs 2^(halvings) ≤ crop ≤ 96.
     if model == "pcamnet":
-        low, high = 2 ** (len(kwargs.get("widths", (32, 64, 128, 256))) - 1), PATCH_SIDE
+        halvings = len(kwargs.get("widths", (32, 64, 128, 256))) - 1 + bool(kwargs.get("stem"))
+        low, high = 2**halvings, PATCH_SIDE
     else:
         low, high = (32 if model in BACKBONE_NAMES else 16), MAX_IMAGE_SIZE
     if not low <= config.image_size <= high:

@@ -13,18 +13,20 @@ from .augment import N_DIHEDRAL, dihedral_views
 from .checks import first_bad, labels01, vector
 
 
-def validate_binary(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+def validate_binary(
+    y_true: Any, y_prob: Any, name: str = "y_prob"
+) -> tuple[np.ndarray, np.ndarray]:
     """Check labels/probabilities once, so every metric and plot fails with the same message."""
-    yt, yp = labels01(y_true, "y_true"), vector(y_prob, "y_prob")
+    yt, yp = labels01(y_true, "y_true"), vector(y_prob, name)
     if len(yt) != len(yp):
-        raise ValueError(f"y_true has {len(yt)} rows but y_prob has {len(yp)}")
+        raise ValueError(f"y_true has {len(yt)} rows but {name} has {len(yp)}")
     if yp.dtype.kind not in "iuf":
-        raise ValueError(f"y_prob must be real probabilities; got dtype {yp.dtype}")
+        raise ValueError(f"{name} must be real probabilities; got dtype {yp.dtype}")
     yp = yp.astype(np.float64)
     bad = ~((yp >= 0.0) & (yp <= 1.0))  # NaN fails both comparisons
     if bad.any():
         raise ValueError(
-            "y_prob must hold probabilities (sigmoid outputs, not logits); "
+            f"{name} must hold probabilities (sigmoid outputs, not logits); "
             + first_bad(bad, yp, "value(s) non-finite or outside [0, 1]")
         )
     return yt, yp
@@ -55,6 +57,28 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
     return float(np.abs(np.bincount(bins, weights=yp - yt)).sum() / len(yp))
 
 
+def _placements(yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placements: each positive's share of negatives below it, each negative's share
+    of positives above it (ties count one half); the AUC is the mean of either."""
+    from scipy.stats import rankdata
+
+    pos, neg = yp[yt == 1], yp[yt == 0]
+    m = len(pos)
+    ranks = rankdata(np.concatenate([pos, neg]))  # midranks: ties count one half
+    v10 = (ranks[:m] - rankdata(pos)) / len(neg)
+    v01 = 1.0 - (ranks[m:] - rankdata(neg)) / m
+    return v10, v01
+
+
+def _z(level: float) -> float:
+    """The normal quantile of a two-sided ``level`` interval (refuses 95 for 0.95)."""
+    from scipy.stats import norm
+
+    if not (0.0 < float(level) < 1.0):
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    return float(norm.ppf(0.5 + level / 2))
+
+
 def auc_ci(y_true: Any, y_prob: Any, level: float = 0.95) -> tuple[float, float, float]:
     """ROC AUC and its DeLong confidence interval: ``(auc, lo, hi)``, clipped to [0, 1].
 
@@ -63,21 +87,41 @@ def auc_ci(y_true: Any, y_prob: Any, level: float = 0.95) -> tuple[float, float,
     var(placements of negatives)/n_neg, and the interval is auc ± z·se (normal approximation,
     no resampling, so no seed). A perfectly separated set has se = 0 and the interval [1, 1].
     """
-    from scipy.stats import norm, rankdata
-
-    if not (0.0 < float(level) < 1.0):
-        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    z = _z(level)
     yt, yp = validate_binary(y_true, y_prob)
     require_both_classes(yt)
-    pos, neg = yp[yt == 1], yp[yt == 0]
-    m, n = len(pos), len(neg)
-    ranks = rankdata(np.concatenate([pos, neg]))  # midranks: ties count one half
-    v10 = (ranks[:m] - rankdata(pos)) / n  # share of negatives below each positive
-    v01 = 1.0 - (ranks[m:] - rankdata(neg)) / m  # share of positives above each negative
+    v10, v01 = _placements(yt, yp)
+    m, n = len(v10), len(v01)
     auc = float(v10.mean())
     var = (v10.var(ddof=1) if m > 1 else 0.0) / m + (v01.var(ddof=1) if n > 1 else 0.0) / n
-    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(var)
+    half = z * math.sqrt(var)
     return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def auc_difference_ci(
+    y_true: Any, prob_a: Any, prob_b: Any, level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """Paired DeLong test of two models scored on the same patches: ``(diff, lo, hi, p)``.
+
+    ``diff`` = AUC(a) − AUC(b). Both models' errors on one patch are correlated, so the paired
+    variance (DeLong et al. 1988, with the covariance of the two placement vectors) is far
+    smaller than two separate intervals suggest: two overlapping CIs can still differ.
+    """
+    from scipy.stats import norm
+
+    z = _z(level)
+    yt, pa = validate_binary(y_true, prob_a, "prob_a")
+    _, pb = validate_binary(y_true, prob_b, "prob_b")
+    require_both_classes(yt)
+    (a10, a01), (b10, b01) = _placements(yt, pa), _placements(yt, pb)
+    if len(a10) < 2 or len(a01) < 2:
+        raise ValueError("a paired AUC test needs at least two patches of each class")
+    diff = float(a10.mean() - b10.mean())
+    var = (a10 - b10).var(ddof=1) / len(a10) + (a01 - b01).var(ddof=1) / len(a01)
+    se = math.sqrt(var)
+    if se == 0:  # identical placements: the difference is exact
+        return diff, diff, diff, 1.0 if diff == 0 else 0.0
+    return diff, diff - z * se, diff + z * se, float(2 * norm.sf(abs(diff) / se))
 
 
 def youden_threshold(y_true: Any, y_prob: Any) -> float:

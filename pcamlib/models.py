@@ -171,17 +171,26 @@ def backbone_model(
 
 
 def PCamNet(
-    crop: int = 64, widths: tuple[int, ...] = (32, 64, 128, 256), drop_rate: float = 0.3
+    crop: int = 64,
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    drop_rate: float = 0.3,
+    stem: int = 0,
 ) -> keras.Model:  # noqa: N802 (matches the other model constructors)
     """Compact BN-ReLU VGG-style net on the centre crop: the CPU recipe's model.
 
     The label depends on the centre 32×32 only, so a centre crop keeps the evidence at full
     resolution while cutting the cost ~(96/crop)²; global average pooling keeps it small.
+    ``stem`` > 0 puts a stride-2 conv of that many channels before the stages: the net then
+    sees the whole 96-px patch (the tissue around the centre) for about the cost of a 64 crop.
     """
     inputs = x = _patch_input()
     if crop != PATCH_SIDE:
         x = layers.CenterCrop(crop, crop, name="centre_crop")(x)
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    if stem:
+        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.Activation("relu", name="stem_relu")(x)
     for i, width in enumerate(widths, start=1):
         for j in (1, 2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"s{i}_conv{j}")(x)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,9 +133,22 @@ def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float
     return times
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[:1] == ["--sync"]:
-        print("synced:", ", ".join(sync_series(*args[1:2])) or "nothing to change")
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pcamlib.run_series", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")
+    parser.add_argument("--sync", action="store_true", help="only rewrite set-up cells and badges")
+    args = parser.parse_args(argv)
+    if not Path(args.path).exists():
+        parser.error(f"{args.path}: no such folder or notebook")
+    if args.sync:
+        print("synced:", ", ".join(sync_series(args.path)) or "nothing to change")
     else:
-        run_series(args[0] if args else "notebooks")
+        run_series(args.path)
+
+
+if __name__ == "__main__":
+    main()

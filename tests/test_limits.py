@@ -103,6 +103,10 @@ def test_python_api_names_the_setting_as_python_spells_it():
     config = TrainConfig(model="pcamnet", model_kwargs={"widths": [8, 16]}, image_size=32)
     with pytest.raises(SettingError, match="pcamnet centre-crops 2 to 96"):
         config.replace(image_size=1)  # replace() checks too
+    with pytest.raises(SettingError, match="pcamnet centre-crops 4 to 96"):  # a stem halves too
+        config.replace(model_kwargs={"widths": [8, 16], "stem": 8}, image_size=2)
+    with pytest.raises(SettingError, match=r"stem must be an integer ≥ 0 and ≤ 1024"):
+        config.replace(model_kwargs={"widths": [8, 16], "stem": -1})
 
 
 @pytest.fixture

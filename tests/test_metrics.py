@@ -9,6 +9,7 @@ from sklearn.calibration import calibration_curve
 from pcamlib.augment import dihedral, dihedral_views
 from pcamlib.metrics import (
     auc_ci,
+    auc_difference_ci,
     binary_metrics,
     expected_calibration_error,
     predict_proba,
@@ -89,6 +90,61 @@ def test_auc_ci_refuses_bad_input():
         auc_ci(Y, P, level=95)
     with pytest.raises(ValueError, match="only class"):
         auc_ci([1, 1], [0.2, 0.3])
+
+
+def _paired_delong_by_pairs(y, pa, pb):
+    """The paired DeLong z-test from its definition: the 2×2 covariance of the placements."""
+    from scipy.stats import norm
+
+    def placements(p):
+        pos, neg = p[y == 1], p[y == 0]
+        kernel = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return kernel.mean(axis=1), kernel.mean(axis=0)
+
+    (a10, a01), (b10, b01) = placements(pa), placements(pb)
+    s10, s01 = np.cov(np.vstack([a10, b10])), np.cov(np.vstack([a01, b01]))
+    cov = s10 / len(a10) + s01 / len(a01)
+    diff, se = a10.mean() - b10.mean(), np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    z = 1.959963984540054
+    return diff, diff - z * se, diff + z * se, 2 * norm.sf(abs(diff) / se)
+
+
+def test_auc_difference_matches_the_paired_definition_with_ties():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    shared = rng.normal(0, 0.25, 400)  # both models err on the same patches
+    pa = np.round(np.clip(0.5 + 0.25 * (y - 0.5) + shared, 0, 1), 1)
+    pb = np.round(np.clip(0.5 + 0.20 * (y - 0.5) + shared + rng.normal(0, 0.05, 400), 0, 1), 1)
+    got = auc_difference_ci(y, pa, pb)
+    assert got == pytest.approx(_paired_delong_by_pairs(y, pa, pb))
+    assert got[0] == pytest.approx(skm.roc_auc_score(y, pa) - skm.roc_auc_score(y, pb))
+    flipped = auc_difference_ci(y, pb, pa)
+    assert flipped == pytest.approx((-got[0], -got[2], -got[1], got[3]))
+
+
+def test_paired_test_separates_correlated_models_whose_own_intervals_overlap():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 500)
+    score = rng.normal(size=1000) + 1.2 * y
+    pa = 1 / (1 + np.exp(-score))
+    pb = 1 / (1 + np.exp(-(score + rng.normal(0, 0.35, 1000))))  # a noisier copy of a
+    (_, a_lo, a_hi), (_, b_lo, b_hi) = auc_ci(y, pa), auc_ci(y, pb)
+    assert a_lo < b_hi and b_lo < a_hi  # the separate intervals overlap
+    diff, lo, hi, p = auc_difference_ci(y, pa, pb)
+    assert 0 < lo < diff < hi and p < 0.05
+
+
+def test_auc_difference_of_a_model_with_itself_is_exactly_zero():
+    assert auc_difference_ci(Y, P, P) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_auc_difference_names_the_bad_input():
+    with pytest.raises(ValueError, match="prob_b has 3$"):
+        auc_difference_ci(Y, P, P[:3])
+    with pytest.raises(ValueError, match="prob_a must hold probabilities"):
+        auc_difference_ci(Y, P * 3, P)
+    with pytest.raises(ValueError, match="two patches of each class"):
+        auc_difference_ci([0, 1, 1], [0.1, 0.8, 0.9], [0.2, 0.7, 0.9])
 
 
 def test_youden_threshold_maximises_j_and_prefers_the_highest():

@@ -42,6 +42,17 @@ def test_models_take_uint8_patches_and_return_probabilities(name):
     assert np.all((probs >= 0) & (probs <= 1))
 
 
+def test_pcamnet_stem_sees_the_whole_patch_at_half_resolution():
+    from pcamlib.recipes import RECIPES
+
+    recipe = RECIPES["pcam-cpu"]
+    model = build_model("pcamnet", image_size=recipe["image_size"], **recipe["model_kwargs"])
+    assert recipe["image_size"] == 96 and "centre_crop" not in [x.name for x in model.layers]
+    assert model.get_layer("stem_conv").output.shape == (None, 48, 48, 24)
+    assert model.get_layer("s1_conv1").output.shape == (None, 48, 48, 24)
+    assert model.count_params() == 667_369  # the model measured in pcamlib/recipes.py
+
+
 def test_frozen_backbone_trains_only_the_head():
     model = build_model("vgg16", weights=None, trainable=False)
     feature_map = model.get_layer("block5_conv3")  # the backbone's layers are the model's own

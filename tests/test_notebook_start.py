@@ -11,7 +11,7 @@ import pytest
 from pcamlib import config
 from pcamlib.config import REPO_ROOT, Settings
 from pcamlib.notebook import start
-from pcamlib.run_series import SETUP_CELL, repository_url, sync_series
+from pcamlib.run_series import SETUP_CELL, main, repository_url, sync_series
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +95,14 @@ def test_a_fork_edits_the_url_once_and_sync_rewrites_cells_and_badges(tmp_path):
         assert old.removeprefix("https://") not in raw
         assert "https://github.com/me/fork.git" in raw and "github/me/fork/blob/main" in raw
     assert sync_series(tmp_path / "notebooks") == []  # idempotent
+
+
+def test_make_sync_and_a_mistyped_path(tmp_path, capsys):
+    shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path)
+    main(["--sync", str(tmp_path / "notebooks")])
+    assert capsys.readouterr().out == "synced: nothing to change\n"
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "notebook")])
+    assert exc.value.code == 2
+    assert "notebook: no such folder or notebook" in capsys.readouterr().err
