@@ -103,9 +103,9 @@ def auc_difference_ci(
 ) -> tuple[float, float, float, float]:
     """Paired DeLong test of two models scored on the same patches: ``(diff, lo, hi, p)``.
 
-    ``diff`` = AUC(a) − AUC(b). Both models' errors on one patch are correlated, so the paired
-    variance (DeLong et al. 1988, with the covariance of the two placement vectors) is far
-    smaller than two separate intervals suggest: two overlapping CIs can still differ.
+    ``diff`` = AUC(a) − AUC(b). Two models usually err on the same hard patches, so the paired
+    variance (DeLong et al. 1988, with the covariance of the two placement vectors) is then far
+    smaller than two separate intervals suggest: runs whose CIs overlap can still differ.
     """
     from scipy.stats import norm
 
