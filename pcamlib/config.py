@@ -123,7 +123,7 @@ class TrainConfig:
         None,
         Number(int, 1, MAX_IMAGE_SIZE, optional=True),  # and per model: limits.check_train
         "model input side; cnn1/cnn2 take ≥ 16 (default 64), backbones ≥ 32 (default 96), "
-        "pcamnet a centre crop of 2^(stages-1) to 96 (default 64)",
+        "pcamnet a centre crop of 2^(stages-1) to 96, 2^stages with a stem (default 64)",
     )
     val_fraction: float = _setting(0.25, Number(float, 0, 0.5, low_open=True))
     test_fraction: float = _setting(
