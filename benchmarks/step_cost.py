@@ -8,7 +8,7 @@ compiles both as ``train()`` does (the recipe's optimizer and schedule), and tim
 training steps of each, in ``--rounds`` alternating rounds, on random uint8 patches at the
 recipe's batch size. Host augmentation is left out: it is the same for both. CPU time
 (``time.process_time``) is the cost that stays put on a shared or throttled machine; wall time
-is printed beside it. Prints medians and the ratio versus/recipe.
+is printed beside it. Prints medians and the CPU and wall ratios versus/recipe.
 """
 
 from __future__ import annotations
