@@ -1,7 +1,9 @@
 """Reproduce a recipe's number end to end: train on one folder, evaluate on held-out slides.
 
-    python benchmarks/recipe.py --train ../shared/data/pcam-jpeg/train \\
-        --valid ../shared/data/pcam-jpeg/valid --out runs/recipe-cpu
+    python benchmarks/recipe.py --train pcam-jpeg/data/train \\
+        --valid pcam-jpeg/data/valid --out runs/recipe-cpu
+
+(``pcam-jpeg``: a clone of github.com/vflorenc/AI4ALL-PCam, PCam patches in class folders.)
 
 Prints wall times (pack, train, evaluate) and validation metrics with TTA×1 and TTA×8. Rerunning
 with the same --out resumes (or reuses) the run, so the train time printed is then the

@@ -4,9 +4,13 @@ Decoding TIFF/JPEG runs at a few thousand images/s; a memmap reads at 50k+. ``pa
 every item once, in threads, chunk by chunk, recording progress so that a killed run resumes
 at its last chunk, and finishes atomically. A cache directory holds ``images.npy`` ((N, 96,
 96, 3) uint8, readable with ``np.load(mmap_mode="r")``), ``index.csv`` (id, label or -1,
-group), ``excluded.csv`` (items left out with on_error="exclude") and ``meta.json`` (source
-fingerprint, count, CRC32 per chunk; written last, so no meta.json means no cache). Work in
-progress lives in ``.partial/`` (images.npy + state.json).
+group, content), ``excluded.csv`` (items left out with on_error="exclude") and ``meta.json``
+(source fingerprint, count, a checksum per chunk; written last, so no meta.json means no
+cache). Work in progress lives in ``.partial/`` (images.npy + state.json).
+
+``content`` is each patch's identity by pixels (:func:`content_hash`): file names repeat across
+datasets (PCam's class-folder exports all hold ``0/patch0000081.jpg``), pixels do not. Caches
+packed before it existed (format 2) gain it in place on their next use, from images.npy alone.
 """
 
 from __future__ import annotations
@@ -33,21 +37,46 @@ from .io import atomic_write_text
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 from .tfds_source import tfds_source
 
-__all__ = ["PackedCache", "default_cache_dir", "load_patches", "pack"]
+__all__ = ["PackedCache", "content_hash", "default_cache_dir", "load_patches", "pack"]
 
 CHUNK = 1024  # images per resume point and per checksum
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: index.csv has content hashes
+UPGRADABLE = 2  # the format before content hashes: upgraded in place, never used as is
+HASH = r"[0-9a-f]{16}"  # what content_hash returns (index.csv and split.csv check it)
 
 
-def _digest(block: np.ndarray) -> str:
+def content_hash(image: np.ndarray) -> str:
+    """A patch's identity by its decoded pixels: 16 hex digits of SHA-1 over the uint8 bytes.
+
+    SHA-1 because CPUs hash it in hardware (~20 µs a patch, a fraction of a decode), and
+    because Kaggle named each of its patches by the SHA-1 of these bytes: there the hash is
+    the id's first 16 digits. 64 bits make a collision among a million patches a 3-in-10⁸
+    chance.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha1(image.data).hexdigest()[:16]
+
+
+def _hashes(images: np.ndarray, lo: int = 0, hi: int | None = None) -> list[str]:
+    return [content_hash(image) for image in images[lo:hi]]
+
+
+def _digest(hashes: list[str]) -> str:
+    """A chunk's checksum: CRC32 of its rows' content hashes (one pass over the pixels, not two)."""
+    return f"{zlib.crc32(''.join(hashes).encode()):08x}"
+
+
+def _crc32(block: np.ndarray) -> str:
+    """The checksum of format 2 (CRC32 of the pixels), checked once when upgrading."""
     return f"{zlib.crc32(np.ascontiguousarray(block).data):08x}"
 
 
 def _bad_chunk(images: np.ndarray, digests: list[str], chunk: int, chunks=None) -> int | None:
-    """The first of ``chunks`` (default: all) whose CRC32 differs from ``digests``, or None."""
+    """The first of ``chunks`` (default: all) whose checksum differs from ``digests``, or None."""
     chunks = range(len(digests)) if chunks is None else chunks
     return next(
-        (c for c in chunks if _digest(images[c * chunk : (c + 1) * chunk]) != digests[c]), None
+        (c for c in chunks if _digest(_hashes(images, c * chunk, (c + 1) * chunk)) != digests[c]),
+        None,
     )
 
 
@@ -63,6 +92,7 @@ class PackedCache:
     path: Path
     images: np.ndarray
     ids: list[str]
+    content: list[str]  # content_hash of each row: which patches are the same, whatever the id
     labels: np.ndarray | None
     groups: np.ndarray | None
     meta: dict
@@ -93,6 +123,11 @@ class PackedCache:
             count, chunk, digests = meta["count"], meta["chunk"], meta["chunk_digests"]
         except (ValueError, KeyError) as exc:
             raise DataError(f"{meta_path}: unreadable ({type(exc).__name__}: {exc})") from None
+        if meta.get("format") == UPGRADABLE:
+            raise DataError(
+                f"{path}: cache format {UPGRADABLE} has no content hashes; load_patches() or "
+                "pack() adds them in place"
+            )
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{path}: cache format {meta.get('format')}, expected {FORMAT_VERSION}")
         try:
@@ -106,18 +141,89 @@ class PackedCache:
             raise DataError(
                 f"{path}/images.npy: {images.shape} {images.dtype}, meta.json says {expected} uint8"
             )
-        index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
-        if len(index) != count:
-            raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {count}")
         if len(digests) != -(-count // chunk):
             raise DataError(f"{meta_path}: {len(digests)} checksums for {count} images")
+        index = _read_index(path, count, digests, chunk)
         _verify_chunks(path, images, digests, chunk, verify)
         labels = index["label"].astype(np.int8).to_numpy()
         groups = None
         if "group" in index and (index["group"] != "").all():
             groups = index["group"].to_numpy()
         labels = None if (labels < 0).all() else labels
-        return cls(path, images, index["id"].tolist(), labels, groups, meta)
+        ids, content = index["id"].tolist(), index["content"].tolist()
+        return cls(path, images, ids, content, labels, groups, meta)
+
+
+def _read_index(path: Path, count: int, digests: list[str], chunk: int) -> pd.DataFrame:
+    """index.csv, checked: ``count`` rows whose content hashes make meta.json's checksums."""
+    index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
+    if len(index) != count:
+        raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {count}")
+    if "content" not in index:
+        raise DataError(f"{path}/index.csv: no content column; delete the cache and pack again")
+    bad = ~index["content"].str.fullmatch(HASH)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{path}/index.csv: row {i + 2} has content {index['content'].iloc[i]!r}, "
+            "expected 16 hex digits; delete the cache and pack again"
+        )
+    content = index["content"].tolist()
+    c = next(
+        (c for c, d in enumerate(digests) if _digest(content[c * chunk : (c + 1) * chunk]) != d),
+        None,
+    )
+    if c is not None:  # cheap: no pixel is read
+        raise DataError(
+            f"{path}/index.csv: the content hashes of chunk {c} do not match meta.json; "
+            "delete the cache and pack again"
+        )
+    return index
+
+
+def _upgrade(path: Path) -> None:
+    """Give a format-2 cache its content hashes in place: one checked read of images.npy.
+
+    Each chunk is checked against its old CRC32 before its pixels are hashed; index.csv is
+    rewritten first, meta.json (new checksums, format 3) last, so a killed upgrade is redone.
+    """
+    meta_path = path / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != UPGRADABLE:
+            return
+        images = np.load(path / "images.npy", mmap_mode="r")
+        index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
+        chunk, crcs = meta["chunk"], meta["chunk_digests"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return  # PackedCache.open names the problem
+    if len(index) != len(images) or len(crcs) != -(-len(images) // chunk):
+        return  # likewise
+    content, digests = [], []
+    for c, crc in enumerate(crcs):
+        block = images[c * chunk : (c + 1) * chunk]
+        if _crc32(block) != crc:
+            raise _corrupt(path, c, chunk, len(images))
+        content += (hashes := _hashes(block))
+        digests.append(_digest(hashes))
+    index["content"] = content
+    meta.update(format=FORMAT_VERSION, chunk_digests=digests)
+    try:
+        atomic_write_text(path / "index.csv", index.to_csv(index=False))
+        atomic_write_text(meta_path, json.dumps(meta, indent=1), durable=True)
+    except OSError as exc:
+        raise DataError(
+            f"{path}: a format-{UPGRADABLE} cache without content hashes, and adding them "
+            f"failed ({exc.strerror}); pack it again somewhere writable (cache_dir)"
+        ) from None
+
+
+def _corrupt(path: Path, c: int, chunk: int, n: int) -> DataError:
+    lo, hi = c * chunk, min((c + 1) * chunk, n)
+    return DataError(
+        f"{path}/images.npy: checksum mismatch in chunk {c} (images {lo}–{hi - 1}); "
+        "the cache is corrupt: delete it and pack again"
+    )
 
 
 def _verify_chunks(path: Path, images, digests: list[str], chunk: int, verify: str) -> None:
@@ -129,11 +235,7 @@ def _verify_chunks(path: Path, images, digests: list[str], chunk: int, verify: s
         chunks = sorted({0, len(digests) - 1, *rng.choice(len(digests), 6, replace=False)})
     c = _bad_chunk(images, digests, chunk, chunks)
     if c is not None:
-        lo, hi = c * chunk, min((c + 1) * chunk, len(images))
-        raise DataError(
-            f"{path}/images.npy: checksum mismatch in chunk {c} (images {lo}–{hi - 1}); "
-            "the cache is corrupt: delete it and pack again"
-        )
+        raise _corrupt(path, c, chunk, len(images))
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
@@ -194,20 +296,29 @@ def pack(
     with _locked(out):
         fingerprint = source.fingerprint()
         if (out / "meta.json").is_file():
+            cache = None
             try:
-                cache = PackedCache.open(out, verify="quick")
+                if _fingerprint_of(out) in (fingerprint, None):  # else: another source
+                    _upgrade(out)  # cheaper than decoding the same pixels again
+                    cache = PackedCache.open(out, verify="quick")
             except DataError as exc:
                 warnings.warn(f"{exc}; packing it again", stacklevel=2)
-            else:
-                if cache.meta["fingerprint"] == fingerprint:
-                    if cache.meta["excluded"] and on_error == "raise":
-                        raise _bad_items_error(cache.excluded, source.name)
-                    return cache
+            if cache is not None:
+                if cache.meta["excluded"] and on_error == "raise":
+                    raise _bad_items_error(cache.excluded, source.name)
+                return cache
             # meta.json first: from here on `out` is no longer a cache
             for name in ("meta.json", "images.npy", "index.csv", "excluded.csv"):
                 (out / name).unlink(missing_ok=True)
         workers = workers or min(8, 2 * (os.cpu_count() or 1))
         return _pack(source, out, fingerprint, on_error, workers, progress)
+
+
+def _fingerprint_of(out: Path) -> str | None:
+    """The source fingerprint a cache's meta.json records, if it is readable."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((out / "meta.json").read_text()).get("fingerprint")
+    return None
 
 
 def _start(work: Path, fingerprint: str, n: int) -> tuple[dict, int]:
@@ -239,13 +350,19 @@ def _start(work: Path, fingerprint: str, n: int) -> tuple[dict, int]:
 
 def _decode_chunks(
     source: PatchSource, work: Path, state: dict, offset: int, workers: int, bar: tqdm
-) -> None:
-    """Decode the chunks not done yet into ``work/images.npy``, recording each in the state."""
+) -> list[str]:
+    """Decode the chunks not done yet into ``work/images.npy``, recording each in the state.
+
+    Returns every row's content hash: those of a resumed pack's finished chunks are read back
+    from the array (checked by ``_start``), not kept in state.json, which is rewritten per chunk.
+    """
     n, chunk = len(source), state["chunk"]
     # Decode into two reused RAM buffers (no page faults) and write each chunk with one pwrite.
     buffers = [np.zeros((min(chunk, n), *PATCH_SHAPE), np.uint8) for _ in range(2)]
+    done = state["done_chunks"] * chunk
+    content = _hashes(np.load(work / "images.npy", mmap_mode="r"), 0, done) if done else []
 
-    def decode(block: np.ndarray, lo: int, start: int, stop: int) -> list[tuple[int, str]]:
+    def decode(block: np.ndarray, hashes: list, lo: int, start: int, stop: int) -> list:
         bad = []
         for i in range(start, stop):
             try:
@@ -253,12 +370,14 @@ def _decode_chunks(
             except DataError as exc:
                 block[i - lo] = 0
                 bad.append((i, str(exc).removeprefix(f"{source.where(i)}: ")))
+            hashes[i - lo] = content_hash(block[i - lo])  # while its pixels are in the CPU cache
         return bad
 
-    def commit(fd: int, c: int, block: np.ndarray, bad: list) -> None:
+    def commit(fd: int, c: int, block: np.ndarray, bad: list, hashes: list) -> None:
         # In chunk order, on one thread, while the next chunk decodes: data first, then state.
         os.pwrite(fd, block.data, offset + c * chunk * block[0].nbytes)
-        state["digests"].append(_digest(block))
+        content.extend(hashes)
+        state["digests"].append(_digest(hashes))
         state["bad"] += bad
         state["done_chunks"] = c + 1
         atomic_write_text(work / "state.json", json.dumps(state))
@@ -274,13 +393,15 @@ def _decode_chunks(
             block = buffers[c % 2][: hi - lo]  # its previous commit finished (see below)
             if source.block_reads:
                 block[:], bad = source.read_many(lo, hi), []
+                hashes = _hashes(block)
             else:
+                hashes = [""] * (hi - lo)
                 starts = range(lo, hi, -(-(hi - lo) // workers))  # one slice per worker
-                parts = pool.map(partial(decode, block, lo), starts, [*starts[1:], hi])
+                parts = pool.map(partial(decode, block, hashes, lo), starts, [*starts[1:], hi])
                 bad = [b for part in parts for b in part]
             if pending is not None:
                 pending.result()
-            pending = committer.submit(commit, f.fileno(), c, block, bad)
+            pending = committer.submit(commit, f.fileno(), c, block, bad, hashes)
             bar.update(hi - lo)
             n_bad += len(bad)
             if n_bad:
@@ -288,6 +409,7 @@ def _decode_chunks(
         if pending is not None:
             pending.result()
         os.fsync(f.fileno())  # a finished cache is on disk before its meta.json says so
+    return content
 
 
 def _pack(
@@ -308,7 +430,7 @@ def _pack(
     start_time = time.perf_counter()
     desc = f"packing {out.name}"
     with tqdm(total=n, initial=resumed, unit="img", desc=desc, disable=not progress) as bar:
-        _decode_chunks(source, out / ".partial", state, offset, workers, bar)
+        content = _decode_chunks(source, out / ".partial", state, offset, workers, bar)
     rate = (n - resumed) / max(time.perf_counter() - start_time, 1e-9)
 
     decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
@@ -316,7 +438,7 @@ def _pack(
     if problems and on_error == "raise":
         # .partial stays: a rerun with on_error='exclude' finishes without decoding again.
         raise _bad_items_error(problems, source.name)
-    _finalise(source, out, state, problems)
+    _finalise(source, out, state, problems, content)
     cache = PackedCache.open(out, verify="none")
     if progress:
         pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
@@ -331,7 +453,9 @@ def _pack(
     return cache
 
 
-def _finalise(source: PatchSource, out: Path, state: dict, problems: list[Problem]) -> None:
+def _finalise(
+    source: PatchSource, out: Path, state: dict, problems: list[Problem], content: list[str]
+) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
     n, chunk, work = len(source), state["chunk"], out / ".partial"
     row_of = {item_id: i for i, item_id in enumerate(source.ids)}
@@ -346,13 +470,14 @@ def _finalise(source: PatchSource, out: Path, state: dict, problems: list[Proble
         compact = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
         for lo in range(0, len(keep), chunk):
             compact[lo : lo + chunk] = full[keep[lo : lo + chunk]]
-            digests.append(_digest(compact[lo : lo + chunk]))
+            digests.append(_digest([content[k] for k in keep[lo : lo + chunk]]))
         compact.flush()
         del full, compact
     labels = source.labels if source.labels is not None else np.full(n, -1, np.int8)
     index = pd.DataFrame({"id": source.ids, "label": labels})
     if source.groups is not None:
         index["group"] = source.groups
+    index["content"] = content
     atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
     if problems:
         frame = pd.DataFrame([vars(p) for p in problems], columns=["id", "where", "reason"])
@@ -402,6 +527,8 @@ def load_patches(
     source, root = data, None
     if not isinstance(data, PatchSource):
         if (Path(data) / "meta.json").is_file():
+            with _locked(Path(data)):
+                _upgrade(Path(data))
             return PackedCache.open(data)
         source = _open(data, split, groups_csv)
         root = None if str(data).startswith("tfds:") else Path(data)

@@ -6,7 +6,8 @@ pcam evaluate --model runs/cnn1 --data DIR --tta 8                 (JSON on stdo
 pcam predict --model runs/cnn1 --data DIR --tta 8 --out submission.csv
 pcam check-submission submission.csv --data DIR
 pcam train --help                                                  (every setting's values)
-pcam download --out data/full
+pcam download --out data/full                                      (or --source pcam)
+pcam submit submission.csv --message "…"                           (Kaggle scores → the run)
 """
 
 from __future__ import annotations
@@ -91,10 +92,25 @@ def _model_and_tta(args):
 
     model = load_model(args.model)
     tta = args.tta
+    if tta is None and args.model == "pretrained":
+        from .pretrained import card
+
+        tta = card()["tta"]
     if tta is None:
         config = Path(args.model) / "config.json"
         tta = json.loads(config.read_text()).get("tta", 1) if config.is_file() else 1
     return model, tta
+
+
+def _evaluate_split(model: str) -> str:
+    """The split --data's HDF5 files give by default: PCam's test split for a run trained on
+    PCam's own splits (its test rows), else its valid split."""
+    path = Path(model)
+    config = next(
+        (d / "config.json" for d in (path, path.parent) if (d / "config.json").is_file()), None
+    )
+    split = json.loads(config.read_text()).get("split") if config else None
+    return "test" if split == "pcam" else "valid"
 
 
 def cmd_evaluate(args) -> int:
@@ -102,9 +118,12 @@ def cmd_evaluate(args) -> int:
     from .cache import load_patches
     from .evaluate import evaluate, scoring_rows
 
-    cache = load_patches(args.data, args.split, cache_dir=args.cache_dir)
+    cache = load_patches(
+        args.data, args.split or _evaluate_split(args.model), cache_dir=args.cache_dir
+    )
     # Default: the run's held-out test rows (all rows of data it never saw); training rows
-    # only with --include-train, and the JSON then counts them.
+    # only with --include-train, and the JSON then counts them. Seen means the same pixels
+    # (split.csv's content hashes), not the same file name: other datasets repeat names.
     rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
     model, tta = _model_and_tta(args)
     metrics, _ = evaluate(
@@ -146,7 +165,7 @@ def cmd_predict(args) -> int:
     missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
     model, tta = _model_and_tta(args)
     probs = predict_cache(model, cache, tta=tta, batch_size=args.batch_size)
-    path = write_submission(cache.ids, probs, args.out, expected_ids=expected)
+    path = write_submission(cache.ids, probs, args.out, expected_ids=expected, run=args.model)
     print(f"wrote {len(cache.ids)} tumour probabilities (tta={tta}) to {path}")
     return 0
 
@@ -186,9 +205,37 @@ def cmd_pack(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import download_competition
+    from .download import DEFAULT_OUT, download_competition, download_pcam
 
-    print(f"downloaded to {download_competition(args.out)}")
+    out = args.out or DEFAULT_OUT[args.source]
+    if args.source == "pcam":
+        path = download_pcam(out, mirror=args.mirror, force=args.force)
+    elif args.mirror:
+        raise limits.SettingError("mirror", args.mirror, "is for --source pcam")
+    else:
+        path = download_competition(out, force=args.force)
+    print(f"downloaded to {path}")
+    return 0
+
+
+SUBMIT_RULES = {
+    "timeout": limits.Number(float, 0, 86400, low_open=True),
+    "poll_interval": limits.Number(float, 0, 3600, low_open=True),
+}
+
+
+def cmd_submit(args) -> int:
+    limits.check_values(vars(args), SUBMIT_RULES)
+    from .kaggle import submit_file
+
+    submit_file(
+        args.file,
+        args.message,
+        run=args.run,
+        data=args.data,
+        timeout=args.timeout,
+        poll=args.poll_interval,
+    )
     return 0
 
 
@@ -203,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
     predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
     for p, func in ((evaluate, cmd_evaluate), (predict, cmd_predict)):
-        p.add_argument("--model", required=True, help="run directory (best.keras) or .keras file")
+        p.add_argument(
+            "--model",
+            required=True,
+            help="run directory (best.keras), .keras file, or 'pretrained' (the shipped model)",
+        )
         p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
         p.add_argument(
             "--tta",
@@ -217,18 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir")
         p.set_defaults(func=func)
     evaluate.add_argument(
-        "--split", default="valid", choices=SPLITS, help="split for HDF5/TFDS sources"
+        "--split",
+        choices=SPLITS,
+        help="split for HDF5/TFDS sources (default: test for a run trained with --split pcam, "
+        "whose test rows it is, else valid)",
     )
     evaluate.add_argument(
         "--subset",
         choices=["test", "val", "train", "all"],
-        help="rows of a run's split.csv: 'test' (default; every row of data the run "
-        "never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
+        help="rows of a run's split.csv, matched by pixels: 'test' (default; every row of "
+        "data the run never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
     )
     evaluate.add_argument(
         "--include-train",
         action="store_true",
-        help="allow rows the run trained on (the JSON's train_rows counts them)",
+        help="allow rows whose pixels the run trained on, under any name (the JSON's "
+        "train_rows counts them)",
     )
     evaluate.add_argument(
         "--operating-point",
@@ -251,15 +306,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="decode a source once into a verified uint8 cache")
     p.add_argument("source")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="train", choices=SPLITS)
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=SPLITS,
+        help="split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits "
+        "(ids train/N, valid/N, test/N), as pcam train reads it",
+    )
     p.add_argument("--exclude-bad", action="store_true")
     p.add_argument("--workers", type=int, help=_help("decoding threads", run["workers"]))
     p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("download", help="download the full Kaggle competition data")
-    p.add_argument("--out", default="data/full")
+    p = sub.add_parser(
+        "download", help="download the full data: the Kaggle competition, or PCam from Zenodo"
+    )
+    p.add_argument(
+        "--source",
+        default="kaggle",
+        choices=["kaggle", "pcam"],
+        help="kaggle: the competition (Kaggle CLI and credentials); pcam: PCam's HDF5 release "
+        "(Zenodo record 2546921, no credentials)",
+    )
+    p.add_argument("--out", help="default data/full (kaggle), data/pcam (pcam)")
+    p.add_argument("--mirror", help="URL serving PCam's files and a SHA256SUMS, for Zenodo")
+    p.add_argument("--force", action="store_true", help="fetch again even if --out is complete")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "submit", help="validate and submit a CSV to Kaggle; print and record its scores"
+    )
+    p.add_argument("file")
+    p.add_argument("-m", "--message", required=True, help="the submission's description")
+    p.add_argument(
+        "--run",
+        help="run directory that made the file (default: the one write_submission recorded); "
+        "checked for PCam valid/test data, and gets kaggle.json",
+    )
+    p.add_argument(
+        "--data", help="dataset root whose test ids the file must cover (default: data/full)"
+    )
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the score")
+    p.add_argument("--poll-interval", type=float, default=10, help="seconds between polls")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

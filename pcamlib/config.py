@@ -18,6 +18,7 @@ from .limits import (
     FRACTION,
     MAX_IMAGE_SIZE,
     MODEL_NAMES,
+    PCAM_UNUSED,
     PRECISION_MODES,
     STRATEGIES,
     TTA_VIEWS,
@@ -70,14 +71,19 @@ def smoke() -> bool:
 
 
 def default_data_dir() -> Path:
-    """$PCAM_DATA, else the full data (``data/full`` or Kaggle's input), else the sample."""
+    """$PCAM_DATA, else the full data (``data/full``, ``data/pcam`` once complete, or Kaggle's
+    input), else the sample."""
     override = os.environ.get("PCAM_DATA")
     if override:
         return Path(override)
     if not smoke():
-        full = project_root() / "data" / "full"
+        from .sources import is_pcam_layout
+
+        full, pcam = project_root() / "data" / "full", project_root() / "data" / "pcam"
         if (full / "train_labels.csv").is_file():
             return full
+        if is_pcam_layout(pcam):  # what pcam download --source pcam leaves when complete
+            return pcam
         if on_kaggle():
             return KAGGLE_INPUT
     return project_root() / "data" / "sample"
@@ -96,6 +102,21 @@ def default_cache_root() -> Path | None:
     if os.environ.get("PCAM_OUT") and not smoke():
         return Path(os.environ["PCAM_OUT"]) / "cache"
     return None
+
+
+def pcam_data(data: str | os.PathLike) -> bool:
+    """Is ``data`` PCam's HDF5 layout with all three splits, or a cache packed from one?"""
+    from .sources import PCAM_SPLITS, is_pcam_layout
+
+    if not str(data) or str(data).startswith("tfds:"):
+        return False
+    if is_pcam_layout(data):
+        return True
+    try:
+        source = json.loads((Path(data) / "meta.json").read_text()).get("source", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(source).startswith(f"{PCAM_SPLITS}:")
 
 
 def _setting(default, rule: Rule | None = None, help: str = ""):
@@ -168,8 +189,12 @@ class TrainConfig:
     workers: int = _setting(1, Number(int, 1, 256), "threads preparing batches")
     split: str = _setting(
         "stratified",
-        Choice(("stratified", "slide")),
-        "slide: no slide on both sides (needs groups-csv or HDF5 meta)",
+        Choice(("stratified", "slide", "pcam")),
+        "stratified: random, class-balanced parts; slide: no slide on both sides (needs "
+        "groups-csv or HDF5 meta); pcam: PCam's own splits, train / valid (val: picks "
+        "best.keras and the threshold) / test (only reported), slide-disjoint by construction, "
+        "no val/test fraction; default: pcam on PCam's HDF5 layout with all three splits (or "
+        "a cache of it), else stratified",
     )
     groups_csv: str | None = _setting(None, help="patch→slide csv (id,wsi) for split slide")
     cache_dir: str | None = _setting(None, help="where packed caches go (default: beside data)")
@@ -180,6 +205,11 @@ class TrainConfig:
         None, help=f"named recipe, one of {', '.join(RECIPES)}; explicit settings win"
     )
     tta: int = _setting(1, Choice(TTA_VIEWS), "views evaluate/predict use by default")
+    init: str | None = _setting(
+        None,
+        help="start from these weights: 'pretrained' (the shipped PCamNet; use with recipe "
+        "pcam-cpu) or a run directory / .keras file of the same model; default: random",
+    )
     model_kwargs: dict = field(default_factory=dict)
 
     def __new__(cls, *args, **kwargs):
@@ -197,6 +227,13 @@ class TrainConfig:
             given = {name: getattr(self, name) for name in self._given}
             for name, value in recipe_values(self.recipe, given).items():
                 setattr(self, name, value)
+        if "split" not in self._given and pcam_data(self.data):
+            self.split = "pcam"
+        if self.split == "pcam":  # PCam's splits are the parts: the fractions are not used
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in PCAM_UNUSED:
+                if name not in self._given:  # e.g. a recipe's val_fraction
+                    setattr(self, name, defaults[name])
         check_train(self, self._given)
 
     def to_json(self) -> str:
@@ -233,6 +270,14 @@ class Settings:
         return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
 
     @property
+    def init(self) -> str | None:
+        """Where the recipe starts: the shipped weights for ``pcam-cpu`` on the sample (whose
+        overlap with their training patches is known and left out of every score), else random.
+        """
+        on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
+        return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
+
+    @property
     def mode(self) -> str:
         """'smoke' (tests: a few batches), else 'CPU' or 'GPU'/'TPU' (full-size runs)."""
         return "smoke" if self.smoke else self.accelerator.upper()
@@ -247,6 +292,10 @@ class Settings:
             )
         return config
 
+    def cpu_steps(self, steps: int) -> int | None:
+        """A demonstration budget: ``steps`` batches per epoch without a GPU, all with one."""
+        return steps if self.accelerator == "cpu" else None
+
     def epochs(self, full: int, cpu: int | None = None) -> int:
         """``full`` epochs on a GPU/TPU, ``cpu`` (if given) without one, 1 in smoke mode."""
         if self.smoke:
@@ -255,9 +304,13 @@ class Settings:
 
 
 def data_kind(data_dir: Path) -> str:
-    """'sample', 'full' or 'Kaggle input': what the status line calls a data folder."""
+    """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
+    from .sources import is_pcam_layout
+
     if data_dir.resolve() == KAGGLE_INPUT.resolve():
         return "Kaggle input"
+    if data_dir.name == "pcam" or is_pcam_layout(data_dir):
+        return "pcam"
     return {"sample": "sample", "full": "full"}.get(data_dir.name, str(data_dir))
 
 

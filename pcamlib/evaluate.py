@@ -19,6 +19,7 @@ import pandas as pd
 from .cache import PackedCache
 from .io import atomic_write_text
 from .metrics import auc_ci, binary_metrics, predict_proba, youden_threshold
+from .pretrained import is_pretrained, seen_ids
 from .protocol import SUBSETS, fingerprint, read_split
 
 
@@ -40,13 +41,23 @@ def _isin(ids, wanted) -> np.ndarray:
     return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
 
 
+def _keys(cache: PackedCache, split: pd.DataFrame) -> tuple[list[str], pd.Series, str]:
+    """What makes a row of ``cache`` a row of ``split``: its pixels (content hash), or its id
+    for a split.csv written before content hashes (then another dataset's names can collide)."""
+    if "content" in split:
+        return cache.content, split["content"], "content"
+    return cache.ids, split["id"], "id"
+
+
 def subset_rows(
     cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
 ) -> np.ndarray:
-    """Row indices of ``cache`` to score: 'all', or the run's 'train', 'val' or 'test' ids.
+    """Row indices of ``cache`` to score: 'all', or the run's 'train', 'val' or 'test' rows.
 
-    ``limit`` keeps a class-balanced subset of that many rows (smoke runs); being the first
-    rows of each class, it keeps the same rows for every run with the same test ids.
+    A row is the run's when its pixels are (split.csv's content hashes), whatever its name;
+    a split.csv without hashes (older runs) is matched by id. A patch stored twice is both
+    rows. ``limit`` keeps a class-balanced subset of that many rows (smoke runs); being the
+    first rows of each class, it keeps the same rows for every run with the same test rows.
     """
     if subset == "all":
         rows = np.arange(len(cache))
@@ -56,7 +67,8 @@ def subset_rows(
         raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
     else:
         split = read_split(run_dir)
-        wanted = split.loc[split["subset"] == subset, "id"]
+        keys, split_keys, by = _keys(cache, split)
+        wanted = split_keys[split["subset"] == subset]
         split_csv = Path(run_dir) / "split.csv"
         if wanted.empty:
             hint = (
@@ -66,11 +78,13 @@ def subset_rows(
                 else ""
             )
             raise ValueError(f"{split_csv} has no {subset!r} rows{hint}")
-        rows = np.flatnonzero(_isin(cache.ids, wanted))
-        if len(rows) != len(wanted):
+        rows = np.flatnonzero(_isin(keys, wanted))
+        missing = int((~_isin(wanted, keys)).sum())
+        if missing:
             raise ValueError(
-                f"{split_csv}: {len(wanted) - len(rows)} {subset} id(s) are not in {cache.path}; "
-                "evaluate on the data the run was trained on"
+                f"{split_csv}: {missing} of its {len(wanted)} {subset} patches are not in "
+                f"{cache.path} (compared by {by}); evaluate on the data the run was trained "
+                "on, or score subset 'all'"
             )
     if limit is None or limit >= len(rows) or cache.labels is None:
         return rows
@@ -88,10 +102,17 @@ def scoring_rows(
     """The rows of ``cache`` to score ``model`` (a run directory or a .keras file) on, and what.
 
     ``subset=None`` means the run's held-out test rows, or every row when the data holds none
-    of the run's ids (another dataset). Rows that include the run's training ids are refused
-    unless ``include_train``. The dict gives ``subset`` and ``train_rows`` (how many of the
-    rows the model trained on; None when ``model`` is a bare .keras file with no split.csv).
+    of the run's patches (another dataset). Rows that include patches the run trained on are
+    refused unless ``include_train``. A patch is the run's by its pixels (split.csv's content
+    hashes): the same pixels under another name were seen, another patch under a seen name
+    was not. Only a split.csv without hashes (runs made before them) is matched by id. The
+    dict gives ``subset``, ``train_rows`` (how many of the rows the model trained on; None
+    when ``model`` is a bare .keras file with no split.csv) and ``unseen_data``.
+    ``"pretrained"`` (the shipped model) is scored on every row but those it trained on,
+    and ``seen_left_out`` says how many.
     """
+    if is_pretrained(model):
+        return _pretrained_rows(cache, subset, include_train)
     model = Path(model)
     run_dir = next((d for d in (model, model.parent) if (d / "split.csv").is_file()), None)
     if run_dir is None:
@@ -102,19 +123,42 @@ def scoring_rows(
             )
         return np.arange(len(cache)), {"subset": "all", "train_rows": None}
     split = read_split(run_dir)
-    unseen = not _isin(cache.ids, split["id"]).any()
+    keys, split_keys, by = _keys(cache, split)
+    unseen = not _isin(keys, split_keys).any()
     if subset is None:
         subset = "all" if unseen else "test"
     rows = subset_rows(cache, run_dir, subset)
-    train_ids = split.loc[split["subset"] == "train", "id"]
-    n_train = int(_isin(cache.ids, train_ids)[rows].sum())
+    trained = split_keys[split["subset"] == "train"]
+    n_train = int(_isin(keys, trained)[rows].sum())
     if n_train and not include_train:
         raise ValueError(
-            f"subset {subset!r} of {cache.path} holds {n_train} of the {len(train_ids)} rows "
-            f"{run_dir} trained on (its split.csv); pass include_train (--include-train) to "
-            "score them anyway, or leave subset unset for the held-out test rows"
+            f"subset {subset!r} of {cache.path} holds {n_train} of the {len(trained)} rows "
+            f"{run_dir} trained on (its split.csv, matched by {by}); pass include_train "
+            "(--include-train) to score them anyway, or leave subset unset for the held-out "
+            "test rows"
         )
     return rows, {"subset": subset, "train_rows": n_train, "unseen_data": unseen}
+
+
+def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool):
+    """Every row of ``cache`` but those the shipped model trained on (:func:`seen_ids`)."""
+    if subset not in (None, "all"):
+        raise ValueError(
+            f"subset {subset!r} needs a run's split.csv; the pretrained model is scored on all "
+            "rows of the data but those it trained on (leave subset unset)"
+        )
+    seen = seen_ids(cache)
+    if seen is None:
+        raise ValueError(
+            f"{cache.path}: which of these patches the pretrained model trained on is unknown "
+            "(Kaggle training data holds twins of PCam's train split); score it on the "
+            "sample, on Kaggle's test set or on PCam valid/test"
+        )
+    mask = _isin(cache.ids, seen)
+    rows = np.arange(len(cache)) if include_train else np.flatnonzero(~mask)
+    left_out = 0 if include_train else int(mask.sum())
+    info = {"subset": "all", "train_rows": int(mask[rows].sum()), "seen_left_out": left_out}
+    return rows, info
 
 
 def predict_cache(
@@ -190,7 +234,7 @@ def _training_facts(run_dir: Path) -> dict:
     history = pd.DataFrame(state["history"])
     seconds = float(history["seconds"].sum()) if "seconds" in history else float("nan")
     # Images per epoch as train() feeds them: full global batches, capped by steps_per_epoch.
-    n_train = int((read_split(run_dir)["subset"] == "train").sum())
+    n_train = state.get("train_rows") or int((read_split(run_dir)["subset"] == "train").sum())
     batch = config["batch_size"] * state.get("replicas", 1)
     steps = max(1, n_train // batch)
     if config.get("steps_per_epoch"):
@@ -202,9 +246,11 @@ def _training_facts(run_dir: Path) -> dict:
         and config.get("weights") is None
         and config.get("trainable") is False
     )
+    init = config.get("init")
+    weights = config.get("weights") or ("random" if init is None else f"from {Path(init).name}")
     return {
         "model": config["model"],
-        "weights": "random, frozen" if fallback else (config.get("weights") or "random"),
+        "weights": "random, frozen" if fallback else weights,
         "no_imagenet": fallback,
         "epochs": int(state["epoch"]),
         "best_epoch": int(state["best_epoch"]),
@@ -216,8 +262,8 @@ def _training_facts(run_dir: Path) -> dict:
 
 # The leaderboard columns a notebook shows (results.csv keeps them all).
 SHOWN = [
-    "model", "weights", "params", "epochs", "train_s", "img_per_s", "val_auc", "n_test",
-    "auc_tta1 [95% CI]", "auc_tta8 [95% CI]", "overlaps_top_ci",
+    "model", "weights", "params", "epochs", "train_s", "img_per_s", "val_auc",
+    "n_test", "test_seen", "auc_tta1 [95% CI]", "auc_tta8 [95% CI]", "overlaps_top_ci",
     "threshold", "accuracy", "sensitivity", "specificity", "acc@0.5", "ece",
 ]  # fmt: skip
 
@@ -238,12 +284,15 @@ def results_table(
     Youden threshold of the run's VALIDATION rows, ``acc@0.5`` and ECE. ``overlaps_top_ci``:
     the run's interval overlaps the best run's, so the separate intervals do not show them
     apart (a conservative screen: :func:`~pcamlib.metrics.auc_difference_ci`, paired on the
-    same rows, can); ``test_set`` hashes the test ids.
+    same rows, can); ``test_set`` hashes the protocol's test ids; ``test_seen`` counts those
+    left out because the run's model trained on them before (a run from the pretrained
+    model); ``kaggle_public``/``kaggle_private``: its Kaggle scores, once submitted.
 
     With ``csv`` the rows are merged into that file by run name (rows of another test set are
     dropped with a warning) and the whole leaderboard is returned. Also returns
     ``{run: (y_true, y_prob)}`` at TTA 8 for ROC/PR plots. ``limit``: see :func:`subset_rows`.
     """
+    from .kaggle import kaggle_scores
     from .train import load_model
 
     run_dirs = [Path(r) for r in run_dirs]
@@ -252,7 +301,8 @@ def results_table(
     rows, curves = [], {}
     for run_dir in run_dirs:
         test = subset_rows(cache, run_dir, "test", limit)
-        test_set = fingerprint(np.asarray(cache.ids, dtype=object)[test])
+        protocol_test = _protocol_test_ids(run_dir)
+        test_set = fingerprint(protocol_test)
         if rows and test_set != rows[0]["test_set"]:
             raise ValueError(
                 f"{run_dir} and {run_dirs[0]} have different test rows (another test_fraction, "
@@ -261,6 +311,7 @@ def results_table(
         model = load_model(run_dir)
         row = {"run": run_dir.name, **_training_facts(run_dir), "params": model.count_params()}
         row["n_test"] = len(test)
+        row["test_seen"] = len(protocol_test) - int((read_split(run_dir).subset == "test").sum())
         y = cache.labels[test]
         probs = {t: predict_cache(model, cache, test, tta=t, progress=progress) for t in (1, 8)}
         for t, p in probs.items():
@@ -276,7 +327,7 @@ def results_table(
         at = binary_metrics(y, probs[8], threshold=row["threshold"])
         row.update({k: at[k] for k in ("accuracy", "sensitivity", "specificity")})
         row["acc@0.5"] = binary_metrics(y, probs[8])["accuracy"]
-        row.update(ece=at["ece"], test_set=test_set)
+        row.update(ece=at["ece"], test_set=test_set, **kaggle_scores(run_dir))
         rows.append(row)
     table = pd.DataFrame(rows)
     if csv is not None:
@@ -285,12 +336,24 @@ def results_table(
     lo, hi, top = table["auc_tta8_lo"], table["auc_tta8_hi"], table["auc_tta8"].idxmax()
     table["overlaps_top_ci"] = (lo <= hi[top]) & (hi >= lo[top])
     front = ["model", "weights", "params", "epochs", "best_epoch", "train_s", "img_per_s"]
-    front += ["val_auc", "n_test", "auc_tta1 [95% CI]", "auc_tta8 [95% CI]", "threshold"]
+    front += ["val_auc", "n_test", "test_seen", "auc_tta1 [95% CI]", "auc_tta8 [95% CI]"]
+    front += ["threshold"]
     front += ["accuracy", "sensitivity", "specificity", "acc@0.5", "ece"]
     table = table[front + [c for c in table.columns if c not in front]]
     if csv is not None:
         atomic_write_text(csv, table.to_csv())
     return table, curves
+
+
+def _protocol_test_ids(run_dir: Path) -> list[str]:
+    """The protocol's test ids on the run's data, with those the run's model had seen before.
+
+    A run started from a model that trained on some of them (``split.csv``'s ``protocol``
+    column keeps their part) is scored without them, on the same leaderboard.
+    """
+    split = read_split(run_dir)
+    part = split["protocol"] if "protocol" in split else split["subset"]
+    return split.loc[part == "test", "id"].tolist()
 
 
 def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:

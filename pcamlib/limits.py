@@ -47,6 +47,11 @@ def cli_value(value) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
+def _name(setting: str, style: str = "python") -> str:
+    """``val_fraction`` in Python, ``--val-fraction`` on the command line."""
+    return f"--{setting.replace('_', '-')}" if style == "cli" else setting
+
+
 def spelled(setting: str, value, style: str = "python") -> str:
     """``lr=-1.0`` in Python, ``--lr -1`` on the command line."""
     if style != "cli":
@@ -123,6 +128,9 @@ YES_NO = Choice((True, False))
 FRACTION = Number(float, 0, 1, high_open=True)
 COUNT = Number(int, 1, optional=True)
 
+# Settings split="pcam" does not use: PCam's valid and test splits are the val and test rows.
+PCAM_UNUSED = ("val_fraction", "test_fraction")
+
 # Arguments of evaluate / predict / pack (TrainConfig's fields carry their own rules).
 RUN_RULES: dict[str, Rule] = {
     "batch_size": Number(int, 1, 65536),
@@ -189,12 +197,34 @@ def check_train(config, given: set[str]) -> None:
                 + source("weight_decay")
             ),
         )
+    _check_pcam_split(config, given)
     if config.groups_csv is not None and config.split != "slide":
         raise SettingError(
             "groups_csv",
             config.groups_csv,
             lambda s: f"a patch→slide map is only used with {spelled('split', 'slide', s)}",
         )
+
+
+def _check_pcam_split(config, given: set[str]) -> None:
+    """With split 'pcam', a val or test fraction set to anything but its default is refused:
+    it would not be used (TrainConfig resets those that came from a recipe)."""
+    if config.split != "pcam":
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    how = "" if "split" in given else " (the default on PCam's HDF5 layout)"
+    for name in PCAM_UNUSED:
+        value = getattr(config, name)
+        if name in given and value != defaults[name]:
+            raise SettingError(
+                name,
+                value,
+                lambda s, n=name: (
+                    f"not used with {spelled('split', 'pcam', s)}{how}, whose val and test rows "
+                    f"are PCam's valid and test splits; leave {_name(n, s)} unset, or choose "
+                    f"{spelled('split', 'stratified', s)} to carve the parts out of PCam train"
+                ),
+            )
 
 
 def _check_model(config, source: Callable[[str], str]) -> None:

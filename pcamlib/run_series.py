@@ -4,7 +4,9 @@
 notebook in a fresh kernel from its own folder and stores its outputs; a failing cell stops the
 series, naming notebook and cell. ``--sync`` (``make sync``) writes every notebook's set-up cell
 and Colab/Kaggle badges from :data:`SETUP_CELL` and ``[project.urls] Repository`` in
-``pyproject.toml``: the one place a fork edits.
+``pyproject.toml``: the one place a fork edits. The set-up cell runs this file from the clone
+(:func:`importable_start`) before pcamlib may be importable, so its module-level imports are
+the standard library only.
 """
 
 from __future__ import annotations
@@ -15,27 +17,19 @@ import tempfile
 import time
 from pathlib import Path
 
-# The first code cell of every notebook. It must work where pcamlib is not installed yet, so
-# it uses only the standard library until pcamlib is importable, then makes one call.
+# The first code cell of every notebook, at most 8 lines. Where pcamlib is not importable yet it
+# finds the enclosing clone (or clones REPO: to /tmp on Kaggle, whose working folder is kept
+# output; into the working folder elsewhere), then runs this file from that clone with runpy, so
+# this module imports only the standard library at module level: importable_start() installs
+# pcamlib with a plain pip install where needed and returns pcamlib.notebook.start.
 SETUP_CELL = """\
-# Set-up, the same in every notebook: where pcamlib is not importable (a fresh Colab or Kaggle
-# runtime, a Jupyter outside the project's venv) it installs it from the enclosing clone, or
-# clones REPO first. No restart needed; running it again is harmless. `make sync` writes REPO.
-import importlib.util, os, pathlib, sys  # noqa: E401, I001
+import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS "drive" or a folder: kept across sessions)
 
-OUTPUTS = ""  # "" = the project's outputs/; "drive" (Colab) or a folder: kept across sessions
-REPO = "{repo}.git"
-python, here = sys.executable, pathlib.Path.cwd().resolve()
-home = next((p for p in (here, *here.parents) if (p / "data" / "sample").is_dir()), None)
-if home is None:  # not inside a clone (Colab, Kaggle): clone beside the working folder
-    home = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else here) / "pcamlib"
-    if not (home / "pyproject.toml").is_file():
-        !git clone -q --depth 1 {{REPO}} "{{home}}"
-if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:  # not installed
-    !"{{python}}" -m pip install -q "{{home}}"
-    importlib.invalidate_caches()
-from pcamlib.notebook import start  # noqa: E402
-
+OUTPUTS, REPO = "", "{repo}.git"
+base = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else ".").resolve()
+home = next((p for p in (base, *base.parents) if (p / "data/sample").is_dir()), base / "pcamlib")
+home.exists() or get_ipython().system(f'git clone -q --depth 1 {{REPO}} "{{home}}"')  # no clone yet
+start = runpy.run_path(f"{{home}}/pcamlib/run_series.py")["importable_start"](home)  # pip if needed
 S = start(home, outputs=OUTPUTS)"""
 
 BADGES = (
@@ -75,6 +69,30 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
             nbformat.write(notebook, path)
             changed.append(path.name)
     return changed
+
+
+def importable_start(home: str | Path):
+    """``pcamlib.notebook.start``, after a plain ``pip install home`` where pcamlib is missing.
+
+    The set-up cell calls this through :func:`runpy.run_path` before pcamlib may be importable.
+    A plain (not editable) install is importable in the running kernel at once: no restart. A
+    clone folder named ``pcamlib`` in the working folder is only a namespace package (no
+    origin) and does not count; once pcamlib is installed, running the cell again installs
+    nothing.
+    """
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+
+    if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:
+        print(f"pcamlib is not importable here: installing it from {home} …", flush=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", str(home)]
+        done = subprocess.run(pip, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(pip)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        importlib.invalidate_caches()
+    return importlib.import_module("pcamlib.notebook").start
 
 
 def notebook_paths(folder: str | Path) -> list[Path]:

@@ -1,9 +1,10 @@
 """Where patches come from: one reader interface over the layouts users actually have.
 
 Kaggle (``train_labels.csv`` + ``train/<id>.tif``, ``test/`` in ``sample_submission.csv``
-order), the PCam HDF5 release (+ optional meta csv giving each patch's slide), class folders
-``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``, and ``tfds:patch_camelyon`` (in ``tfds_source``,
-which builds on this module, so imports flow one way). A source lists items and decodes one;
+order), the PCam HDF5 release (+ optional meta csv giving each patch's slide; its three
+splits as one source for training), class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``,
+and ``tfds:patch_camelyon`` (in ``tfds_source``, which builds on this module, so imports flow
+one way). A source lists items and decodes one;
 ``cache.py`` packs them. Listing problems are collected by name in ``PatchSource.problems``;
 a bad image raises a ``DataError`` naming the file.
 """
@@ -450,6 +451,69 @@ def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
     )
 
 
+PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
+
+
+def is_pcam_layout(root: str | os.PathLike) -> bool:
+    """Does ``root`` hold PCam's six HDF5 files (x and y of train, valid and test)?"""
+    root = Path(root)
+    return all(
+        (root / H5_PATTERN.format(split=split, xy=xy)).is_file() for split in SPLITS for xy in "xy"
+    )
+
+
+@dataclass
+class PcamSplits(PatchSource):
+    """PCam's train, valid and test HDF5 splits as one labelled source, in that order.
+
+    Ids are those of :func:`pcam_h5` (``train/7``, ``valid/7``, ``test/7``), so a row's PCam
+    split is in its id; reads go to each split's file in slices, never a split whole.
+    """
+
+    splits: list[H5Source] = field(default_factory=list)
+    block_reads: ClassVar[bool] = True
+
+    def _starts(self) -> list[int]:
+        return np.cumsum([0] + [len(s) for s in self.splits]).tolist()
+
+    def where(self, index: int) -> str:
+        starts = self._starts()
+        k = int(np.searchsorted(starts, index, side="right")) - 1
+        return self.splits[k].where(index - starts[k])
+
+    def read_many(self, start: int, stop: int) -> np.ndarray:
+        blocks = []
+        for split, lo in zip(self.splits, self._starts(), strict=False):
+            a, b = max(start, lo), min(stop, lo + len(split))
+            if a < b:
+                blocks.append(split.read_many(a - lo, b - lo))
+        return np.concatenate(blocks)
+
+    def files(self) -> list[Path]:
+        return [path for split in self.splits for path in split.files()]
+
+
+def pcam_splits(root: str | os.PathLike) -> PcamSplits:
+    """All of PCam's labelled patches: its train, valid and test splits (slide groups when
+    every meta csv is there). What ``split="pcam"`` trains, chooses and reports on."""
+    root = Path(root)
+    splits = [pcam_h5(root, split) for split in SPLITS]
+    for split in splits:
+        if split.labels is None:
+            raise DataError(f"{split.x_path}: no labels (its _y.h5 file is missing)")
+    groups = None
+    if all(split.groups is not None for split in splits):
+        groups = np.concatenate([split.groups for split in splits])
+    return PcamSplits(
+        name=f"{PCAM_SPLITS}:{root.resolve()}",
+        ids=[i for split in splits for i in split.ids],
+        labels=np.concatenate([split.labels for split in splits]),
+        groups=groups,
+        problems=[p for split in splits for p in split.problems],
+        splits=splits,
+    )
+
+
 def _read_groups(csv_path: str | os.PathLike, ids: list[str]) -> np.ndarray:
     """Patch→slide map (``id,wsi`` csv, e.g. the community patch_id_wsi file) for ``ids``."""
     csv_path = Path(csv_path)
@@ -474,6 +538,10 @@ def open_source(
 ) -> PatchSource:
     """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
 
+    On PCam's HDF5 layout with all three splits, 'train' is every labelled patch there
+    (:func:`pcam_splits`: ids ``train/N``, ``valid/N``, ``test/N``), the data runs are made
+    from; 'valid' and 'test' are those splits alone.
+
     ``tfds:`` specs are opened by :func:`pcamlib.tfds_source.tfds_source` (``load_patches``
     accepts both).
     """
@@ -484,6 +552,8 @@ def open_source(
     root = Path(spec)
     if not root.exists():
         raise DataError(f"{root}: data path does not exist")
+    if split == "train" and is_pcam_layout(root):
+        return pcam_splits(root)
     if (root / H5_PATTERN.format(split=split, xy="x")).is_file():
         return pcam_h5(root, split)
     if (root / "train_labels.csv").is_file() or (root / "sample_submission.csv").is_file():

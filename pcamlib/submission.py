@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .checks import few, vector
-from .io import atomic_path
+from .io import atomic_path, atomic_write_text
+from .sources import H5_PATTERN
 
 COLUMNS = ["id", "label"]
 
@@ -184,13 +188,18 @@ def write_submission(
     path: str | os.PathLike[str],
     *,
     expected_ids: Iterable[str] | None = None,
+    run: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass checks.
 
     Rows follow ``expected_ids`` order when given (e.g. ``expected_test_ids(sample_submission)``).
     The CSV goes to a temp file in the target directory, is re-read and checked, then
     ``os.replace``-d into place, so a failed write never leaves a partial or invalid file.
+    ``run`` (the run directory or .keras file that made ``probs``) is first checked by
+    :func:`check_no_leak`, then recorded beside the file (``PATH.run.json``) for ``pcam submit``.
     """
+    if run is not None:
+        check_no_leak(run)
     ids = [str(i) for i in ids]
     try:
         p = vector(probs, "probs")
@@ -208,4 +217,161 @@ def write_submission(
     with atomic_path(target, durable=True) as tmp:
         frame.to_csv(tmp, index=False)
         check_submission(tmp, expected)
+    note = target.with_name(target.name + RUN_NOTE)
+    if run is None:
+        note.unlink(missing_ok=True)  # an earlier run's note would name the wrong run
+    else:
+        model = Path(run).resolve()
+        made_by = str(run) if _pretrained(run) else str(model if model.is_dir() else model.parent)
+        atomic_write_text(note, json.dumps({"run": made_by}) + "\n", durable=True)
     return target
+
+
+# --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
+
+LEAKY_SPLITS = ("valid", "test")
+RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
+# PCam's file names, TFDS specs (tfds:patch_camelyon[:VERSION][/VERSION]/SPLIT) and patch ids
+# (pcam_h5: "valid/7"; TFDS: "valid_7"; class folders exported from either: "0/valid_7").
+_PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
+_TFDS_PCAM = re.compile(r"tfds:patch_camelyon(?::[\d.]+)?(?:/[\d.]+)?(?:/(?P<split>.+))?")
+_PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """One dataset a model learned from: who trained on it, its path as recorded, and the PCam
+    splits recognised in it (empty when it is not recognisably PCam)."""
+
+    model: str
+    data: str
+    pcam_splits: frozenset[str]
+
+
+def _splits_named(text: str) -> set[str]:
+    """PCam splits a data path or spec names: HDF5 file names, or a TFDS split."""
+    found = set(_PCAM_FILE.findall(text))
+    tfds = _TFDS_PCAM.search(text)
+    if tfds:  # training reads split "train" unless the spec names others
+        named = re.findall(r"train|valid|test", tfds["split"] or "train")
+        found |= set(named) or {"train"}
+    return found
+
+
+def _data_path(data: str, run_dir: Path) -> Path | None:
+    """The recorded data path as it exists now: as given, from the project root or the run."""
+    from .config import project_root
+
+    path = Path(data).expanduser()
+    for candidate in (path, project_root() / path, run_dir.parent / path):
+        if data and candidate.exists():
+            return candidate
+    return None
+
+
+def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
+    """What a run trained on, from its recorded data, the cache there and its split.csv ids."""
+    found = _splits_named(data)
+    root = _data_path(data, run_dir)
+    if root is not None and (root / "meta.json").is_file():  # a packed cache: what it packed
+        try:
+            found |= _splits_named(str(json.loads((root / "meta.json").read_text())["source"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SubmissionError(f"{root / 'meta.json'}: unreadable ({exc})") from None
+    if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
+        found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
+    if (run_dir / "split.csv").is_file():
+        from .protocol import read_split
+
+        ids = read_split(run_dir)["id"]
+        found |= set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique())
+    return frozenset(found)
+
+
+def _run_dir(link: Path, named_by: str) -> Path:
+    """The run directory behind a run directory or .keras file, or a refusal naming why not."""
+    if link.is_dir() and (link / "config.json").is_file():
+        return link
+    if link.is_file() and (link.parent / "config.json").is_file():
+        return link.parent
+    what = "does not exist" if not link.exists() else "has no config.json beside it"
+    raise SubmissionError(
+        f"{link} ({named_by}) {what}, so what it was trained on cannot be checked; a "
+        "submission needs a run directory that records its data"
+    )
+
+
+def _pretrained(model: str | os.PathLike[str]) -> bool:
+    from .pretrained import is_pretrained
+
+    return is_pretrained(model)
+
+
+# The shipped model (``init="pretrained"``) trained on PCam's train split only.
+PRETRAINED_SOURCE = TrainingSource(
+    "pretrained", "PCam train (pcamlib.pretrained)", frozenset({"train"})
+)
+
+
+def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
+    """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``.
+
+    ``init`` null: the chain ends (random or ImageNet weights); ``"pretrained"``: the shipped
+    model, trained on PCam train only; a run directory or a .keras file inside one: followed.
+    A link whose data is not recorded (a bare .keras file, a missing folder) is refused.
+    PCam's splits are recognised by PCam's HDF5 file names in the recorded path, a packed
+    cache's recorded source, a ``tfds:patch_camelyon/SPLIT`` spec, and PCam-style ids in
+    ``split.csv`` (``valid/7``, ``valid_7``). Not recognised: PCam patches under other names,
+    e.g. class folders of renamed images, or HDF5 files renamed to the train split's names.
+    """
+    sources: list[TrainingSource] = []
+    link, named_by, seen = str(run), "the run", set()
+    while not _pretrained(link):
+        run_dir = _run_dir(Path(link), named_by)
+        if run_dir.resolve() in seen:
+            raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
+        seen.add(run_dir.resolve())
+        try:
+            config = json.loads((run_dir / "config.json").read_text())
+        except ValueError as exc:
+            raise SubmissionError(f"{run_dir / 'config.json'}: unreadable ({exc})") from None
+        data = str(config.get("data") or "")
+        sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))
+        if config.get("init") is None:
+            return sources
+        init = str(config["init"])
+        found = None if _pretrained(init) else _data_path(init, run_dir)
+        link, named_by = str(found or init), f"init of {run_dir}"
+    return [*sources, PRETRAINED_SOURCE]
+
+
+def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
+    """Refuse a run whose weights saw PCam valid or test data (its own or via ``init``).
+
+    Kaggle's test set is drawn from PCam's valid and test splits, so such a model's Kaggle
+    score would be leaked. Returns :func:`training_sources` when the run is clean.
+    """
+    sources = training_sources(run)
+    for i, source in enumerate(sources):
+        leaked = sorted(source.pcam_splits & set(LEAKY_SPLITS))
+        if leaked:
+            how = "was trained" if i == 0 else f"was fine-tuned from {source.model}, trained"
+            raise SubmissionError(
+                f"{run}: refused: it {how} on PCam's {' and '.join(leaked)} split "
+                f"({source.data}), and Kaggle's test set is drawn from PCam's valid and test "
+                "splits, so its Kaggle score would be leaked; train on PCam train or Kaggle data"
+            )
+    return sources
+
+
+def submission_run(path: str | os.PathLike[str]) -> Path | None:
+    """The run that wrote a submission: recorded by ``write_submission(run=…)``, or the run
+    directory the file sits in; None when unknown."""
+    path = Path(path)
+    note = path.with_name(path.name + RUN_NOTE)
+    if note.is_file():
+        try:
+            return Path(json.loads(note.read_text())["run"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SubmissionError(f"{note}: unreadable ({exc})") from None
+    return path.parent if (path.parent / "config.json").is_file() else None

@@ -36,7 +36,10 @@ from .io import atomic_path, atomic_write_text
 from .keras_shim import seed_states
 from .limits import SettingError, check_paths
 from .models import build_model, fetch_imagenet_weights
-from .protocol import protocol_split
+from .pretrained import NAME as PRETRAINED
+from .pretrained import load_pretrained, seen_ids
+from .protocol import pcam_parts, protocol_split
+from .sources import H5_PATTERN, SPLITS, is_pcam_layout
 
 # Config fields that may change between an interrupted run and its resumption. A longer
 # ``epochs`` extends a finished run; the LR schedule keeps the length it was built with.
@@ -85,7 +88,10 @@ def read_state(path: str | os.PathLike) -> dict | None:
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a ``.keras`` file, or a run directory's ``best.keras`` (falling back to final)."""
+    """Load a ``.keras`` file, a run directory's ``best.keras`` (falling back to final), or
+    ``"pretrained"``: the PCamNet shipped with pcamlib (:mod:`pcamlib.pretrained`)."""
+    if str(path) == PRETRAINED:
+        return load_pretrained()
     path = Path(path)
     if path.is_dir():
         names = ("best.keras", "final.keras", "last.keras")
@@ -247,12 +253,30 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict:
 def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> None:
     """Refuse what the files, the network or the packages cannot honour (values: TrainConfig)."""
     check_paths(config, need_data=cache is None)
+    data = str(config.data)
+    if config.split == "pcam" and cache is None and not _pcam_data(data):
+        raise SettingError("split", "pcam", _needs_pcam(data, "is not that layout"))
     if config.weights == "imagenet":
         fetch_imagenet_weights(config.model)
     if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
         missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
         if missing:
             raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
+
+
+def _pcam_data(data: str) -> bool:
+    """PCam's HDF5 layout with its three splits, or a packed cache (its ids tell later)."""
+    return not data.startswith("tfds:") and (
+        is_pcam_layout(data) or (Path(data) / "meta.json").is_file()
+    )
+
+
+def _needs_pcam(data: str, what: str) -> str:
+    files = H5_PATTERN.format(split="{train,valid,test}", xy="{x,y}")
+    return (
+        f"needs PCam's train, valid and test splits ({files}, as pcam download --source pcam "
+        f"writes them); {data} {what}"
+    )
 
 
 def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCache:
@@ -271,15 +295,20 @@ def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCach
     return cache
 
 
-def _split(config: TrainConfig, cache: PackedCache, replicas: int):
-    """(train, val, test) rows of the protocol, validation trimmed as the run needs it."""
-    train_idx, val_idx, test_idx = protocol_split(  # test: the same rows for every run
-        cache.labels,
-        cache.groups if config.split == "slide" else None,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-    )
+def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
+    """Rows (train, val, test) of the protocol for this run, and each row's protocol part.
+
+    Validation is trimmed as the run needs it; rows its init model trained on move to train.
+    """
+    train_idx, val_idx, test_idx = _protocol_rows(config, cache)
+    protocol = np.full(len(cache), "", dtype=object)
+    protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
+    seen = _seen_by_init(config, cache)
+    if seen.any():  # the init model trained on these: never validate or test on them
+        train_idx = np.sort(
+            np.concatenate([train_idx, np.flatnonzero(seen & (protocol != "train"))])
+        )
+        val_idx, test_idx = val_idx[~seen[val_idx]], test_idx[~seen[test_idx]]
     if config.val_limit is not None:
         per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
         val_idx = np.sort(np.concatenate(per_class))
@@ -294,11 +323,78 @@ def _split(config: TrainConfig, cache: PackedCache, replicas: int):
             config.batch_size,
             f"must be ≤ the {len(train_idx)} training rows" + per_replica,
         )
-    return train_idx, val_idx, test_idx
+    return train_idx, val_idx, test_idx, protocol
 
 
-def _model(config, state, run_dir, cache, train_idx, steps, replicas, policy):
-    """The resumed model (weights + optimizer state), or a new, compiled one."""
+def _protocol_rows(config: TrainConfig, cache: PackedCache):
+    """The protocol's (train, val, test) rows: PCam's own splits with ``split="pcam"``, else
+    drawn by :func:`protocol_split` (from the PCam train rows where several splits are there).
+    """
+    parts = pcam_parts(cache.ids)
+    found = set() if parts is None else set(parts)
+    if config.split == "pcam":
+        if found != set(SPLITS):
+            what = (
+                f"holds only PCam's {' and '.join(sorted(found))} split"
+                if found
+                else "has no PCam HDF5 ids (train/N, valid/N, test/N)"
+            )
+            raise SettingError("split", "pcam", _needs_pcam(str(cache.path), what))
+        return tuple(np.flatnonzero(parts == part) for part in SPLITS)
+    pool = np.flatnonzero(parts == "train") if len(found) > 1 else np.arange(len(cache))
+    rows = protocol_split(  # test: the same rows for every run
+        cache.labels[pool],
+        cache.groups[pool] if config.split == "slide" else None,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    return tuple(pool[r] for r in rows)
+
+
+def _seen_by_init(config: TrainConfig, cache: PackedCache) -> np.ndarray:
+    """Rows of ``cache`` the shipped model trained on, when the run starts from it."""
+    if config.init != PRETRAINED:
+        return np.zeros(len(cache), bool)
+    seen = seen_ids(cache)
+    if seen is None:
+        warnings.warn(
+            f"{config.data}: which patches the pretrained model trained on is unknown (Kaggle "
+            "training data holds twins of PCam's train split): this run's test score may "
+            "count some of them",
+            stacklevel=3,
+        )
+        seen = set()
+    return pd.Series(cache.ids, dtype=object).isin(seen).to_numpy()
+
+
+def init_weights(config: TrainConfig) -> list | None:
+    """The weights ``config.init`` names, checked against the model ``config`` builds."""
+    if config.init is None:
+        return None
+    try:
+        source = load_model(config.init)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise SettingError("init", config.init, str(exc).splitlines()[0]) from None
+    model = build_model(
+        config.model,
+        image_size=config.image_size,
+        trainable=config.trainable,
+        **config.model_kwargs,
+    )
+    shapes = [tuple(w.shape) for w in model.weights]
+    if [tuple(w.shape) for w in source.weights] != shapes:
+        raise SettingError(
+            "init",
+            config.init,
+            f"its layers differ from model {config.model} with image_size {config.image_size} "
+            f"and model_kwargs {config.model_kwargs} (for 'pretrained': recipe pcam-cpu)",
+        )
+    return source.get_weights()
+
+
+def _model(config, state, run_dir, cache, train_idx, steps, replicas, policy, init=None):
+    """The resumed model (weights + optimizer state), or a new, compiled one (from ``init``)."""
     if state["epoch"]:  # last.keras is only written once an epoch has finished
         if (state.get("policy"), state.get("replicas")) != (policy, replicas):
             warnings.warn(
@@ -315,6 +411,8 @@ def _model(config, state, run_dir, cache, train_idx, steps, replicas, policy):
         trainable=config.trainable,
         **config.model_kwargs,
     )
+    if init is not None:
+        model.set_weights(init)
     # Stain normalisation and on-device augmentation as the first layers.
     model = with_input_layers(model, model_front(config, cache.images, train_idx))
     return compile_model(model, make_optimizer(config, steps, replicas), config.label_smoothing)
@@ -339,19 +437,27 @@ def train(
         >>> result.history[["epoch", "val_auc"]]
     """
     _check_before_writing(config, cache)
+    init = init_weights(config) if not (Path(config.out) / "last.keras").is_file() else None
     run_dir = Path(config.out)
     state = _resume_state(run_dir, config)
     chief = is_chief()  # the other workers of a cluster train too, but write to a scratch dir
     write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
     cache = _training_data(config, cache)
     scope, replicas = distribution(config.strategy)  # before TF starts: some strategies must
-    train_idx, val_idx, test_idx = _split(config, cache, replicas)
+    train_idx, val_idx, test_idx, protocol = run_split(config, cache, replicas)
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         subset = np.full(len(cache), "", dtype=object)
         subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
         split = pd.DataFrame(
-            {"id": cache.ids, "label": cache.labels, "subset": subset, "split": config.split}
+            {
+                "id": cache.ids,
+                "label": cache.labels,
+                "subset": subset,
+                "split": config.split,
+                "protocol": protocol,  # differs from subset where the init model saw a row
+                "content": cache.content,  # what a run saw is pixels, not file names
+            }
         )
         atomic_write_text(run_dir / "split.csv", split[split.subset != ""].to_csv(index=False))
         atomic_write_text(run_dir / "config.json", config.to_json())
@@ -373,7 +479,7 @@ def train(
         val_data = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
         with scope:
             keras.utils.set_random_seed(config.seed)
-            model = _model(config, state, run_dir, cache, train_idx, steps, replicas, policy)
+            model = _model(config, state, run_dir, cache, train_idx, steps, replicas, policy, init)
             state.update(policy=policy, replicas=replicas)
             if state["epoch"] and chief:  # a kill may have left them behind
                 write_readable_copies(run_dir, state)

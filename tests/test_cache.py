@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,7 @@ import tifffile
 
 from pcamlib import cache as cache_mod
 from pcamlib import sources
-from pcamlib.cache import PackedCache, load_patches, pack
+from pcamlib.cache import PackedCache, content_hash, load_patches, pack
 from pcamlib.config import SAMPLE_DIR
 from pcamlib.sources import DataError, open_source, read_image
 
@@ -57,6 +58,8 @@ def test_pack_sample_is_exact_and_verified(tmp_path):
     assert len(cache) == 1600 and cache.images.shape == (1600, 96, 96, 3)
     assert cache.ids == LABELS.id.tolist()
     assert (cache.labels == LABELS.label.astype(int)).all() and cache.groups is None
+    # Kaggle named every patch by the SHA-1 of its pixels, so its ids check content_hash.
+    assert cache.content == [item_id[:16] for item_id in cache.ids]
     for k, item_id in enumerate(cache.ids):
         np.testing.assert_array_equal(cache.images[k], tifffile.imread(sample_tiff(k)))
         assert item_id == LABELS.id[k]
@@ -192,6 +195,7 @@ def test_resume_redoes_chunks_whose_data_was_lost(tmp_path, monkeypatch, reads):
     cache = pack(source, tmp_path / "c", progress=False)
     assert len(reads) == 1600 - 100  # chunk 0 kept; chunk 1 onwards decoded again
     np.testing.assert_array_equal(cache.images[150], tifffile.imread(sample_tiff(150)))
+    assert cache.content == [content_hash(image) for image in cache.images]
     PackedCache.open(tmp_path / "c", verify="full")
 
 
@@ -243,6 +247,7 @@ def test_bad_input_stops_naming_every_item_then_exclude_lists_them(tmp_path, rea
     assert len(reads) == 9  # finished from the interrupted pack, nothing decoded again
     good = LABELS.id[8:12].tolist()
     assert cache.ids == good and len(cache.images) == 4
+    assert cache.content == [item_id[:16] for item_id in good]  # the kept rows' own hashes
     for image, item_id in zip(cache.images, good, strict=True):
         np.testing.assert_array_equal(image, read_image(root / "train" / f"{item_id}.tif"))
     listed = pd.read_csv(cache.path / "excluded.csv", dtype=str)
@@ -290,3 +295,72 @@ def test_concurrent_packers_share_one_pack(tmp_path, reads):
     for t in threads:
         t.join()
     assert len(results) == 3 and len(set(results)) == 1 and len(reads) == 40
+
+
+def test_content_hash_is_the_pixels_not_the_name(tmp_path):
+    """Class folders repeat names across exports (0/patch0000081.jpg): the hash tells them apart."""
+    x, y = tifffile.imread(sample_tiff(0)), tifffile.imread(sample_tiff(1))
+    folders = {  # b: a's names, other pixels; c: a's pixels, other names
+        "a": {"0/patch0000081": x, "1/patch0000082": y},
+        "b": {"0/patch0000081": x[::-1], "1/patch0000082": y[:, ::-1]},
+        "c": {"0/copy": x, "1/patch0000082": x},
+    }
+    caches = {}
+    for name, files in folders.items():
+        for stem, pixels in files.items():
+            (tmp_path / name / stem).parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(tmp_path / name / f"{stem}.tif", pixels)
+        caches[name] = pack(tmp_path / name, tmp_path / f"cache-{name}", progress=False)
+    a, b, c = caches.values()
+    assert a.ids == b.ids and a.content == [content_hash(x), content_hash(y)]
+    assert not set(a.content) & set(b.content)
+    assert c.content == [content_hash(x)] * 2
+    index = pd.read_csv(tmp_path / "cache-a" / "index.csv", dtype=str)
+    assert list(index.columns) == ["id", "label", "content"]
+
+    index.loc[1, "content"] = "not-a-hash"
+    index.to_csv(tmp_path / "cache-a" / "index.csv", index=False)
+    with pytest.raises(DataError, match=r"index.csv: row 3 has content 'not-a-hash'"):
+        PackedCache.open(tmp_path / "cache-a")
+    index.loc[1, "content"] = content_hash(x)  # well-formed, but not these pixels
+    index.to_csv(tmp_path / "cache-a" / "index.csv", index=False)
+    with pytest.raises(DataError, match="content hashes of chunk 0 do not match meta.json"):
+        PackedCache.open(tmp_path / "cache-a", verify="none")
+
+
+def _as_format_2(out: Path) -> None:
+    """Turn a cache into one packed before content hashes: format 2, no content column, and
+    a CRC32 of each chunk's pixels as its checksum."""
+    meta = json.loads((out / "meta.json").read_text())
+    images, chunk = np.load(out / "images.npy"), meta["chunk"]
+    crcs = [
+        f"{zlib.crc32(images[lo : lo + chunk].data):08x}" for lo in range(0, len(images), chunk)
+    ]
+    (out / "meta.json").write_text(json.dumps({**meta, "format": 2, "chunk_digests": crcs}))
+    index = pd.read_csv(out / "index.csv", dtype=str)
+    index.drop(columns="content").to_csv(out / "index.csv", index=False)
+
+
+def test_format_2_cache_gains_hashes_in_place_never_used_without(tmp_path, reads):
+    root = make_kaggle(tmp_path / "data", 30)
+    first = load_patches(root, progress=False)
+    _as_format_2(first.path)
+    with pytest.raises(DataError, match="format 2 has no content hashes"):
+        PackedCache.open(first.path)
+    reads.clear()
+    upgraded = load_patches(root, progress=False)
+    assert reads == [] and upgraded.meta["created"] == first.meta["created"]  # not repacked
+    assert upgraded.content == first.content and upgraded.meta["format"] == 3
+    assert pd.read_csv(first.path / "index.csv").columns.tolist() == ["id", "label", "content"]
+
+    _as_format_2(first.path)  # opened by its path, as `pcam evaluate --data CACHE` does
+    assert load_patches(first.path).content == first.content
+
+    _as_format_2(first.path)
+    images = np.load(first.path / "images.npy", mmap_mode="r+")
+    images[3, 0, 0, 0] ^= 0xFF  # never hash a corrupt array: pack it again instead
+    images.flush()
+    del images
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        repacked = load_patches(root, progress=False)
+    assert len(reads) == 30 and repacked.content == first.content

@@ -43,7 +43,7 @@ def competition_zip(n_train: int = 3) -> bytes:
 
 @pytest.fixture
 def no_credentials(tmp_path, monkeypatch):
-    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
@@ -102,6 +102,26 @@ def test_credentials_come_from_the_environment_colab_secrets_or_kaggle_json(
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", SECRET)
     assert kaggle_credentials()["KAGGLE_KEY"] == SECRET
+
+
+def test_kaggle_cli_1_8_tokens_count_as_credentials(no_credentials, monkeypatch):
+    """KAGGLE_API_TOKEN (environment or Colab secret) and ~/.kaggle/access_token."""
+    assert kaggle_credentials() is None
+    token = no_credentials / "home" / ".kaggle" / "access_token"
+    token.parent.mkdir(parents=True)
+    token.write_text("\n")  # empty: not a credential
+    assert kaggle_credentials() is None
+    token.write_text(SECRET + "\n")
+    assert "KAGGLE_API_TOKEN" not in kaggle_credentials()  # the CLI reads the file itself
+    token.unlink()
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=lambda name: {"KAGGLE_API_TOKEN": SECRET}[name])
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert kaggle_credentials()["KAGGLE_API_TOKEN"] == SECRET  # KeyError for the others
+    monkeypatch.delitem(sys.modules, "google.colab")
+    assert kaggle_credentials() is None
+    monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
+    assert kaggle_credentials()["KAGGLE_API_TOKEN"] == SECRET
 
 
 def test_a_relative_out_is_relative_to_the_project_not_the_current_folder(tmp_path, monkeypatch):

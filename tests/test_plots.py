@@ -181,6 +181,16 @@ def test_plot_confident_errors_picks_most_confident(tmp_path):
     assert "none" in _texts(none)
 
 
+def test_plot_confident_errors_counts_errors_at_the_given_threshold():
+    y = np.array([0, 0, 0, 1, 1, 1, 0])
+    p = np.array([0.9, 0.6, 0.1, 0.05, 0.3, 0.9, 0.99])
+    fig = plots.plot_confident_errors(IMAGES[:7], y, p, n=3, ncols=3, threshold=0.95)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    # At 0.95 only #6 (0.99) is a false positive; every tumour patch (#3, #4, #5) is missed.
+    assert titles == ["#6 p=0.990", "#3 p=0.050", "#4 p=0.300", "#5 p=0.900"]
+    assert "p ≥ 0.95" in _texts(fig) and "showing 1 of 1" in _texts(fig)
+
+
 def test_plot_channel_stats(tmp_path):
     imgs = IMAGES[:20].copy()
     imgs[Y[:20] == 1, ..., 0] = 250  # tumour patches are very red

@@ -85,7 +85,8 @@ def test_no_test_part_and_bad_fractions(cache):
 
 def test_every_run_records_the_same_test_rows(runs):
     a, b = read_split(runs / "a"), read_split(runs / "b")
-    assert list(pd.read_csv(runs / "a" / "split.csv").columns) == ["id", "label", "subset", "split"]
+    columns = ["id", "label", "subset", "split", "protocol", "content"]
+    assert list(pd.read_csv(runs / "a" / "split.csv").columns) == columns
     assert a.subset.value_counts().to_dict() == {"train": 880, "val": 400, "test": 320}
     assert b.subset.value_counts().to_dict() == {"train": 1120, "val": 160, "test": 320}
     assert set(a.id[a.subset == "test"]) == set(b.id[b.subset == "test"])
@@ -139,7 +140,7 @@ def test_leaderboard_reports_every_run_on_the_same_test_rows(runs, cache, tmp_pa
             f"{table.loc['a', f'auc_tta{t}_hi']:.3f}]"
         )
     assert table.loc["a", "auc_tta8"] == pytest.approx(first.loc["a", "auc_tta8"])
-    assert list(table.columns[:16]) == [
+    assert list(table.columns[:17]) == [
         "model",
         "weights",
         "params",
@@ -149,6 +150,7 @@ def test_leaderboard_reports_every_run_on_the_same_test_rows(runs, cache, tmp_pa
         "img_per_s",
         "val_auc",
         "n_test",
+        "test_seen",
         "auc_tta1 [95% CI]",
         "auc_tta8 [95% CI]",
         "threshold",

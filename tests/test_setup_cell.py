@@ -4,10 +4,13 @@ The kernel's Python has the project's dependencies but not pcamlib, its working 
 empty ``/content``-like folder, ``google.colab`` is importable, and the clone URL points at a
 local git repository of this working tree. The set-up cell must clone, install and import
 pcamlib in that same kernel, without a restart; the notebook's import cell must then run.
+The cell itself stays short (at most 8 lines): it runs ``pcamlib/run_series.py`` from the
+clone before pcamlib is importable, so that module may import only the standard library.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import site
@@ -20,7 +23,7 @@ import pytest
 from nbclient import NotebookClient
 
 from pcamlib.config import REPO_ROOT
-from pcamlib.run_series import notebook_paths, repository_url
+from pcamlib.run_series import SETUP_CELL, notebook_paths, repository_url
 
 NOTEBOOKS = notebook_paths(REPO_ROOT / "notebooks")
 FAKE_COLAB = {  # what the set-up and data cells may touch on Colab
@@ -93,8 +96,8 @@ def setup_cells(path: Path, origin: Path) -> tuple[str, str]:
     cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     url = repository_url(REPO_ROOT / "pyproject.toml")
     setup = cells[0].source
-    assert f'REPO = "{url}.git"' in setup, f"{path.name}: set-up cell out of sync (make sync)"
-    return setup.replace(f'REPO = "{url}.git"', f'REPO = "file://{origin}"'), cells[1].source
+    assert setup == SETUP_CELL.format(repo=url), f"{path.name}: set-up cell out of sync (make sync)"
+    return setup.replace(f'"{url}.git"', f'"file://{origin}"'), cells[1].source
 
 
 def run_cells(sources: list[str], cwd: Path) -> list[str]:
@@ -109,6 +112,26 @@ def run_cells(sources: list[str], cwd: Path) -> list[str]:
     ]
 
 
+def test_the_set_up_cell_is_at_most_8_lines_and_ends_with_start():
+    cell = SETUP_CELL.format(repo=repository_url(REPO_ROOT / "pyproject.toml"))
+    lines = cell.splitlines()
+    assert len(lines) <= 8, f"the set-up cell has {len(lines)} lines:\n{cell}"
+    assert lines[-1] == "S = start(home, outputs=OUTPUTS)"
+    assert 'OUTPUTS, REPO = "", "https://github.com/' in cell  # the two values a user edits
+
+
+def test_run_series_imports_only_the_standard_library_at_module_level():
+    """The set-up cell runs this file with runpy where pcamlib (and maybe nbformat) is missing."""
+    tree = ast.parse((REPO_ROOT / "pcamlib" / "run_series.py").read_text())
+    names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    names |= {
+        "." if n.level else n.module.split(".")[0]  # a relative import is pcamlib itself
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom)
+    }
+    assert names <= set(sys.stdlib_module_names) | {"__future__"}, names
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_setup_cell_installs_pcamlib_in_a_fresh_colab_like_kernel(
     path, source_repo, tmp_path, monkeypatch
@@ -120,10 +143,11 @@ def test_setup_cell_installs_pcamlib_in_a_fresh_colab_like_kernel(
     printed = run_cells([missing, setup, imports, where, setup, where], content)
 
     assert printed[0].strip() == "before: None"  # the kernel really starts without pcamlib
+    assert "installing it from" in printed[1]  # pcamlib was missing, so the cell installed it
     assert "data: sample (1,600 train / 29 test patches)" in printed[1]
     assert "mode: smoke" in printed[1] and "precision:" in printed[1]
     installed = printed[3].split("pcamlib at ", 1)[1].strip()
     assert installed.startswith(str(tmp_path / "venv")), installed  # pip installed it there
     assert (content / "pcamlib" / "data" / "sample" / "train_labels.csv").is_file()
     assert printed[5] == printed[3]  # the second run changed nothing: no new clone or install
-    assert printed[4].count("data: sample") == 1
+    assert printed[4].count("data: sample") == 1 and "installing" not in printed[4]
