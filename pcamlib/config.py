@@ -292,9 +292,10 @@ class Settings:
             )
         return config
 
-    def cpu_steps(self, steps: int) -> int | None:
-        """A demonstration budget: ``steps`` batches per epoch without a GPU, all with one."""
-        return steps if self.accelerator == "cpu" else None
+    def cpu_budget(self, value: int) -> int | None:
+        """A demonstration budget (batches per epoch, validation rows): ``value`` without a
+        GPU, None (no cap) with one."""
+        return value if self.accelerator == "cpu" else None
 
     def epochs(self, full: int, cpu: int | None = None) -> int:
         """``full`` epochs on a GPU/TPU, ``cpu`` (if given) without one, 1 in smoke mode."""

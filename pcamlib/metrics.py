@@ -213,10 +213,12 @@ def predict_proba(
     batch_size: int = 256,
     tta: int = 1,
     progress: bool = True,
+    per_view: bool = False,
 ) -> np.ndarray:
     """Tumour probabilities (N,) float32, streamed in batches so a 6 GB memmap never loads whole.
 
-    ``tta=8`` averages the sigmoid outputs over the 8 dihedral views of each patch.
+    ``tta=8`` averages the sigmoid outputs over the 8 dihedral views of each patch;
+    ``per_view`` returns them unaveraged, (N, tta), the patch as it is first.
     ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays.
     """
     if tta not in (1, N_DIHEDRAL):
@@ -225,7 +227,7 @@ def predict_proba(
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     batch_size = int(batch_size)
     n = len(images)
-    out = np.empty(n, dtype=np.float32)
+    out = np.empty((n, tta), dtype=np.float32)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, disable=not progress, desc=f"predict (tta={tta})", unit="batch"):
         x = np.asarray(images[start : start + batch_size])
@@ -237,5 +239,5 @@ def predict_proba(
             )
         views = [x] if tta == 1 else dihedral_views(x)
         probs = [_predict_batch(model, v, start) for v in views]
-        out[start : start + len(x)] = np.mean(probs, axis=0, dtype=np.float64)
-    return out
+        out[start : start + len(x)] = np.stack(probs, axis=1)
+    return out if per_view else out.mean(axis=1, dtype=np.float64).astype(np.float32)

@@ -132,3 +132,20 @@ def test_a_fine_tune_never_validates_or_tests_on_the_shipped_models_twins(tmp_pa
     split = pd.read_csv(train(config, cache=sample, verbose=0).run_dir / "split.csv", dtype=str)
     twins = split[split.id.isin(pretrained.seen_ids(sample))]
     assert (twins.subset == "train").all() and (twins.protocol == "test").any()
+
+
+def test_a_fresh_clone_submits_from_the_pretrained_model_without_training(tmp_path, sample):
+    from pcamlib.cache import load_patches
+    from pcamlib.evaluate import best_run, predict_cache
+    from pcamlib.submission import check_submission, expected_test_ids, write_submission
+
+    runs = tmp_path / "runs"  # what 04 does when 02/03 have not run
+    pretrained.pretrained_run(runs / "pretrained", sample)
+    best = best_run(runs)
+    test = load_patches(SAMPLE_DIR, "test", progress=False)
+    probs = predict_cache(load_model(best), test, tta=8, progress=False)
+    expected = expected_test_ids(SAMPLE_DIR / "sample_submission.csv")
+    path = write_submission(test.ids, probs, tmp_path / "s.csv", expected_ids=expected, run=best)
+    submission = check_submission(path, expected)
+    assert best.name == "pretrained" and len(submission) == 29
+    assert submission.label.nunique() == 29  # a ranking, not 0/1 labels

@@ -76,8 +76,8 @@ def seen_ids(cache) -> set[str] | None:
     Exact copies of its training patches are found by content hash; the embedded sample's
     twins (Kaggle's TIFFs of the same patches) are listed in ``sample_overlap.csv``. Kaggle's
     test set is drawn from PCam's valid and test splits, never its train split. Unknown for
-    other Kaggle training data: drawn from PCam's train split like the model's patches, it
-    holds twins of them that no list names.
+    other Kaggle training data and PCam's own train split (HDF5 ids ``train/N``): drawn from
+    the split the model's patches came from, they hold twins of them that no list names.
     """
     from ..protocol import fingerprint
 
@@ -85,7 +85,8 @@ def seen_ids(cache) -> set[str] | None:
     seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
     split = "train" if cache.labels is not None else "test"
     if split == "train" and fingerprint(ids) != card()["sample_fingerprint"]:
-        return None if any(KAGGLE_ID.fullmatch(i) for i in ids) else seen
+        from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in ids)
+        return None if any(from_pcam_train) else seen
     listed = _overlap()
     return seen | (set(listed.loc[listed["split"] == split, "id"]) & set(ids))
 
