@@ -185,7 +185,11 @@ def plot_gradcam(
             _show_patch(axes.flat[2 * i], img, True, _caption(i, y, p))
         ax = axes.flat[per * i + per - 1]
         _show_patch(ax, img, False, "" if pairs else _caption(i, y, p))
-        ax.imshow(heat[i], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        shown = ax.imshow(heat[i], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         _draw_centre_box(ax, *heat.shape[1:], color="white")
     fig.tight_layout(pad=0.3)
+    if len(imgs):  # one scale for every map: each is divided by its own maximum
+        fig.subplots_adjust(right=0.93)
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.945, 0.15, 0.01, 0.7), label="colorbar"))
+        bar.set_label("Grad-CAM (÷ its max)")
     return fig

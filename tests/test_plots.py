@@ -209,6 +209,8 @@ def test_plot_gradcam_overlay(tmp_path):
     overlay = [ax for ax in fig.axes if len(ax.images) == 2]
     assert len(overlay) == 3 and overlay[0].images[1].get_alpha() == 0.4
     assert all(any(isinstance(p, Rectangle) for p in ax.patches) for ax in overlay)
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "colorbar"]  # one scale for all
+    assert bar.get_ylim() == (0.0, 1.0)
     _save(fig, tmp_path, "gradcam")
     with pytest.raises(ValueError, match="do not match"):
         plots.plot_gradcam(IMAGES[:3], heat[:, :50])
