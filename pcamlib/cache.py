@@ -154,6 +154,12 @@ class PackedCache:
         return cls(path, images, ids, content, labels, groups, meta)
 
 
+def first_bad_hash(hashes: pd.Series) -> int | None:
+    """Position of the first value that is not a content hash (:data:`HASH`), else None."""
+    bad = ~hashes.str.fullmatch(HASH).fillna(False).astype(bool)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
 def _read_index(path: Path, count: int, digests: list[str], chunk: int) -> pd.DataFrame:
     """index.csv, checked: ``count`` rows whose content hashes make meta.json's checksums."""
     index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
@@ -161,9 +167,8 @@ def _read_index(path: Path, count: int, digests: list[str], chunk: int) -> pd.Da
         raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {count}")
     if "content" not in index:
         raise DataError(f"{path}/index.csv: no content column; delete the cache and pack again")
-    bad = ~index["content"].str.fullmatch(HASH)
-    if bad.any():
-        i = int(np.argmax(bad))
+    i = first_bad_hash(index["content"])
+    if i is not None:
         raise DataError(
             f"{path}/index.csv: row {i + 2} has content {index['content'].iloc[i]!r}, "
             "expected 16 hex digits; delete the cache and pack again"

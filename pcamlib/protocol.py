@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import HASH, PackedCache
+from .cache import PackedCache, first_bad_hash
 from .data import split_indices
 
 PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
@@ -96,9 +96,8 @@ def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
     if twice.any():
         raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
     if "content" in split:
-        bad = ~split["content"].str.fullmatch(HASH)
-        if bad.any():
-            i = int(np.argmax(bad))
+        i = first_bad_hash(split["content"])
+        if i is not None:
             raise ValueError(
                 f"{path}: row {i + 2} has content {split['content'].iloc[i]!r}; "
                 "expected 16 hex digits (pcamlib.cache.content_hash)"
