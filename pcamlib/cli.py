@@ -144,8 +144,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .submission import expected_test_ids, is_kaggle_test, missing_ids, write_submission
+    from .submission import (
+        check_no_leak,
+        expected_test_ids,
+        is_kaggle_test,
+        missing_ids,
+        write_submission,
+    )
 
+    check_no_leak(args.model)  # before, not after, predicting a whole test set
     # A Kaggle submission must cover the whole test listing, not just what the cache holds.
     expected = expected_test_ids(args.data) if is_kaggle_test(args.data) else None
     quiet_keras()

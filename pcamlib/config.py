@@ -263,6 +263,7 @@ class Settings:
     eval_limit: int | None
     accelerator: str
     cache_dir: Path | None = None  # packed caches (None: beside the data); see start()
+    forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
 
     @property
     def recipe(self) -> str:
@@ -279,8 +280,11 @@ class Settings:
 
     @property
     def mode(self) -> str:
-        """'smoke' (tests: a few batches), else 'CPU' or 'GPU'/'TPU' (full-size runs)."""
-        return "smoke" if self.smoke else self.accelerator.upper()
+        """'smoke' (tests: a few batches), else 'CPU' or 'GPU'/'TPU' (full-size runs); with
+        ', GPU path forced' when PCAM_MODE chose the path."""
+        size = "smoke" if self.smoke else self.accelerator.upper()
+        forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
+        return size + forced
 
     def train_config(self, **fields) -> TrainConfig:
         """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
@@ -317,9 +321,9 @@ def data_kind(data_dir: Path) -> str:
 
 def settings() -> Settings:
     """Read the environment once: smoke switch, data location, pretrained weights on or off."""
-    from .devices import accelerator
+    from .devices import accelerator, forced_mode
 
-    is_smoke = smoke()
+    is_smoke, forced = smoke(), forced_mode()
     return Settings(
         smoke=is_smoke,
         data_dir=default_data_dir(),
@@ -327,6 +331,7 @@ def settings() -> Settings:
         weights=None if is_smoke or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
         steps_per_epoch=3 if is_smoke else None,
         eval_limit=32 if is_smoke else None,
-        accelerator=accelerator()[0],
+        accelerator=forced or accelerator()[0],
         cache_dir=default_cache_root(),
+        forced=forced is not None,
     )

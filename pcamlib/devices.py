@@ -17,6 +17,18 @@ import keras
 
 from .limits import PRECISION_MODES, STRATEGIES  # one list each, in limits
 
+MODES = ("gpu", "cpu")  # PCAM_MODE: the path the series takes, whatever the device
+
+
+def forced_mode() -> str | None:
+    """``$PCAM_MODE`` ('gpu' or 'cpu'), which makes the series take that device's path: on a
+    CPU, 'gpu' rehearses a GPU run (its recipe, bfloat16, augmentation in the model). None:
+    the device decides."""
+    mode = os.environ.get("PCAM_MODE", "").strip().lower()
+    if mode and mode not in MODES:
+        raise ValueError(f"PCAM_MODE={mode}: must be one of {', '.join(MODES)} (or unset)")
+    return mode or None
+
 
 def accelerator() -> tuple[str, int]:
     """('gpu'|'tpu'|'cpu', count) for the active Keras backend."""
@@ -76,7 +88,8 @@ def describe_device() -> str:
 def precision_policy(mode: str | bool | None = "auto") -> str:
     """Resolve a ``mixed_precision`` setting to a Keras dtype policy name.
 
-    'auto': mixed on GPU/TPU, float32 on CPU; 'on': mixed wherever we are; 'off': float32;
+    'auto': mixed on GPU/TPU, float32 on CPU (bfloat16 when ``PCAM_MODE=gpu`` rehearses a GPU
+    run there); 'on': mixed wherever we are; 'off': float32;
     'bfloat16'/'float16': that mixed policy. Mixed means bfloat16 on TPUs and GPUs of compute
     capability ≥ 8, float16 (with loss scaling, added by ``compile``) on older GPUs.
     """
@@ -90,7 +103,8 @@ def precision_policy(mode: str | bool | None = "auto") -> str:
         raise ValueError(f"mixed_precision must be one of {PRECISION_MODES}; got {mode!r}")
     kind, _ = accelerator()
     if kind == "cpu":
-        return "float32" if mode == "auto" else "mixed_bfloat16"  # CPUs have no fast float16
+        rehearsal = forced_mode() == "gpu"
+        return "float32" if mode == "auto" and not rehearsal else "mixed_bfloat16"
     if kind == "gpu" and _device_details(kind)[1] < 8:  # fast bfloat16 from Ampere on
         return "mixed_float16"
     return "mixed_bfloat16"

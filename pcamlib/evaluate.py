@@ -208,12 +208,20 @@ def evaluate(
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict:
-    """Model name, best val AUC and epochs of a finished (or interrupted) run directory."""
-    run_dir = Path(run_dir)
-    state = json.loads((run_dir / "state.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    """Model name, best val AUC and epochs of a finished (or interrupted) run directory, or of
+    the shipped model's file (not scored on this data: its card's numbers, on its own val rows)."""
+    if is_pretrained(run_dir) and not Path(run_dir).is_dir():
+        from .pretrained import NAME, card
+
+        name, config = NAME, card()
+        state = {"epoch": len(config["history"]), **config}
+    else:
+        run_dir = Path(run_dir)
+        name = run_dir.name
+        state = json.loads((run_dir / "state.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
     return {
-        "run": run_dir.name,
+        "run": name,
         "model": config["model"],
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],

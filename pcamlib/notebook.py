@@ -1,4 +1,4 @@
-"""What every notebook does first, in one call: ``S = start(home, outputs=OUTPUTS)``.
+"""What every notebook does first, in one call: ``S = start(home, outputs=OUTPUTS, …)``.
 
 The set-up cell (:data:`pcamlib.run_series.SETUP_CELL`) makes pcamlib importable, then calls
 :func:`start`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,12 @@ from .quiet import quiet_keras
 DRIVE = Path("/content/drive")
 
 
-def start(home: str | os.PathLike | None = None, outputs: str = "") -> Settings:
+def start(
+    home: str | os.PathLike | None = None,
+    outputs: str = "",
+    mode: str | None = None,
+    backend: str = "",
+) -> Settings:
     """Point the library at the clone and the outputs, quiet known noise, print one status line.
 
     Args:
@@ -28,7 +34,13 @@ def start(home: str | os.PathLike | None = None, outputs: str = "") -> Settings:
             on Kaggle); ``"drive"`` mounts Google Drive on Colab and uses
             ``MyDrive/pcamlib``, so a disconnect loses nothing and training resumes; any
             other value is a folder.
+        mode: ``"gpu"`` or ``"cpu"`` takes that device's path whatever the device (becomes
+            ``$PCAM_MODE``); ``"gpu"`` on a CPU rehearses a GPU run.
+        backend: the Keras backend, ``"jax"`` or ``"tensorflow"``; ``""`` keeps
+            ``$KERAS_BACKEND`` (TensorFlow when unset). Keras fixes it when it is first
+            imported, so a change needs a fresh kernel.
     """
+    _use_backend(backend)
     if home is not None:
         os.environ["PCAM_HOME"] = str(Path(home).resolve())
     if outputs == "drive":
@@ -41,6 +53,8 @@ def start(home: str | os.PathLike | None = None, outputs: str = "") -> Settings:
         if not (DRIVE / "MyDrive").is_dir():
             drive.mount(str(DRIVE))
         outputs = str(DRIVE / "MyDrive" / "pcamlib")
+    if mode is not None:
+        os.environ["PCAM_MODE"] = mode
     if outputs:
         os.environ["PCAM_OUT"] = str(Path(outputs).expanduser())
     # Third-party warnings known to be noise, by category and module only: pcamlib's own
@@ -68,8 +82,26 @@ def start(home: str | os.PathLike | None = None, outputs: str = "") -> Settings:
     return found
 
 
+def _use_backend(name: str) -> None:
+    """Set ``$KERAS_BACKEND`` while Keras is not imported yet; refuse a switch after that."""
+    if not name:
+        return
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise RuntimeError(
+                f'backend="{name}": Keras already runs on {keras.backend.backend()} in this '
+                "kernel; restart it and run the set-up cell first"
+            )
+    os.environ["KERAS_BACKEND"] = name
+
+
 def status_line(s: Settings) -> str:
-    """One line: which data (with counts), device, precision and mode this session uses."""
+    """One line: which data (with counts), device, backend, precision and mode this session
+    uses."""
+    import keras
+
     from .devices import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
@@ -80,7 +112,7 @@ def status_line(s: Settings) -> str:
         n_test = sum(1 for e in os.scandir(test) if e.name.endswith(".tif")) if test.is_dir() else 0
         data += f" ({n_train:,} train / {n_test:,} test patches)"
     return (
-        f"data: {data} · device: {describe_device()} · "
+        f"data: {data} · device: {describe_device()} · backend: {keras.backend.backend()} · "
         f"precision: {precision_policy('auto')} · mode: {s.mode}"
     )
 

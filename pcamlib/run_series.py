@@ -23,14 +23,14 @@ from pathlib import Path
 # this module imports only the standard library at module level: importable_start() installs
 # pcamlib with a plain pip install where needed and returns pcamlib.notebook.start.
 SETUP_CELL = """\
-import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS "drive" or a folder: kept across sessions)
+import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS: "drive" or a folder; BACKEND: "jax")
 
-OUTPUTS, REPO = "", "{repo}.git"
+OUTPUTS, BACKEND, REPO = "", "", "{repo}.git"  # defaults: outputs/, TF
 base = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else ".").resolve()
 home = next((p for p in (base, *base.parents) if (p / "data/sample").is_dir()), base / "pcamlib")
 home.exists() or get_ipython().system(f'git clone -q --depth 1 {{REPO}} "{{home}}"')  # no clone yet
 start = runpy.run_path(f"{{home}}/pcamlib/run_series.py")["importable_start"](home)  # pip if needed
-S = start(home, outputs=OUTPUTS)"""
+S = start(home, outputs=OUTPUTS, backend=BACKEND)"""
 
 BADGES = (
     "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"

@@ -68,6 +68,20 @@ def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
     return (p / "sample_submission.csv").is_file() or bool(_test_tifs(p)[1])
 
 
+def kaggle_test_ids(data_dir: str | os.PathLike[str]) -> list[str] | None:
+    """The ids a Kaggle submission from ``data_dir`` must cover (:func:`expected_test_ids`), or
+    None, after one line saying why, where ``data_dir`` holds no Kaggle test set (PCam's HDF5
+    layout): its test split is PCam's, never Kaggle's, and must not reach a submission."""
+    if is_kaggle_test(data_dir):
+        return expected_test_ids(data_dir)
+    print(
+        f"{data_dir}: no submission.csv written: a Kaggle submission needs the competition's "
+        "layout (test/ and sample_submission.csv, e.g. data/full), and Kaggle's test set is "
+        "drawn from PCam's valid and test splits, so they must never reach one"
+    )
+    return None
+
+
 def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> None:
     """Refuse to predict a submission that could not cover every expected test id."""
     have = set(have)

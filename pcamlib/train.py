@@ -303,7 +303,7 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
     train_idx, val_idx, test_idx = _protocol_rows(config, cache)
     protocol = np.full(len(cache), "", dtype=object)
     protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
-    seen = _seen_by_init(config, cache)
+    seen = _seen_by_init(config, cache, np.concatenate([val_idx, test_idx]))
     if seen.any():  # the init model trained on these: never validate or test on them
         train_idx = np.sort(
             np.concatenate([train_idx, np.flatnonzero(seen & (protocol != "train"))])
@@ -352,11 +352,12 @@ def _protocol_rows(config: TrainConfig, cache: PackedCache):
     return tuple(pool[r] for r in rows)
 
 
-def _seen_by_init(config: TrainConfig, cache: PackedCache) -> np.ndarray:
-    """Rows of ``cache`` the shipped model trained on, when the run starts from it."""
+def _seen_by_init(config: TrainConfig, cache: PackedCache, scored: np.ndarray) -> np.ndarray:
+    """Rows of ``cache`` the shipped model trained on, when the run starts from it; only the
+    ``scored`` rows (validation and test) decide whether that is unknown."""
     if config.init != PRETRAINED:
         return np.zeros(len(cache), bool)
-    seen = seen_ids(cache)
+    seen = seen_ids(cache, scored)
     if seen is None:
         warnings.warn(
             f"{config.data}: which patches the pretrained model trained on is unknown (Kaggle "

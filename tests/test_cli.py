@@ -180,3 +180,21 @@ def test_predict_refuses_a_test_cache_that_lacks_ids(run_dir, tmp_path, capsys):
     code = main(["predict", "--model", str(run_dir), "--data", str(cache), "--out", str(out)])
     assert code == 2 and not out.exists()
     assert "left out 1 unreadable item" in capsys.readouterr().err
+
+
+def test_the_gpu_recipe_trains_a_few_steps_in_gpu_mode_on_a_cpu(tmp_path, monkeypatch, capsys):
+    """What a GPU session runs, rehearsed here: batch 512, bfloat16, augmentation in the model."""
+    monkeypatch.setenv("PCAM_MODE", "gpu")
+    out = tmp_path / "gpu"
+    flags = ["--steps-per-epoch", "1", "--epochs", "1", "--val-limit", "128"]
+    assert (
+        main(
+            ["train", "--data", str(SAMPLE_DIR), "--recipe", "pcam-gpu", "--out", str(out), *flags]
+        )
+        == 0
+    )
+    state = json.loads((out / "state.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert state["policy"] == "mixed_bfloat16" and len(state["history"]) == 1
+    assert (config["batch_size"], config["augment_on"]) == (512, "model")
+    assert pd.notna(state["history"][0]["val_auc"])

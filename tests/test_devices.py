@@ -148,3 +148,15 @@ def test_two_replicas_train_with_doubled_batch_and_lr(scale_out_runs, backend):
     assert (pd.read_csv(out / "split.csv").subset == "val").sum() == 126
     assert row["learning_rate"] == pytest.approx(2 * TrainConfig().lr)
     assert 0 <= row["val_auc"] <= 1 and np.isfinite(row["loss"])
+
+
+def test_a_float16_run_trains_without_a_nan_loss_and_predicts_float32(tiny_run, tmp_path):
+    """The T4 policy: float16 compute with loss scaling, float32 probabilities out."""
+    result = tiny_run(tmp_path / "fp16", mixed_precision="float16", steps_per_epoch=4)
+    assert json.loads((result.run_dir / "state.json").read_text())["policy"] == "mixed_float16"
+    assert np.isfinite(result.history[["loss", "val_loss"]].to_numpy()).all()
+    model = keras.saving.load_model(result.best_model_path, compile=False)
+    assert model.get_layer("s1_conv1").compute_dtype == "float16"
+    probs = keras.ops.convert_to_numpy(model(np.full((4, 96, 96, 3), 200, np.uint8)))
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    assert ((probs >= 0) & (probs <= 1)).all()

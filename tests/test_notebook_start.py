@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 
+import keras
 import nbformat
 import pytest
 
 from pcamlib import config
-from pcamlib.config import REPO_ROOT, Settings
+from pcamlib.config import REPO_ROOT, Settings, settings
 from pcamlib.notebook import start
 from pcamlib.run_series import SETUP_CELL, main, repository_url, sync_series
 
@@ -29,9 +30,35 @@ def test_start_prints_one_status_line_with_data_device_precision_and_mode(capsys
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [
         "data: sample (1,600 train / 29 test patches) · device: CPU · "
-        "precision: float32 · mode: smoke"
+        f"backend: {keras.backend.backend()} · precision: float32 · mode: smoke"
     ]
     assert s.data_dir == REPO_ROOT / "data" / "sample" and s.recipe == "pcam-cpu"
+
+
+def test_gpu_mode_on_a_cpu_takes_every_gpu_decision_and_says_it_was_forced(capsys, monkeypatch):
+    monkeypatch.setenv("PCAM_SMOKE", "1")
+    s = start(REPO_ROOT, mode="gpu")
+    line = capsys.readouterr().out.strip()
+    assert os.environ["PCAM_MODE"] == "gpu"
+    assert "device: CPU" in line and "precision: mixed_bfloat16" in line
+    assert line.endswith("mode: smoke, GPU path forced (PCAM_MODE)")
+    assert (s.recipe, s.init, s.cpu_budget(8), s.epochs(5, cpu=1)) == ("pcam-gpu", None, None, 1)
+    config = s.train_config(recipe=s.recipe)
+    assert (config.augment_on, config.steps_per_epoch, config.epochs) == ("model", 3, 1)
+    monkeypatch.setenv("PCAM_SMOKE", "0")
+    assert settings().epochs(5, cpu=1) == 5  # the GPU's count, not the CPU's
+
+
+def test_a_mistyped_mode_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv("PCAM_MODE", "tpu9")
+    with pytest.raises(ValueError, match=r"^PCAM_MODE=tpu9: must be one of gpu, cpu"):
+        settings()
+
+
+def test_the_backend_cannot_change_once_keras_runs():
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    with pytest.raises(RuntimeError, match=f'backend="{other}": Keras already runs on'):
+        start(REPO_ROOT, backend=other)
 
 
 def test_the_recipe_and_mode_follow_the_device():

@@ -165,3 +165,48 @@ def test_the_notebooks_pick_data_pcam_once_complete(tmp_path, monkeypatch):
     (tmp_path / "data" / "full").mkdir()
     (tmp_path / "data" / "full" / "train_labels.csv").write_text("id,label\n")
     assert default_data_dir() == tmp_path / "data" / "full"  # the competition comes first
+
+
+def test_the_cli_packs_trains_and_evaluates_on_the_layout(pcam, tmp_path, capsys):
+    root, _ = pcam
+    cache = tmp_path / "cache"
+    assert main(["pack", str(root), "--out", str(cache)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["count"] == sum(SIZES.values())
+    run = tmp_path / "run"
+    tiny = ["--model", "cnn1", "--image-size", "32", "--epochs", "1", "--steps-per-epoch", "2"]
+    assert main(["train", "--data", str(cache), "--out", str(run), *tiny, "--batch-size", "8"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epochs"] == 1
+    assert set(pd.read_csv(run / "split.csv")["split"]) == {"pcam"}  # the cache's default
+    for data in (root, cache):  # the HDF5 folder or the cache: PCam's test split
+        assert main(["evaluate", "--model", str(run), "--data", str(data)]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        assert (scored["subset"], scored["n"], scored["train_rows"]) == ("test", 8, 0)
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--model", str(run), "--data", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err  # refused before predicting: it chose on PCam valid
+    assert len(err.splitlines()) == 1 and "refused" in err and not out.exists()
+
+
+def test_the_pretrained_model_is_scored_on_pcam_valid_and_test_without_a_warning(
+    pcam, tmp_path, capsys
+):
+    import warnings
+
+    from pcamlib.pretrained import best_or_pretrained
+    from pcamlib.submission import expected_test_ids, kaggle_test_ids
+
+    root, _ = pcam
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its overlap with PCam valid/test is known: none
+        best = best_or_pretrained(tmp_path / "runs", root)
+    assert best == tmp_path / "runs" / "pretrained"
+    split = pd.read_csv(best / "split.csv", dtype=str)
+    part = split["id"].str.split("/").str[0]
+    assert part.map({"valid": "val", "test": "test"}).equals(split["subset"])
+    assert len(split) == SIZES["valid"] + SIZES["test"]
+
+    assert kaggle_test_ids(root) is None  # PCam's test split is never a Kaggle test set
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith(f"{root}: no submission.csv written")
+    sample = expected_test_ids(SAMPLE_DIR / "sample_submission.csv")
+    assert kaggle_test_ids(SAMPLE_DIR) == sample

@@ -149,3 +149,25 @@ def test_a_fresh_clone_submits_from_the_pretrained_model_without_training(tmp_pa
     submission = check_submission(path, expected)
     assert best.name == "pretrained" and len(submission) == 29
     assert submission.label.nunique() == 29  # a ranking, not 0/1 labels
+
+
+def test_where_its_overlap_is_unknown_it_submits_unscored_after_one_line(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from pcamlib.evaluate import run_summary
+    from pcamlib.submission import check_no_leak
+
+    data = tmp_path / "full"  # Kaggle training data the overlap list does not cover
+    (data / "train").mkdir(parents=True)
+    labels = pd.read_csv(SAMPLE_DIR / "train_labels.csv", dtype=str).head(40)
+    labels.to_csv(data / "train_labels.csv", index=False)
+    for i in labels["id"]:
+        shutil.copy(SAMPLE_DIR / "train" / f"{i}.tif", data / "train")
+    with pytest.warns(UserWarning, match=r"trained on is unknown .*: not scored$") as caught:
+        best = pretrained.best_or_pretrained(tmp_path / "runs", data)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert best == pretrained.MODEL_FILE and not (tmp_path / "runs" / "pretrained").exists()
+    assert run_summary(best)["run"] == "pretrained" and load_model(best).name == "pcamnet"
+    assert check_no_leak(best)[0].pcam_splits == {"train"}  # Kaggle's test set: unseen

@@ -116,8 +116,9 @@ def test_the_set_up_cell_is_at_most_8_lines_and_ends_with_start():
     cell = SETUP_CELL.format(repo=repository_url(REPO_ROOT / "pyproject.toml"))
     lines = cell.splitlines()
     assert len(lines) <= 8, f"the set-up cell has {len(lines)} lines:\n{cell}"
-    assert lines[-1] == "S = start(home, outputs=OUTPUTS)"
-    assert 'OUTPUTS, REPO = "", "https://github.com/' in cell  # the two values a user edits
+    assert lines[-1] == "S = start(home, outputs=OUTPUTS, backend=BACKEND)"
+    # the three values a user edits
+    assert 'OUTPUTS, BACKEND, REPO = "", "", "https://github.com/' in cell
 
 
 def test_run_series_imports_only_the_standard_library_at_module_level():

@@ -21,6 +21,7 @@ import zipfile
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 NAME = "pretrained"  # what --model and --init accept for this model
@@ -70,7 +71,7 @@ def _overlap() -> pd.DataFrame:
     return pd.read_csv(OVERLAP_FILE, dtype={"id": str})
 
 
-def seen_ids(cache) -> set[str] | None:
+def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on; None when that is unknown.
 
     Exact copies of its training patches are found by content hash; the embedded sample's
@@ -78,6 +79,8 @@ def seen_ids(cache) -> set[str] | None:
     test set is drawn from PCam's valid and test splits, never its train split. Unknown for
     other Kaggle training data and PCam's own train split (HDF5 ids ``train/N``): drawn from
     the split the model's patches came from, they hold twins of them that no list names.
+    ``rows``: only these rows are to be scored (a run's val and test rows), so only they decide
+    "unknown": PCam's valid and test splits come from other slides than its train split.
     """
     from ..protocol import fingerprint
 
@@ -85,7 +88,8 @@ def seen_ids(cache) -> set[str] | None:
     seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
     split = "train" if cache.labels is not None else "test"
     if split == "train" and fingerprint(ids) != card()["sample_fingerprint"]:
-        from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in ids)
+        scored = ids if rows is None else [ids[i] for i in rows]
+        from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in scored)
         return None if any(from_pcam_train) else seen
     listed = _overlap()
     return seen | (set(listed.loc[listed["split"] == split, "id"]) & set(ids))
@@ -109,8 +113,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     Its ``split.csv`` holds the protocol's val and test rows of ``cache`` (``settings``: the
     ``seed``, ``val_fraction`` and ``test_fraction`` of TrainConfig, defaults alike) with the
     rows the model trained on (:func:`seen_ids`) moved to ``train``, so no score counts them;
-    its validation AUC is measured on those val rows. None, with a warning, where the model's
-    overlap with ``cache`` is unknown.
+    its validation AUC is measured on those val rows. None, with a one-line warning, where the
+    model's overlap with those rows is unknown (Kaggle training data; PCam train carved up by
+    ``split="stratified"``); on PCam's own splits they are its valid and test, other slides.
     """
     import shutil
     import warnings
@@ -121,7 +126,13 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     from ..metrics import binary_metrics
     from ..train import run_split
 
-    seen = seen_ids(cache)
+    run_dir = Path(run_dir)
+    defaults = TrainConfig(recipe=card()["recipe"], init=NAME, data=str(cache.path))
+    config = defaults.replace(out=str(run_dir), **settings)
+    # The protocol's rows alone: nothing trains here (no batch to fit), and the rows it saw
+    # are decided below, on the val and test rows only.
+    _, val, test, protocol = run_split(config.replace(init=None, batch_size=1), cache, 1)
+    seen = seen_ids(cache, np.concatenate([val, test]))
     if seen is None:
         warnings.warn(
             f"{cache.path}: which of these patches the pretrained model trained on is unknown "
@@ -129,13 +140,10 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
             stacklevel=2,
         )
         return None
-    run_dir = Path(run_dir)
-    defaults = TrainConfig(recipe=card()["recipe"], init=NAME, data=str(cache.path))
-    config = defaults.replace(out=str(run_dir), **settings)
-    _, val, test, protocol = run_split(config, cache, replicas=1)
+    ids = pd.Series(cache.ids, dtype=object)
+    val = val[~ids[val].isin(seen).to_numpy()]
     subset = pd.Series("", index=range(len(cache)), dtype=object)
     subset[val], subset[test] = "val", "test"
-    ids = pd.Series(cache.ids, dtype=object)
     subset[ids.isin(seen)] = "train"  # it trained on twins of these
     parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": subset})
     parts["split"], parts["protocol"] = config.split, protocol
@@ -157,3 +165,19 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     atomic_write_text(run_dir / "split.csv", parts[parts.subset != ""].to_csv(index=False))
     atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
     return run_dir
+
+
+def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
+    """The run under ``runs_dir`` with the best validation AUC; with none yet (a fresh clone),
+    the shipped model, so 04 can submit without training: as a scored run on ``data_dir``
+    where its overlap is known, else its file, unscored (:func:`pretrained_run` says why).
+    Kaggle's test set comes from PCam's valid and test splits, which it never trained on."""
+    from ..cache import load_patches
+    from ..evaluate import best_run
+
+    runs_dir = Path(runs_dir)
+    if not any(runs_dir.glob("*/state.json")):
+        cache = load_patches(data_dir, "train", progress=False)
+        if pretrained_run(runs_dir / NAME, cache) is None:
+            return MODEL_FILE
+    return best_run(runs_dir)
