@@ -3,8 +3,7 @@
 With ``TrainConfig(augment_on="model")`` the dihedral view, shift, colour and HED jitter run
 in the training graph on the accelerator, so a 2-core host only batches uint8 patches (see
 ``benchmarks/pipeline.py``). They are the identity unless ``training=True``, so predict, TTA
-and saved models see the plain model, and :func:`pcamlib.train.reseed` resets their seeds
-from (seed, epoch) so a resumed run draws the same augmentations. :class:`ReinhardNormalization`
+and saved models see the plain model. :class:`ReinhardNormalization`
 is preprocessing, active at inference too. Only ``keras.ops`` / ``keras.random`` (any
 backend); each layer works in float32 and returns its input's dtype (uint8 in, uint8 out).
 """
@@ -38,7 +37,7 @@ def _fraction(value: float, what: str) -> float:
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Identity unless training; draws from its own SeedGenerator (``reseed`` resets it).
+    """Identity unless training; draws from its own SeedGenerator.
 
     Subclasses name their strength argument in ``setting`` (0 makes the layer the identity;
     it is saved in the config) and transform float32 pixels in ``augment``.

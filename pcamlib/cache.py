@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from .io import atomic_write_text
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
-from .tfds_source import tfds_source
 
 __all__ = ["PackedCache", "content_hash", "default_cache_dir", "load_patches", "pack"]
 
@@ -295,7 +294,7 @@ def pack(
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     if not isinstance(source, PatchSource):
-        source = _open(source, split)
+        source = open_source(source, split)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
@@ -506,14 +505,6 @@ def _finalise(
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _open(spec: str | os.PathLike, split: str, groups_csv=None) -> PatchSource:
-    """:func:`~pcamlib.sources.open_source`, or ``tfds:NAME[/SPLIT]``: dispatched here, not in
-    ``sources``, so that imports flow one way (``tfds_source`` builds on ``sources``)."""
-    if str(spec).startswith("tfds:"):
-        return tfds_source(str(spec), split)
-    return open_source(spec, split, groups_csv)
-
-
 def load_patches(
     data: str | os.PathLike | PatchSource,
     split: str = "train",
@@ -524,7 +515,7 @@ def load_patches(
     workers: int | None = None,
     progress: bool = True,
 ) -> PackedCache:
-    """The one call: a data path (any supported layout), ``tfds:…`` or a cache dir → a cache.
+    """The one call: a data path (any supported layout) or a cache dir → a cache.
 
     Packs on first use (into ``cache_dir``, default: see :func:`default_cache_dir`) and reuses
     the cache while the source is unchanged.
@@ -535,7 +526,6 @@ def load_patches(
             with _locked(Path(data)):
                 _upgrade(Path(data))
             return PackedCache.open(data)
-        source = _open(data, split, groups_csv)
-        root = None if str(data).startswith("tfds:") else Path(data)
+        source, root = open_source(data, split, groups_csv), Path(data)
     out = Path(cache_dir) if cache_dir else default_cache_dir(source, split, root)
     return pack(source, out, split=split, on_error=on_error, workers=workers, progress=progress)

@@ -108,7 +108,7 @@ def pcam_data(data: str | os.PathLike) -> bool:
     """Is ``data`` PCam's HDF5 layout with all three splits, or a cache packed from one?"""
     from .sources import PCAM_SPLITS, is_pcam_layout
 
-    if not str(data) or str(data).startswith("tfds:"):
+    if not str(data):
         return False
     if is_pcam_layout(data):
         return True
@@ -133,7 +133,7 @@ class TrainConfig:
     """
 
     model: str = _setting("cnn1", Choice(MODEL_NAMES))
-    data: str = _setting("", help="dataset root (any layout), a packed cache, or tfds:NAME")
+    data: str = _setting("", help="dataset root (any layout) or a packed cache")
     out: str = _setting("runs/cnn1", help="run directory (rerun to resume)")
     epochs: int = _setting(5, Number(int, 1, 10000))
     batch_size: int = _setting(64, Number(int, 1, 65536), "per replica")
@@ -267,7 +267,7 @@ class Settings:
 
     @property
     def recipe(self) -> str:
-        """The recipe that fits this device: ``pcam-gpu`` on a GPU/TPU, ``pcam-cpu`` on a CPU."""
+        """The recipe that fits this device: ``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
         return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
 
     @property
@@ -280,7 +280,7 @@ class Settings:
 
     @property
     def mode(self) -> str:
-        """'smoke' (tests: a few batches), else 'CPU' or 'GPU'/'TPU' (full-size runs); with
+        """'smoke' (tests: a few batches), else 'CPU' or 'GPU' (full-size runs); with
         ', GPU path forced' when PCAM_MODE chose the path."""
         size = "smoke" if self.smoke else self.accelerator.upper()
         forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
@@ -302,7 +302,7 @@ class Settings:
         return value if self.accelerator == "cpu" else None
 
     def epochs(self, full: int, cpu: int | None = None) -> int:
-        """``full`` epochs on a GPU/TPU, ``cpu`` (if given) without one, 1 in smoke mode."""
+        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
         if self.smoke:
             return 1
         return cpu if cpu is not None and self.accelerator == "cpu" else full

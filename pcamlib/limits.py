@@ -19,7 +19,7 @@ from pathlib import Path
 # Choices, kept here (not in models/devices, which import Keras) for the CLI's parser.
 MODEL_NAMES = ("cnn1", "cnn2", "vgg16", "vgg19", "resnet50", "pcamnet")
 BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50")
-STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu", "data_parallel")
+STRATEGIES = ("auto", "none", "mirrored")
 PRECISION_MODES = ("auto", "on", "off", "bfloat16", "float16")
 TTA_VIEWS = (1, 8)  # the patch alone, or its 8 dihedral views
 PATCH_SIDE = 96  # pixels of every PCam / Kaggle patch
@@ -282,8 +282,8 @@ def check_paths(config, need_data: bool = True) -> None:
     """Files a run reads must exist, and its run directory must not be a file."""
     data = str(config.data)
     if need_data and not data:
-        raise SettingError("data", config.data, "the dataset to train on (a path or tfds:…)")
-    if need_data and not data.startswith("tfds:") and not Path(data).exists():
+        raise SettingError("data", config.data, "the dataset to train on (a path)")
+    if need_data and not Path(data).exists():
         raise SettingError("data", config.data, "no such file or folder")
     if config.groups_csv is not None and not Path(config.groups_csv).is_file():
         raise SettingError("groups_csv", config.groups_csv, "no such file")

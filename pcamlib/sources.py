@@ -2,11 +2,9 @@
 
 Kaggle (``train_labels.csv`` + ``train/<id>.tif``, ``test/`` in ``sample_submission.csv``
 order), the PCam HDF5 release (+ optional meta csv giving each patch's slide; its three
-splits as one source for training), class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``,
-and ``tfds:patch_camelyon`` (in ``tfds_source``, which builds on this module, so imports flow
-one way). A source lists items and decodes one;
-``cache.py`` packs them. Listing problems are collected by name in ``PatchSource.problems``;
-a bad image raises a ``DataError`` naming the file.
+splits as one source for training), class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``.
+A source lists items and decodes one; ``cache.py`` packs them. Listing problems are collected
+by name in ``PatchSource.problems``; a bad image raises a ``DataError`` naming the file.
 """
 
 from __future__ import annotations
@@ -541,14 +539,9 @@ def open_source(
     On PCam's HDF5 layout with all three splits, 'train' is every labelled patch there
     (:func:`pcam_splits`: ids ``train/N``, ``valid/N``, ``test/N``), the data runs are made
     from; 'valid' and 'test' are those splits alone.
-
-    ``tfds:`` specs are opened by :func:`pcamlib.tfds_source.tfds_source` (``load_patches``
-    accepts both).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if str(spec).startswith("tfds:"):
-        raise DataError(f"{spec}: open TFDS data with load_patches or tfds_source.tfds_source")
     root = Path(spec)
     if not root.exists():
         raise DataError(f"{root}: data path does not exist")

@@ -245,10 +245,9 @@ def write_submission(
 
 LEAKY_SPLITS = ("valid", "test")
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
-# PCam's file names, TFDS specs (tfds:patch_camelyon[:VERSION][/VERSION]/SPLIT) and patch ids
-# (pcam_h5: "valid/7"; TFDS: "valid_7"; class folders exported from either: "0/valid_7").
+# PCam's file names and patch ids (pcam_h5: "valid/7"; TFDS exports: "valid_7"; class folders
+# exported from either: "0/valid_7").
 _PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
-_TFDS_PCAM = re.compile(r"tfds:patch_camelyon(?::[\d.]+)?(?:/[\d.]+)?(?:/(?P<split>.+))?")
 _PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
 
 
@@ -263,13 +262,8 @@ class TrainingSource:
 
 
 def _splits_named(text: str) -> set[str]:
-    """PCam splits a data path or spec names: HDF5 file names, or a TFDS split."""
-    found = set(_PCAM_FILE.findall(text))
-    tfds = _TFDS_PCAM.search(text)
-    if tfds:  # training reads split "train" unless the spec names others
-        named = re.findall(r"train|valid|test", tfds["split"] or "train")
-        found |= set(named) or {"train"}
-    return found
+    """PCam splits a data path names by PCam's HDF5 file names."""
+    return set(_PCAM_FILE.findall(text))
 
 
 def _data_path(data: str, run_dir: Path) -> Path | None:
@@ -334,7 +328,7 @@ def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
     model, trained on PCam train only; a run directory or a .keras file inside one: followed.
     A link whose data is not recorded (a bare .keras file, a missing folder) is refused.
     PCam's splits are recognised by PCam's HDF5 file names in the recorded path, a packed
-    cache's recorded source, a ``tfds:patch_camelyon/SPLIT`` spec, and PCam-style ids in
+    cache's recorded source and PCam-style ids in
     ``split.csv`` (``valid/7``, ``valid_7``). Not recognised: PCam patches under other names,
     e.g. class folders of renamed images, or HDF5 files renamed to the train split's names.
     """

@@ -6,8 +6,10 @@
 ``last.keras`` is the one authority to resume from: the run state (epoch, best, patience,
 history) sits inside its zip beside weights and optimizer state, so one atomic rename commits
 both. ``state.json`` and ``history.csv`` are readable copies that a kill can leave one epoch
-behind; resuming rewrites them. A resumed run reproduces an uninterrupted one: batch order and
-augmentation depend only on (seed, epoch), and every RNG is reseeded from (seed, epoch).
+behind; resuming rewrites them. A resumed run continues from the saved epoch, weights and
+optimizer, with the batch order and host augmentation of that epoch (they follow (seed,
+epoch)); Dropout and in-model augmentation draw fresh masks, so its losses are not bit-equal
+to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 import zipfile
@@ -31,9 +31,8 @@ from .augment_layers import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, load_patches
 from .config import TrainConfig
 from .data import PatchStream
-from .devices import distribution, is_chief, precision
+from .devices import distribution, precision
 from .io import atomic_path, atomic_write_text
-from .keras_shim import seed_states
 from .limits import SettingError, check_paths
 from .models import build_model, fetch_imagenet_weights
 from .pretrained import NAME as PRETRAINED
@@ -174,18 +173,6 @@ class EpochBatches(keras.utils.PyDataset):
         return self.stream[i]
 
 
-def reseed(model: keras.Model, seed: int, epoch: int) -> None:
-    """Reset the global RNGs and every layer's SeedGenerator (Dropout…) from (seed, epoch).
-
-    ``.keras`` files do not store SeedGenerator states, so a resumed run could not otherwise
-    continue the dropout masks of an uninterrupted one.
-    """
-    keras.utils.set_random_seed(seed + 1000 * (epoch + 1))
-    for i, state in enumerate(seed_states(model)):
-        value = (seed * 1_000_003 + epoch * 7919 + i) % 2**31
-        state.assign(np.array([value, 0], state.dtype))
-
-
 def _stops(state: dict, epochs: int, patience: int | None) -> bool:
     """Is the run over: all epochs done, or no val-AUC gain for ``patience`` epochs."""
     return state["epoch"] >= epochs or bool(
@@ -205,8 +192,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.run_dir, self.state, self.config, self.data = run_dir, state, config, data
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.data.stream.set_epoch(epoch)  # batch order and augmentation of this epoch
-        reseed(self.model, self.config.seed, epoch)
+        self.data.stream.set_epoch(epoch)  # batch order and host augmentation of this epoch
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -266,9 +252,7 @@ def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> Non
 
 def _pcam_data(data: str) -> bool:
     """PCam's HDF5 layout with its three splits, or a packed cache (its ids tell later)."""
-    return not data.startswith("tfds:") and (
-        is_pcam_layout(data) or (Path(data) / "meta.json").is_file()
-    )
+    return is_pcam_layout(data) or (Path(data) / "meta.json").is_file()
 
 
 def _needs_pcam(data: str, what: str) -> str:
@@ -441,27 +425,24 @@ def train(
     init = init_weights(config) if not (Path(config.out) / "last.keras").is_file() else None
     run_dir = Path(config.out)
     state = _resume_state(run_dir, config)
-    chief = is_chief()  # the other workers of a cluster train too, but write to a scratch dir
-    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="pcam-worker-"))
     cache = _training_data(config, cache)
-    scope, replicas = distribution(config.strategy)  # before TF starts: some strategies must
+    scope, replicas = distribution(config.strategy)
     train_idx, val_idx, test_idx, protocol = run_split(config, cache, replicas)
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        subset = np.full(len(cache), "", dtype=object)
-        subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
-        split = pd.DataFrame(
-            {
-                "id": cache.ids,
-                "label": cache.labels,
-                "subset": subset,
-                "split": config.split,
-                "protocol": protocol,  # differs from subset where the init model saw a row
-                "content": cache.content,  # what a run saw is pixels, not file names
-            }
-        )
-        atomic_write_text(run_dir / "split.csv", split[split.subset != ""].to_csv(index=False))
-        atomic_write_text(run_dir / "config.json", config.to_json())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    subset = np.full(len(cache), "", dtype=object)
+    subset[train_idx], subset[val_idx], subset[test_idx] = "train", "val", "test"
+    split = pd.DataFrame(
+        {
+            "id": cache.ids,
+            "label": cache.labels,
+            "subset": subset,
+            "split": config.split,
+            "protocol": protocol,  # differs from subset where the init model saw a row
+            "content": cache.content,  # what a run saw is pixels, not file names
+        }
+    )
+    atomic_write_text(run_dir / "split.csv", split[split.subset != ""].to_csv(index=False))
+    atomic_write_text(run_dir / "config.json", config.to_json())
 
     with precision(config.mixed_precision) as policy:
         batch = config.batch_size * replicas
@@ -482,11 +463,11 @@ def train(
             keras.utils.set_random_seed(config.seed)
             model = _model(config, state, run_dir, cache, train_idx, steps, replicas, policy, init)
             state.update(policy=policy, replicas=replicas)
-            if state["epoch"] and chief:  # a kill may have left them behind
+            if state["epoch"]:  # a kill may have left them behind
                 write_readable_copies(run_dir, state)
-            cbs = [RunCheckpoint(write_dir, state, config, train_data), *(callbacks or [])]
+            cbs = [RunCheckpoint(run_dir, state, config, train_data), *(callbacks or [])]
             if config.tensorboard:
-                cbs.append(keras.callbacks.TensorBoard(log_dir=str(write_dir / "tensorboard")))
+                cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
             if not _stops(state, config.epochs, config.early_stopping):
                 model.fit(
                     train_data,
@@ -496,9 +477,7 @@ def train(
                     callbacks=cbs,
                     verbose=verbose,
                 )
-            save_model_atomic(model, write_dir / "final.keras")
-    if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
+            save_model_atomic(model, run_dir / "final.keras")
     best = run_dir / "best.keras"
     return TrainResult(
         run_dir,

@@ -53,7 +53,7 @@ def test_layers_keep_uint8_shape_act_only_in_training_and_follow_their_seed(make
     assert not np.array_equal(run(make(8), patches), out)
     assert not np.array_equal(run(layer, patches), out)  # the generator moves on …
     fresh = make(0)
-    fresh.seed_generator.state.assign(make(7).seed_generator.state)  # … and resets like reseed
+    fresh.seed_generator.state.assign(make(7).seed_generator.state)  # … and its state decides
     assert np.array_equal(run(fresh, patches), out)
 
 
@@ -128,7 +128,7 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
     assert model.count_params() == base.count_params()
     assert model.get_layer("s1_conv1") is base.get_layer("s1_conv1")  # same layers, flat
     generators = [g for layer in model._flatten_layers() for g in layer._seed_generators]
-    assert len(generators) == 5  # 4 augmentations + Dropout: all seen by train.reseed
+    assert len(generators) == 5  # 4 augmentations + Dropout
 
     no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), patches))
     np.testing.assert_allclose(no_norm.predict(patches, verbose=0), plain, atol=1e-6)

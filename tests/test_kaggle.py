@@ -190,7 +190,7 @@ def test_a_bad_file_or_a_leaky_run_is_refused_before_anything_is_sent(kaggle, ma
     hard.write_text("id,label\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(IDS)))
     with pytest.raises(SubmissionError, match="exactly 0 or 1"):
         submit_file(hard, "x", data=listing)
-    leaky = make_run(tmp_path / "leaky", "tfds:patch_camelyon/validation")
+    leaky = make_run(tmp_path / "leaky", "/data/camelyonpatch_level_2_split_valid_x.h5")
     with pytest.raises(SubmissionError, match="trained on PCam's valid split"):
         submit_file(path, "x", data=listing, run=leaky)
     assert state()["calls"] == []

