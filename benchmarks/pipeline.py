@@ -152,6 +152,36 @@ def bench_pack(source: PatchSource, work: Path, rounds: int) -> PackedCache:
     return PackedCache.open(out)
 
 
+def recipe_feed(cache: PackedCache, name: str):
+    """The recipe's training feed as train() builds it, plus the hand-off to Keras."""
+    import keras
+
+    from pcamlib.augment_layers import host_augmentation
+    from pcamlib.config import TrainConfig
+    from pcamlib.data import PatchStream
+
+    config = TrainConfig(recipe=name)
+    s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
+                    seed=config.seed, **host_augmentation(config))  # fmt: skip
+
+    # The hand-off as the backend's trainer does it: Keras' JAX trainer device_puts each
+    # numpy batch (keras/src/backend/jax/trainer.py, _distribute_data); TF converts it.
+    if keras.backend.backend() == "jax":
+        import jax
+
+        hand_off = jax.device_put
+    else:
+        hand_off = keras.ops.convert_to_tensor
+
+    def epoch():
+        for i in range(len(s)):
+            x, y = s[i]
+            hand_off(x), hand_off(y)
+        s.on_epoch_end()
+
+    return epoch
+
+
 def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
@@ -182,34 +212,6 @@ def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
     import contextlib
     import io
 
-    def recipe_feed(name: str):
-        """The recipe's training feed as train() builds it, plus the hand-off to Keras."""
-        import keras
-
-        from pcamlib.augment_layers import host_augmentation
-        from pcamlib.config import TrainConfig
-
-        config = TrainConfig(recipe=name)
-        s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
-                        seed=config.seed, **host_augmentation(config))  # fmt: skip
-
-        # The hand-off as the backend's trainer does it: Keras' JAX trainer device_puts each
-        # numpy batch (keras/src/backend/jax/trainer.py, _distribute_data); TF converts it.
-        if keras.backend.backend() == "jax":
-            import jax
-
-            hand_off = jax.device_put
-        else:
-            hand_off = keras.ops.convert_to_tensor
-
-        def epoch():
-            for i in range(len(s)):
-                x, y = s[i]
-                hand_off(x), hand_off(y)
-            s.on_epoch_end()
-
-        return epoch
-
     methods = {
         "ImageDataGenerator.flow_from_dataframe (reference)": reference,
         "PatchStream (memmap, shuffled)": stream(),
@@ -218,8 +220,8 @@ def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
         "PatchStream + shift 4 (host)": stream(shift=4),
         "PatchStream + colour jitter 0.1 (host)": stream(color_jitter=0.1),
         "PatchStream + HED jitter 0.1 (host)": stream(hed_jitter=0.1),
-        "pcam-gpu feed (as trained)": recipe_feed("pcam-gpu"),
-        "pcam-cpu feed (as trained)": recipe_feed("pcam-cpu"),
+        "pcam-gpu feed (as trained)": recipe_feed(cache, "pcam-gpu"),
+        "pcam-cpu feed (as trained)": recipe_feed(cache, "pcam-cpu"),
     }
     times = {name: [] for name in methods}
     with contextlib.redirect_stdout(io.StringIO()):  # "Found N validated image filenames…"

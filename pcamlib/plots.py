@@ -40,7 +40,7 @@ __all__ = [
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 PALETTE = {CLASS_NAMES[0]: "#4C72B0", CLASS_NAMES[1]: "#C44E52"}
-_IGNORED_HISTORY = {"epoch", "lr", "learning_rate"}
+_IGNORED_HISTORY = {"epoch", "learning_rate", "seconds"}
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": PALETTE}  # the same colour per class everywhere
 _STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
 _TITLES = {"loss": "Loss", "auc": "ROC AUC", "pr_auc": "PR AUC"}
@@ -81,48 +81,50 @@ def _best(frame: pd.DataFrame, bases: list[str], epochs: np.ndarray) -> tuple[in
     return None
 
 
-def plot_history(history: Any, *, figsize: tuple[float, float] | None = None) -> Figure:
+def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> None:
+    """One metric's train and validation curves (or the learning rate, on a log scale)."""
+    if base == "learning_rate":
+        ax.plot(epochs, history[base], color="grey", marker=".")
+        ax.set_yscale("log")
+        ax.set_title("Learning rate")
+    else:
+        for col, label in ((base, "train"), (f"val_{base}", "validation")):
+            if col in history:
+                ax.plot(epochs, history[col], marker=".", label=label)
+        ax.set_title(_pretty(base))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def plot_history(history: pd.DataFrame, *, figsize: tuple[float, float] | None = None) -> Figure:
     """Train vs validation curves per metric, with the best-validation-AUC epoch marked.
 
-    Takes a CSVLogger frame, a dict of lists or a Keras ``History``. Epochs are shown 1-based
-    (CSVLogger counts from 0, pcamlib's history.csv from 1). Without a validation AUC the
-    marker falls back to the lowest ``val_loss``.
+    ``history`` is a run's history (``TrainResult.history`` or ``history.csv``: one row per
+    epoch, ``epoch`` from 1). Without a validation AUC the marker falls back to the lowest
+    ``val_loss``.
     """
-    data = getattr(history, "history", history)
-    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
-    if frame.empty:
+    if history.empty:
         raise ValueError("history is empty: no epochs to plot")
-    epochs = frame["epoch"].to_numpy() if "epoch" in frame else np.arange(1, len(frame) + 1)
-    if epochs.min() == 0:
-        epochs = epochs + 1
+    epochs = history["epoch"].to_numpy()
     numeric = [
-        c for c in frame if c not in _IGNORED_HISTORY and pd.api.types.is_numeric_dtype(frame[c])
+        c
+        for c in history
+        if c not in _IGNORED_HISTORY and pd.api.types.is_numeric_dtype(history[c])
     ]
     bases = sorted({c.removeprefix("val_") for c in numeric}, key=_metric_order)
-    lr_col = next((c for c in ("learning_rate", "lr") if c in frame), None)
-    panels = bases + ([lr_col] if lr_col else [])
+    panels = bases + (["learning_rate"] if "learning_rate" in history else [])
     if not panels:
-        raise ValueError(f"history has no numeric metric columns; columns are {list(frame)}")
-    best = _best(frame, bases, epochs)
+        raise ValueError(f"history has no numeric metric columns; columns are {list(history)}")
+    best = _best(history, bases, epochs)
     fig, axes = grid(len(panels), 3, (5, 3.6), figsize=figsize)
     for ax, base in zip(axes.flat, panels, strict=False):
-        if base == lr_col:
-            ax.plot(epochs, frame[base], color="grey", marker=".")
-            ax.set_yscale("log")
-            ax.set_title("Learning rate")
-        else:
-            for col, label in ((base, "train"), (f"val_{base}", "validation")):
-                if col in frame:
-                    ax.plot(epochs, frame[col], marker=".", label=label)
-            ax.set_title(_pretty(base))
+        _history_panel(ax, history, epochs, base)
         if best is not None:
             i, best_base, best_label = best
             ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
             if base == best_base:
-                y = frame[f"val_{base}"].iloc[i]
+                y = history[f"val_{base}"].iloc[i]
                 ax.plot([epochs[i]], [y], "*", ms=14, color="gold", mec="k", label=best_label)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Training history" + (f" - {best[2]}" if best else ""))

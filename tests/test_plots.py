@@ -42,7 +42,7 @@ def _save(fig, tmp_path, name):
 def _history(n=6):
     return pd.DataFrame(
         {
-            "epoch": range(n),
+            "epoch": range(1, n + 1),
             "loss": np.linspace(0.7, 0.2, n),
             "val_loss": [0.6, 0.5, 0.45, 0.5, 0.55, 0.6][:n],
             "accuracy": np.linspace(0.6, 0.95, n),
@@ -59,7 +59,7 @@ def test_plot_history_frame_panels_and_best_epoch(tmp_path):
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.axison]
     assert titles == ["Loss", "Accuracy", "ROC AUC", "Learning rate"]
-    # Best val AUC is 0.93 at CSVLogger epoch 2, shown 1-based as epoch 3.
+    # Best val AUC is 0.93, in the third row: epoch 3.
     assert "best val AUC 0.9300 @ epoch 3" in _texts(fig)
     auc_ax = fig.axes[2]
     star = [ln for ln in auc_ax.lines if ln.get_marker() == "*"]
@@ -68,19 +68,11 @@ def test_plot_history_frame_panels_and_best_epoch(tmp_path):
     _save(fig, tmp_path, "history")
 
 
-def test_plot_history_dict_without_auc_marks_best_val_loss():
-    hist = {"loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.3, 0.35]}
+def test_plot_history_without_auc_marks_best_val_loss():
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.3, 0.35]})
     fig = plots.plot_history(hist)
     assert [ax.get_title() for ax in fig.axes if ax.axison] == ["Loss"]
     assert "best val loss 0.3000 @ epoch 2" in _texts(fig)
-
-
-def test_plot_history_accepts_keras_history_like_object():
-    class H:
-        history = {"loss": [1.0, 0.5], "auc_1": [0.6, 0.8], "val_auc_1": [0.55, 0.7]}
-
-    fig = plots.plot_history(H())
-    assert "best val AUC 0.7000 @ epoch 2" in _texts(fig)
 
 
 def test_plot_history_rejects_empty():
