@@ -2,13 +2,18 @@
 
     python benchmarks/recipe.py --train pcam-jpeg/data/train \\
         --valid pcam-jpeg/data/valid --out runs/recipe-cpu
+    python benchmarks/recipe.py --recipe pcam-gpu --epochs 6 \\
+        --set '{"image_size": 96, "model_kwargs": {"widths": [24, 48, 96, 192], "stem": 24}}' \\
+        --train pcam-jpeg/data/train --valid pcam-jpeg/data/valid --out runs/gpu-stem96
 
 (``pcam-jpeg``: a clone of github.com/vflorenc/AI4ALL-PCam, PCam patches in class folders.)
 
 Prints wall times (pack, train, evaluate) and validation metrics with TTA×1 and TTA×8. Rerunning
 with the same --out resumes (or reuses) the run, so the train time printed is then the
-remaining time only; use a fresh --out for a timing. ``--against RUN`` scores another run on the
-same patches and prints the paired DeLong difference of the two TTA×8 AUCs.
+remaining time only; use a fresh --out for a timing. ``--set JSON`` changes recipe settings
+(TrainConfig fields; explicit values win over the recipe, ``--epochs`` over ``--set``).
+``--against RUN`` scores another run on the same patches and prints the paired DeLong
+difference of the two TTA×8 AUCs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,24 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# Set by the flags themselves: --set may not change them.
+OWN_FIELDS = ("recipe", "data", "out", "test_fraction")
+
+
 def recipe_config(args: argparse.Namespace):
-    """The run's TrainConfig: the recipe, with --epochs (when given) winning over it."""
+    """The run's TrainConfig: the recipe, with --set and --epochs (when given) winning over it."""
     from pcamlib.config import TrainConfig
 
-    explicit = {"epochs": args.epochs} if args.epochs is not None else {}
+    try:
+        explicit = json.loads(args.set) if args.set else {}
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--set is not JSON: {error}") from None
+    if not isinstance(explicit, dict):
+        raise SystemExit(f"--set must be a JSON object of settings, not {args.set}")
+    if taken := [key for key in OWN_FIELDS if key in explicit]:
+        raise SystemExit(f"--set cannot change {', '.join(taken)}: use the flags")
+    if args.epochs is not None:
+        explicit["epochs"] = args.epochs
     # --valid is the held-out test set (other slides): no test part is cut from --train.
     return TrainConfig(
         recipe=args.recipe, data=args.train, out=args.out, test_fraction=0.0, **explicit
@@ -39,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--recipe", default="pcam-cpu")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--set", help="JSON settings (TrainConfig fields) that change the recipe's")
     parser.add_argument("--against", help="another run directory to compare with (paired)")
     return parser.parse_args(argv)
 
@@ -79,6 +98,8 @@ def main() -> None:
         paired = {"against": args.against, "auc_minus_against": diff, "lo": lo, "hi": hi, "p": p}
 
     print(f"\nrecipe {args.recipe} ({keras.backend.backend()} backend, {os.cpu_count()} CPUs)")
+    if args.set:
+        print(f"settings changed: {args.set}")
     print(f"train: {len(train_cache)} patches from {args.train}")
     print(f"valid: {len(valid_cache)} patches from {args.valid}")
     print(f"pack (or reuse) caches: {t_pack:8.1f} s")
@@ -100,6 +121,8 @@ def main() -> None:
             f"[{paired['lo']:+.4f}, {paired['hi']:+.4f}], p = {paired['p']:.2g} (paired DeLong)"
         )
     summary = {
+        "recipe": args.recipe,
+        **({"set": json.loads(args.set)} if args.set else {}),
         "train_seconds": round(t_train, 1),
         "epochs": len(result.history),
         **{
