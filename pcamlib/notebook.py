@@ -17,6 +17,7 @@ from .config import Settings, data_kind, settings
 from .quiet import quiet_keras
 
 DRIVE = Path("/content/drive")
+BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
 
 
 def start(
@@ -86,6 +87,8 @@ def _use_backend(name: str) -> None:
     """Set ``$KERAS_BACKEND`` while Keras is not imported yet; refuse a switch after that."""
     if not name:
         return
+    if name not in BACKENDS:
+        raise ValueError(f'backend="{name}": must be one of {", ".join(BACKENDS)} (or "")')
     if "keras" in sys.modules:
         import keras
 

@@ -56,6 +56,8 @@ def test_a_mistyped_mode_is_refused_in_one_line(monkeypatch):
 
 
 def test_the_backend_cannot_change_once_keras_runs():
+    with pytest.raises(ValueError, match=r'^backend="torch": must be one of tensorflow, jax'):
+        start(REPO_ROOT, backend="torch")
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     with pytest.raises(RuntimeError, match=f'backend="{other}": Keras already runs on'):
         start(REPO_ROOT, backend=other)
