@@ -1,15 +1,19 @@
-"""Pictures of patches: grids with the labelled centre box, confident errors, Grad-CAM overlays.
+"""Pictures of patches: grids with the labelled centre box, confident errors, Grad-CAM.
 
 PCam labels a patch by its centre 32×32 pixels only, so every patch is drawn with that box.
-``pcamlib.plots`` re-exports these functions; charts of numbers live there.
+Grad-CAM is keras-io's recipe (``examples/vision/grad_cam.py``) on public Keras API, batched
+and resized: cut the model at a feature map, take one gradient of the tumour logit with
+respect to it, weight its channels by their mean gradient, sum, ReLU, divide by the max. It
+works on TensorFlow and JAX; the gradient is the only per-backend step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
@@ -18,56 +22,24 @@ from matplotlib.patches import Rectangle
 
 from .checks import labels01
 from .metrics import validate_binary
-
-__all__ = ["CENTRE", "plot_confident_errors", "plot_gradcam", "plot_patch_grid"]
+from .plots import grid
 
 CENTRE = 32  # PCam labels only the centre 32x32 px of each 96x96 patch.
-
-
-def patches_at(images: Any, idx: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The patches at ``idx`` only (works for arrays, memmaps and simple indexables)."""
-    idx = np.asarray(idx, dtype=np.int64)
-    if isinstance(images, np.ndarray):
-        out = np.asarray(images[idx])
-    elif len(idx):
-        out = np.stack([np.asarray(images[int(i)]) for i in idx])
-    else:
-        out = np.zeros((0, 1, 1, 3), np.uint8)
-    if out.ndim != 4:
-        raise ValueError(f"images must be NHWC; got patches of shape {out.shape[1:]}")
-    return out
-
-
-def grid(
-    n: int,
-    ncols: int,
-    cell: tuple[float, float],
-    extra_h: float = 0.0,
-    figsize: tuple[float, float] | None = None,
-) -> tuple[Figure, np.ndarray]:
-    """A figure with ``n`` axes in rows of at most ``ncols`` cells; the spare axes are hidden."""
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    size = figsize or (ncols * cell[0], nrows * cell[1] + extra_h)
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, axes
+BATCH = 32  # Grad-CAM images per gradient step
+# Layers whose 4-D output is not a learned feature map worth explaining.
+_SKIP_MODULES = ("pooling", "regularization", "preprocessing", "input_layer", "reshaping")
 
 
 def _draw_centre_box(ax: Axes, h: int, w: int, color: str = "lime") -> None:
     """Outline the labelled centre square (pixels 32..63 of a 96 px patch)."""
-    if h >= CENTRE and w >= CENTRE:
-        xy = ((w - CENTRE) // 2 - 0.5, (h - CENTRE) // 2 - 0.5)
-        ax.add_patch(Rectangle(xy, CENTRE, CENTRE, fill=False, edgecolor=color, linewidth=1.0))
+    xy = ((w - CENTRE) // 2 - 0.5, (h - CENTRE) // 2 - 0.5)
+    ax.add_patch(Rectangle(xy, CENTRE, CENTRE, fill=False, edgecolor=color, linewidth=1.0))
 
 
-def _show_patch(
-    ax: Axes, img: np.ndarray, centre_box: bool = True, caption: str = "", fontsize: float = 7
-) -> None:
+def _show_patch(ax: Axes, img: np.ndarray, box: bool, caption: str, fontsize: float = 7) -> None:
     """One patch without ticks, optionally with the labelled centre region outlined."""
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")  # RGB ignores cmap
-    if centre_box:
+    ax.imshow(img)
+    if box:
         _draw_centre_box(ax, *img.shape[:2])
     ax.set_axis_off()
     if caption:
@@ -91,15 +63,9 @@ def _captions_data(n: int, labels: Any, probs: Any) -> tuple[np.ndarray | None, 
 
 
 def plot_patch_grid(
-    images: Any,
-    labels: Any = None,
-    probs: Any = None,
-    n: int = 100,
-    ncols: int = 10,
-    centre_box: bool = True,
-    title: str | None = None,
+    images: Any, labels: Any = None, probs: Any = None, n: int = 100, title: str | None = None
 ) -> Figure:
-    """The first ``n`` patches, labelled centre 32x32 outlined, label/probability as captions.
+    """The first ``n`` patches, 10 a row, centre 32x32 outlined, label/probability as captions.
 
     Captions are green when the 0.5-thresholded probability matches the label, red otherwise.
     """
@@ -107,10 +73,10 @@ def plot_patch_grid(
     if m < 1:
         raise ValueError("no images to plot")
     y, p = _captions_data(len(images), labels, probs)
-    imgs = patches_at(images, np.arange(m))
-    fig, axes = grid(m, ncols, (1.25, 1.25), extra_h=0.6 if title else 0.3)
+    imgs = np.asarray(images[:m])
+    fig, axes = grid(m, 10, (1.25, 1.25), extra_h=0.6 if title else 0.3)
     for i, ax in enumerate(axes.flat[:m]):
-        _show_patch(ax, imgs[i], centre_box, _caption(i, y, p))
+        _show_patch(ax, imgs[i], True, _caption(i, y, p))
         if y is not None and p is not None:
             ax.title.set_color("green" if int(p[i] >= 0.5) == y[i] else "red")
     if title:
@@ -120,15 +86,9 @@ def plot_patch_grid(
 
 
 def plot_confident_errors(
-    images: Any,
-    y_true: Any,
-    y_prob: Any,
-    n: int = 16,
-    *,
-    threshold: float = 0.5,
-    ncols: int = 8,
+    images: Any, y_true: Any, y_prob: Any, n: int = 16, *, threshold: float = 0.5
 ) -> Figure:
-    """The ``n`` most confident false positives and false negatives, to see what fools the model."""
+    """The ``n`` most confident false positives and false negatives, 8 a row: what fools it."""
     yt, yp = validate_binary(y_true, y_prob)
     if len(yt) != len(images):
         raise ValueError(f"y_true has {len(yt)} rows but images has {len(images)}")
@@ -138,17 +98,17 @@ def plot_confident_errors(
         (f"false positives (normal, p ≥ {threshold:g})", fp[np.argsort(-yp[fp], kind="stable")]),
         (f"false negatives (tumour, p < {threshold:g})", fn[np.argsort(yp[fn], kind="stable")]),
     ]
-    cols = max(1, min(ncols, n))
+    cols = max(1, min(8, n))
     rows = max(1, math.ceil(n / cols))
     fig = plt.figure(figsize=(cols * 1.7, 2 * (rows * 1.8 + 0.6)))
     for sub, (label, idx) in zip(fig.subfigures(2, 1), groups, strict=True):
         shown = idx[:n]
         sub.suptitle(f"Most confident {label}: showing {len(shown)} of {len(idx)}", fontsize=12)
         axes = sub.subplots(rows, cols, squeeze=False)
-        imgs = patches_at(images, shown)
         for k, ax in enumerate(axes.flat):
             if k < len(shown):
-                _show_patch(ax, imgs[k], True, f"#{shown[k]} p={yp[shown[k]]:.3f}", fontsize=10)
+                img = np.asarray(images[int(shown[k])])
+                _show_patch(ax, img, True, f"#{shown[k]} p={yp[shown[k]]:.3f}", fontsize=10)
             else:
                 ax.axis("off")
         if not len(shown):
@@ -156,18 +116,8 @@ def plot_confident_errors(
     return fig
 
 
-def plot_gradcam(
-    images: Any,
-    heatmaps: Any,
-    probs: Any = None,
-    labels: Any = None,
-    alpha: float = 0.4,
-    *,
-    ncols: int = 4,
-    cmap: str = "jet",
-    pairs: bool = True,
-) -> Figure:
-    """Grad-CAM heat-maps over their patches, centre 32x32 outlined; ``pairs`` adds the raw one."""
+def plot_gradcam(images: Any, heatmaps: Any, probs: Any = None, labels: Any = None) -> Figure:
+    """Each patch (centre 32x32 outlined) beside its Grad-CAM heat-map overlay, 4 pairs a row."""
     imgs = np.asarray(images)
     heat = np.asarray(heatmaps, dtype=np.float32)
     if imgs.ndim != 4 or imgs.shape[:3] != heat.shape:
@@ -178,18 +128,128 @@ def plot_gradcam(
     if not np.isfinite(heat).all():
         raise ValueError("heatmaps contain non-finite values")
     y, p = _captions_data(len(imgs), labels, probs)
-    per = 2 if pairs else 1
-    fig, axes = grid(len(imgs) * per, ncols * per, (1.6, 1.6), extra_h=0.4)
+    fig, axes = grid(len(imgs) * 2, 8, (1.6, 1.6), extra_h=0.4)
     for i, img in enumerate(imgs):
-        if pairs:
-            _show_patch(axes.flat[2 * i], img, True, _caption(i, y, p))
-        ax = axes.flat[per * i + per - 1]
-        _show_patch(ax, img, False, "" if pairs else _caption(i, y, p))
-        shown = ax.imshow(heat[i], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-        _draw_centre_box(ax, *heat.shape[1:], color="white")
+        _show_patch(axes.flat[2 * i], img, True, _caption(i, y, p))
+        _show_patch(axes.flat[2 * i + 1], img, False, "")
+        shown = axes.flat[2 * i + 1].imshow(heat[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        _draw_centre_box(axes.flat[2 * i + 1], *heat.shape[1:], color="white")
     fig.tight_layout(pad=0.3)
     if len(imgs):  # one scale for every map: each is divided by its own maximum
         fig.subplots_adjust(right=0.93)
         bar = fig.colorbar(shown, cax=fig.add_axes((0.945, 0.15, 0.01, 0.7), label="colorbar"))
         bar.set_label("Grad-CAM (÷ its max)")
     return fig
+
+
+def _rank(layer: Any) -> int | None:
+    """Rank of a layer's (single) output, or None when it has none or several."""
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
+    """The feature map Grad-CAM uses: ``layer_name`` checked, else the last conv-like 4-D output.
+
+    Pooling, dropout, reshaping and preprocessing outputs are skipped, as are nested models:
+    pcamlib builds backbones on the model's own tensor, so their layers are the model's.
+    """
+    if getattr(model, "inputs", None) is None:
+        raise ValueError(f"gradcam needs a Sequential or functional model; got {type(model)}")
+    if layer_name is not None:
+        if layer_name not in {layer.name for layer in model.layers}:
+            raise ValueError(f"no layer named {layer_name!r} in model {model.name!r}")
+        if _rank(model.get_layer(layer_name)) != 4:
+            raise ValueError(f"layer {layer_name!r} does not output a 4-D (N, h, w, C) feature map")
+        return layer_name
+    for layer in reversed(model.layers):
+        module = type(layer).__module__
+        if _rank(layer) == 4 and not isinstance(layer, keras.Model):
+            if not any(s in module for s in _SKIP_MODULES):
+                return layer.name
+    raise ValueError("model has no convolutional layer to explain; pass layer_name=")
+
+
+def _cut(model: keras.Model, layer_name: str) -> tuple[keras.Model, Callable[[Any], Any]]:
+    """``features`` (input → feature map) and ``head`` (feature map → tumour logit).
+
+    The logit, not the probability: a saturated sigmoid (p = 1.0 in float32) has no gradient.
+    """
+    feature_map = model.get_layer(layer_name).output
+    names = {layer.name for layer in model.layers}
+    score = model.get_layer("tumor_logit").output if "tumor_logit" in names else model.outputs[0]
+    try:
+        head = keras.Model(feature_map, score)
+    except ValueError:  # the rest of the model also needs the input
+        raise ValueError(
+            f"cannot cut the model at {layer_name!r}: it is not on every path from the input to "
+            "the output (pick a block output: conv5_block3_out, not conv5_block3_2_conv)"
+        ) from None
+    return keras.Model(model.inputs[0], feature_map), lambda f: head(f, training=False)
+
+
+def _gradient(head: Callable[[Any], Any], feat: Any) -> Any:
+    """d sum(head(feat)) / d feat: the one step Keras has no backend-neutral API for."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(feat)
+            total = tf.reduce_sum(tf.cast(head(feat), "float32"))
+        return tape.gradient(total, feat)
+    if backend == "jax":
+        import jax
+
+        return jax.grad(lambda f: head(f).astype("float32").sum())(feat)
+    raise ValueError(f"gradcam supports the tensorflow and jax Keras backends; this is {backend!r}")
+
+
+def _field_of_view(model: keras.Model, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the input the network sees: PCamNet's centre crop."""
+    top, left, (h, w) = 0, 0, size
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.CenterCrop):
+            ch, cw = min(layer.height, h), min(layer.width, w)
+            top, left, h, w = top + (h - ch) // 2, left + (w - cw) // 2, ch, cw
+    return top, left, h, w
+
+
+def _cam_batch(model, features, head, x: np.ndarray, start: int) -> np.ndarray:
+    """Grad-CAM maps of one batch, resized onto the field of view, each divided by its max."""
+    feat = features(x, training=False)
+    grads = keras.ops.convert_to_numpy(_gradient(head, feat)).astype(np.float32)
+    feat = keras.ops.convert_to_numpy(feat).astype(np.float32)
+    bad = ~(np.isfinite(feat).all(axis=(1, 2, 3)) & np.isfinite(grads).all(axis=(1, 2, 3)))
+    if bad.any():
+        raise ValueError(f"non-finite feature map or gradient for image {start + np.argmax(bad)}")
+    cam = np.maximum((grads.mean(axis=(1, 2), keepdims=True) * feat).sum(axis=-1), 0.0)
+    top, left, h, w = _field_of_view(model, x.shape[1:3])
+    big = keras.ops.image.resize(cam[..., None], (h, w), interpolation="bilinear")
+    out = np.zeros(x.shape[:3], np.float32)  # zero where a centre crop hides the pixels
+    out[:, top : top + h, left : left + w] = np.maximum(keras.ops.convert_to_numpy(big)[..., 0], 0)
+    peak = out.max(axis=(1, 2), keepdims=True)
+    return out / np.where(peak > 0, peak, 1.0)  # a map with no evidence stays zero
+
+
+def gradcam(model: keras.Model, images: Any, *, layer_name: str | None = None) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] at input resolution for the tumour logit.
+
+    The feature map is ``layer_name`` or the one :func:`find_target_layer` picks.
+
+    Examples:
+        >>> heat = gradcam(model, images[:8])
+        >>> fig = plot_gradcam(images[:8], heat, probs=probs[:8])
+    """
+    features, head = _cut(model, find_target_layer(model, layer_name))
+    chunks = []
+    for start in range(0, len(images), BATCH):
+        x = np.asarray(images[start : start + BATCH])
+        if x.ndim != 4:
+            raise ValueError(f"images must be NHWC; images[{start}:] has shape {x.shape}")
+        chunks.append(_cam_batch(model, features, head, x, start))
+    if not chunks:
+        return np.zeros((0, *np.shape(images)[1:3]), np.float32)
+    return np.concatenate(chunks)

@@ -1,83 +1,61 @@
-"""Charts for EDA, training curves and evaluation from plain arrays, so notebooks stay thin.
+"""Charts from plain arrays, the stain figure and architecture diagrams, so notebooks stay thin.
 
 ROC, precision-recall, confusion-matrix and reliability plots are scikit-learn's Display
-classes drawn on the given axes. Pictures of patches (grids, confident errors, Grad-CAM
-overlays) live in :mod:`pcamlib.gallery` and are re-exported here.
+classes. Diagrams are visualkeras' layered view, which reads ``layer.output_shape``: Keras 3
+layers lack it, so visualkeras gets read-only views of the layers and the model is never
+patched. Pictures of patches and Grad-CAM live in :mod:`pcamlib.gallery`.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
+import types
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from PIL import Image, ImageFont
 from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from .checks import labels01
-from .gallery import grid, patches_at, plot_confident_errors, plot_gradcam, plot_patch_grid
+from .io import atomic_path
 from .metrics import expected_calibration_error, require_both_classes, validate_binary
-
-__all__ = [
-    "CLASS_NAMES",
-    "plot_channel_stats",
-    "plot_confident_errors",
-    "plot_confusion",
-    "plot_gradcam",
-    "plot_history",
-    "plot_label_balance",
-    "plot_patch_grid",
-    "plot_pr",
-    "plot_prob_hist",
-    "plot_reliability",
-    "plot_roc",
-]
+from .stain import hed_jitter, reinhard_normalise, reinhard_target
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
-PALETTE = {CLASS_NAMES[0]: "#4C72B0", CLASS_NAMES[1]: "#C44E52"}
-_IGNORED_HISTORY = {"epoch", "learning_rate", "seconds"}
-_BY_CLASS = {"hue_order": CLASS_NAMES, "palette": PALETTE}  # the same colour per class everywhere
+_BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class
 _STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
-_TITLES = {"loss": "Loss", "auc": "ROC AUC", "pr_auc": "PR AUC"}
-_TITLES |= dict.fromkeys(("accuracy", "acc", "binary_accuracy"), "Accuracy")
+_TITLES = {"loss": "Loss", "accuracy": "Accuracy", "auc": "ROC AUC"}  # train()'s metrics
+MAX_CHANNEL_IMAGES = 5000  # plot_channel_stats reads a seeded subset of at most this many
+MAX_BOXES = 40  # a diagram of a longer model draws one box per stage
 
 
-def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    """Draw on the caller's axes when given, else on a fresh figure."""
-    if ax is None:
-        return plt.subplots(figsize=figsize)
-    return ax.figure.figure, ax  # a subfigure's .figure is the top-level figure
+def grid(n: int, ncols: int, cell: tuple[float, float], extra_h: float = 0.0):
+    """A figure with ``n`` axes in rows of at most ``ncols`` cells; the spare axes are hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    size = (ncols * cell[0], nrows * cell[1] + extra_h)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
 
 
-# --------------------------------------------------------------------------- training curves
-
-
-def _metric_order(name: str) -> tuple[int, str]:
-    """Loss first, then accuracy, then AUC, then anything else alphabetically."""
-    low = name.lower()
-    return [low == "loss", "acc" in low, "auc" in low, True].index(True), low
-
-
-def _pretty(name: str) -> str:
-    """Human panel titles for the usual Keras metric names (``auc_1`` is still ROC AUC)."""
-    low = name.lower()
-    key = next((k for k in ("auc", "pr_auc") if low.startswith(k)), low)
-    return _TITLES.get(key, name.replace("_", " "))
-
-
-def _best(frame: pd.DataFrame, bases: list[str], epochs: np.ndarray) -> tuple[int, str, str] | None:
-    """(row, metric, label) of the best validation AUC, else of the lowest val_loss, else None."""
-    auc = next((b for b in bases if b.lower().startswith("auc") and f"val_{b}" in frame), None)
-    for base, pick, what in ((auc, np.nanargmax, "AUC"), ("loss", np.nanargmin, "loss")):
-        col = f"val_{base}"
-        if base is not None and col in frame and frame[col].notna().any():
+def _best(frame: pd.DataFrame, epochs: np.ndarray) -> tuple[int, str, str] | None:
+    """(row, column, label) of the best validation AUC, else of the lowest val_loss, else None."""
+    for col, pick, what in (("val_auc", np.nanargmax, "AUC"), ("val_loss", np.nanargmin, "loss")):
+        if col in frame and frame[col].notna().any():
             i = int(pick(frame[col].to_numpy()))
-            return i, base, f"best val {what} {frame[col].iloc[i]:.4f} @ epoch {epochs[i]}"
+            return i, col, f"best val {what} {frame[col].iloc[i]:.4f} @ epoch {epochs[i]}"
     return None
 
 
@@ -91,40 +69,36 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
         for col, label in ((base, "train"), (f"val_{base}", "validation")):
             if col in history:
                 ax.plot(epochs, history[col], marker=".", label=label)
-        ax.set_title(_pretty(base))
+        ax.set_title(_TITLES.get(base, base.replace("_", " ")))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
 
 
-def plot_history(history: pd.DataFrame, *, figsize: tuple[float, float] | None = None) -> Figure:
-    """Train vs validation curves per metric, with the best-validation-AUC epoch marked.
+def plot_history(history: pd.DataFrame) -> Figure:
+    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1).
 
-    ``history`` is a run's history (``TrainResult.history`` or ``history.csv``: one row per
-    epoch, ``epoch`` from 1). Without a validation AUC the marker falls back to the lowest
-    ``val_loss``.
+    The best validation AUC's epoch is marked, else the lowest ``val_loss``'s.
     """
     if history.empty:
         raise ValueError("history is empty: no epochs to plot")
     epochs = history["epoch"].to_numpy()
-    numeric = [
-        c
-        for c in history
-        if c not in _IGNORED_HISTORY and pd.api.types.is_numeric_dtype(history[c])
-    ]
-    bases = sorted({c.removeprefix("val_") for c in numeric}, key=_metric_order)
+    skip = {"epoch", "learning_rate", "seconds"}
+    numeric = [c for c in history if c not in skip and pd.api.types.is_numeric_dtype(history[c])]
+    order = [*_TITLES, *sorted({c.removeprefix("val_") for c in numeric} - set(_TITLES))]
+    bases = [b for b in order if b in history or f"val_{b}" in history]
     panels = bases + (["learning_rate"] if "learning_rate" in history else [])
     if not panels:
         raise ValueError(f"history has no numeric metric columns; columns are {list(history)}")
-    best = _best(history, bases, epochs)
-    fig, axes = grid(len(panels), 3, (5, 3.6), figsize=figsize)
+    best = _best(history, epochs)
+    fig, axes = grid(len(panels), 3, (5, 3.6))
     for ax, base in zip(axes.flat, panels, strict=False):
         _history_panel(ax, history, epochs, base)
         if best is not None:
-            i, best_base, best_label = best
+            i, col, label = best
             ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
-            if base == best_base:
-                y = history[f"val_{base}"].iloc[i]
-                ax.plot([epochs[i]], [y], "*", ms=14, color="gold", mec="k", label=best_label)
+            if col == f"val_{base}":
+                y = history[col].iloc[i]
+                ax.plot([epochs[i]], [y], "*", ms=14, color="gold", mec="k", label=label)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Training history" + (f" - {best[2]}" if best else ""))
@@ -135,11 +109,11 @@ def plot_history(history: pd.DataFrame, *, figsize: tuple[float, float] | None =
 # --------------------------------------------------------------------------- EDA
 
 
-def plot_label_balance(labels: Any, ax: Axes | None = None) -> Figure:
+def plot_label_balance(labels: Any) -> Figure:
     """Class counts with percentages, to see the imbalance before choosing metrics and splits."""
     y = labels01(labels)
     names = np.take(CLASS_NAMES, y)
-    fig, ax = _axes(ax, (5, 4))
+    fig, ax = plt.subplots(figsize=(5, 4))
     sns.countplot(x=names, hue=names, order=CLASS_NAMES, legend=False, ax=ax, **_BY_CLASS)
     counts = np.bincount(y, minlength=2)
     for i, c in enumerate(counts):
@@ -149,29 +123,27 @@ def plot_label_balance(labels: Any, ax: Axes | None = None) -> Figure:
     return fig
 
 
-def plot_channel_stats(images: Any, labels: Any, *, max_images: int = 5000) -> Figure:
-    """Per-class distributions of each image's mean R, G, B intensity (stain/brightness EDA).
+def plot_channel_stats(images: Any, labels: Any) -> Figure:
+    """Per-class distributions of each patch's mean R, G, B intensity (stain/brightness EDA).
 
-    At most ``max_images`` patches (a seeded random subset) are read, 1024 at a time.
+    A seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches is read, 1024 at a time, so a
+    memmap is never loaded whole.
     """
     y = labels01(labels)
     if len(y) != len(images):
         raise ValueError(f"labels has {len(y)} rows but images has {len(images)}")
     idx = np.arange(len(y))
-    if len(idx) > max_images:
-        idx = np.sort(np.random.default_rng(0).choice(idx, size=max_images, replace=False))
-    chan = np.concatenate(
-        [
-            patches_at(images, idx[s : s + 1024]).astype(np.float32).mean(axis=(1, 2))
-            for s in range(0, len(idx), 1024)
-        ]
+    if len(idx) > MAX_CHANNEL_IMAGES:
+        rng = np.random.default_rng(0)
+        idx = np.sort(rng.choice(idx, size=MAX_CHANNEL_IMAGES, replace=False))
+    chunks = [np.asarray(images[idx[s : s + 1024]]) for s in range(0, len(idx), 1024)]
+    frame = pd.DataFrame(
+        np.concatenate([c.astype(np.float32).mean(axis=(1, 2)) for c in chunks]),
+        columns=["red", "green", "blue"],
     )
-    n_ch = chan.shape[1]
-    names = ["red", "green", "blue"] if n_ch == 3 else [f"channel {c}" for c in range(n_ch)]
-    frame = pd.DataFrame(chan, columns=names)
     frame["class"] = np.take(CLASS_NAMES, y[idx])
-    fig, axes = grid(n_ch, n_ch, (4.5, 3.6))
-    for ax, name in zip(axes.flat, names, strict=True):
+    fig, axes = grid(3, 3, (4.5, 3.6))
+    for ax, name in zip(axes.flat, ["red", "green", "blue"], strict=True):
         sns.histplot(
             frame, x=name, hue="class", bins=50, stat="density", ax=ax, **_STEPS, **_BY_CLASS
         )
@@ -181,31 +153,39 @@ def plot_channel_stats(images: Any, labels: Any, *, max_images: int = 5000) -> F
     return fig
 
 
-# --------------------------------------------------------------------------- evaluation
+def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Figure:
+    """What the stain tools do: ``patch``, 4 HED jitters (σ = 0.1) and its Reinhard version.
 
-_CURVES = {  # Display class, score, its short name, axis labels, legend place, title
-    "roc": (
-        skm.RocCurveDisplay,
-        skm.roc_auc_score,
-        "AUC",
-        ("false positive rate (1 - specificity)", "true positive rate (sensitivity)"),
-        "lower right",
-        "ROC",
-    ),
-    "pr": (
-        skm.PrecisionRecallDisplay,
-        skm.average_precision_score,
-        "AP",
-        ("recall (sensitivity)", "precision"),
-        "lower left",
-        "Precision-recall",
-    ),
-}
+    Below, one row of 6 patches per entry of ``sources`` (name → uint8 NHWC), whose patches
+    together give the Reinhard target. Jitters should look like H&E from another lab.
+    """
+    patch = np.asarray(patch)
+    if patch.shape[-3:] != (96, 96, 3) or patch.dtype != np.uint8:
+        raise ValueError(f"patch must be a 96×96×3 uint8 image; got {patch.shape} {patch.dtype}")
+    if not sources:
+        raise ValueError("give at least one source of patches to compare with")
+    target = reinhard_target(np.concatenate([np.asarray(v) for v in sources.values()]))
+    jittered = hed_jitter(np.repeat(patch[None], 4, 0), 0.1, np.random.default_rng(0))
+    rows = [
+        [("original", patch)]
+        + [(f"HED σ=0.1 #{i + 1}", im) for i, im in enumerate(jittered)]
+        + [("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]
+    ]
+    rows += [[(name * (j == 0), im) for j, im in enumerate(v[:6])] for name, v in sources.items()]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(1.6 * 6, 1.8 * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows, strict=True):
+        for ax, (caption, image) in zip(ax_row, row, strict=False):
+            ax.imshow(image)
+            ax.set_title(caption, fontsize=8, loc="left")
+        for ax in ax_row:
+            ax.set_axis_off()
+    fig.suptitle("Stain augmentation (HED jitter) and normalisation (Reinhard)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
-def _plot_curves(kind: str, curves: Mapping[str, tuple[Any, Any]], ax: Axes | None) -> Figure:
-    """Several models' curves on one axis, each with its score (4 decimals), chance drawn once."""
-    display, score, short, (xlabel, ylabel), loc, title = _CURVES[kind]
+def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
+    """ROC curves of several models (``{name: (y_true, y_prob)}``), AUC in the legend."""
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
     data = []
@@ -216,42 +196,28 @@ def _plot_curves(kind: str, curves: Mapping[str, tuple[Any, Any]], ax: Axes | No
         except (TypeError, ValueError) as err:
             raise ValueError(f"curve {name!r}: {err}") from err
         data.append((name, yt, yp))
-    fig, ax = _axes(ax, (5.5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    chance = {"label": "chance"}
     for k, (name, yt, yp) in enumerate(data):
-        chance = "chance" if kind == "roc" else f"chance (prevalence {yt.mean():.2f})"
-        display.from_predictions(
-            yt,
-            yp,
-            ax=ax,
-            curve_kwargs={"label": f"{name} ({short} = {score(yt, yp):.4f})"},
-            plot_chance_level=k == len(data) - 1,
-            chance_level_kw={"label": chance},
+        label = {"label": f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"}
+        last = k == len(data) - 1  # chance drawn once
+        skm.RocCurveDisplay.from_predictions(
+            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=last, chance_level_kw=chance
         )
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set(xlabel="false positive rate (1 - specificity)", title="ROC")
+    ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
-    ax.legend(loc=loc, fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     return fig
 
 
-def plot_roc(curves: Mapping[str, tuple[Any, Any]], ax: Axes | None = None) -> Figure:
-    """ROC curves of several models on one axis, AUC (the Kaggle metric) in the legend."""
-    return _plot_curves("roc", curves, ax)
-
-
-def plot_pr(curves: Mapping[str, tuple[Any, Any]], ax: Axes | None = None) -> Figure:
-    """Precision-recall curves (average precision in the legend): shows the positive-class cost."""
-    return _plot_curves("pr", curves, ax)
-
-
-def plot_confusion(
-    y_true: Any, y_prob: Any, threshold: float = 0.5, ax: Axes | None = None
-) -> Figure:
+def plot_confusion(y_true: Any, y_prob: Any, threshold: float = 0.5) -> Figure:
     """Confusion matrix at a threshold, with counts and per-true-class percentages."""
     yt, yp = validate_binary(y_true, y_prob)
     cm = skm.confusion_matrix(yt, (yp >= threshold).astype(int), labels=[0, 1])
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
-    fig, ax = _axes(ax, (4.8, 4.2))
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
     display = skm.ConfusionMatrixDisplay(frac, display_labels=CLASS_NAMES)
     display.plot(ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0, "vmax": 1})
     for (i, j), text in np.ndenumerate(display.text_):
@@ -260,44 +226,98 @@ def plot_confusion(
     return fig
 
 
-def plot_reliability(y_true: Any, y_prob: Any, n_bins: int = 10, ax: Axes | None = None) -> Figure:
-    """Reliability diagram: observed tumour rate vs mean p per bin, ECE in the title.
-
-    The bars behind the curve count the patches in each bin.
-    """
-    ece = expected_calibration_error(y_true, y_prob, n_bins)
+def plot_reliability(y_true: Any, y_prob: Any) -> Figure:
+    """Reliability diagram (10 bins, ECE in the title) over bars counting each bin's patches."""
+    ece = expected_calibration_error(y_true, y_prob, 10)
     yt, yp = validate_binary(y_true, y_prob)
-    fig, ax = _axes(ax, (5.5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
     counts = ax.twinx()
-    counts.hist(yp, bins=n_bins, range=(0, 1), color="0.85", edgecolor="0.6")
+    counts.hist(yp, bins=10, range=(0, 1), color="0.85", edgecolor="0.6")
     counts.set_ylabel("patches per bin")
     ax.set_zorder(counts.get_zorder() + 1)  # the curve in front of the bars
     ax.patch.set_visible(False)
-    CalibrationDisplay.from_predictions(yt, yp, n_bins=n_bins, ax=ax, name="model")
+    CalibrationDisplay.from_predictions(yt, yp, n_bins=10, ax=ax, name="model")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="predicted tumour probability")
-    ax.set(ylabel="fraction tumour", title=f"Reliability (ECE = {ece:.4f}, {n_bins} bins)")
+    ax.set(ylabel="fraction tumour", title=f"Reliability (ECE = {ece:.4f}, 10 bins)")
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
 
-def plot_prob_hist(
-    y_true: Any,
-    y_prob: Any,
-    *,
-    bins: int = 50,
-    threshold: float | None = 0.5,
-    log: bool = True,
-    ax: Axes | None = None,
-) -> Figure:
-    """Predicted-probability histograms per true class: how well and how surely it separates."""
+def plot_prob_hist(y_true: Any, y_prob: Any) -> Figure:
+    """Predicted-probability histograms per true class (log counts, 0.5 marked): the separation."""
     yt, yp = validate_binary(y_true, y_prob)
-    fig, ax = _axes(ax, (6, 4))
-    edges = np.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    edges = np.linspace(0, 1, 51)
     sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=edges, ax=ax, **_STEPS, **_BY_CLASS)
-    if log:
-        ax.set_yscale("log")
-    if threshold is not None:
-        ax.axvline(threshold, color="k", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.axvline(0.5, color="k", linestyle="--", linewidth=1)
     ax.set(xlabel="predicted tumour probability", ylabel="patches")
     ax.set_title("Predicted probability by true class")
     return fig
+
+
+class _LayerView(types.SimpleNamespace):
+    """A layer with the ``output_shape`` visualkeras reads; other attributes delegate."""
+
+    def __getattr__(self, name):  # only called for attributes not set on the view
+        return getattr(self._layer, name)
+
+
+def _legend_font():
+    """DejaVu Sans where installed, else Pillow's built-in font, at a readable size."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", 14)
+    except OSError:
+        return ImageFont.load_default(size=14)
+
+
+def _stages(layers):
+    """Each layer alone, or past MAX_BOXES runs sharing a stem (``conv2_block1_1_conv``)."""
+    if len(layers) <= MAX_BOXES:
+        return [(None, [layer]) for layer in layers]
+    runs = itertools.groupby(layers, key=lambda layer: layer.name.split("_")[0])
+    return [(stem if len(run) > 1 else None, run) for stem, run in ((s, list(r)) for s, r in runs)]
+
+
+def _render(model):
+    """visualkeras' layered view of read-only layer views, one class per layer type or stage."""
+    import visualkeras
+
+    if getattr(model, "inputs", None) is None:
+        what = "subclassed model, or a Sequential model built without keras.Input"
+        raise TypeError(
+            f"{type(model).__name__} is not a functional graph ({what}); nothing to draw"
+        )
+    classes, views = {}, []  # visualkeras keys legend and colours by type(layer)
+    for stem, run in _stages(list(model.layers)):
+        layer = run[-1]  # a stage is drawn as its last layer, labelled by its stem
+        key = stem or type(layer)
+        if key not in classes:
+            label = key if isinstance(key, str) else key.__name__
+            classes[key] = type(label, (_LayerView,), {})
+        out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
+        shape = tuple(None if d is None else int(d) for d in out.shape)
+        views.append(classes[key](_layer=layer, output_shape=shape))
+    return visualkeras.layered_view(types.SimpleNamespace(layers=views), legend=True,
+                                    font=_legend_font(), legend_text_spacing_offset=0)  # fmt: skip
+
+
+def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | None:
+    """Render ``model`` as a visualkeras layered view; optionally save it to ``path``.
+
+    Never raises: a diagram must not break a training run or notebook, so any failure
+    (subclassed model, render or write error) becomes a warning and ``None``.
+    """
+    try:
+        img = _render(model)
+        if path is not None:
+            fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+            with atomic_path(path) as tmp:  # JPEG and BMP have no alpha channel
+                (img.convert("RGB") if fmt in ("JPEG", "BMP") else img).save(tmp, format=fmt)
+        return img
+    except Exception as exc:  # noqa: BLE001 - by design, see docstring
+        name = getattr(model, "name", type(model).__name__)
+        warnings.warn(
+            f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}", stacklevel=2
+        )
+        return None

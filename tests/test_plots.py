@@ -1,19 +1,24 @@
-"""Tests for pcamlib.plots: each figure builds from plain arrays, shows the right content, saves."""
+"""pcamlib.plots: each chart builds from plain arrays and shows the right content; diagrams."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import os  # noqa: E402
+import warnings  # noqa: E402
+
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from pcamlib import plots  # noqa: E402
 from pcamlib.metrics import expected_calibration_error  # noqa: E402
+from pcamlib.models import build_model  # noqa: E402
 
 RNG = np.random.default_rng(0)
 N = 60
@@ -94,49 +99,19 @@ def test_plot_label_balance_counts_and_percentages(tmp_path):
         plots.plot_label_balance([0, 1, 3])
 
 
-def test_plot_label_balance_draws_on_given_axes():
-    fig, (a, b) = plt.subplots(1, 2)
-    assert plots.plot_label_balance(Y, ax=b) is fig
-    assert len(b.patches) == 2 and len(a.patches) == 0
-
-
-def test_plot_patch_grid_boxes_and_captions(tmp_path):
-    fig = plots.plot_patch_grid(IMAGES, labels=Y, probs=P, n=12, ncols=5, title="grid")
-    image_axes = [ax for ax in fig.axes if ax.images]
-    assert len(image_axes) == 12
-    boxes = [p for p in image_axes[0].patches if isinstance(p, Rectangle)]
-    assert len(boxes) == 1
-    # Pixels 32..63 of a 96 px patch; imshow pixel i spans [i - 0.5, i + 0.5].
-    assert boxes[0].get_xy() == (31.5, 31.5)
-    assert boxes[0].get_width() == 32 and boxes[0].get_height() == 32
-    title = image_axes[1].get_title()
-    assert title == f"y=1 p={P[1]:.2f}"
-    correct = (P[1] >= 0.5) == Y[1]
-    assert matplotlib.colors.to_hex(image_axes[1].title.get_color()) == (
-        "#008000" if correct else "#ff0000"
-    )
-    _save(fig, tmp_path, "grid")
-    no_box = plots.plot_patch_grid(IMAGES, n=3, centre_box=False)
-    assert not any(ax.patches for ax in no_box.axes)
-    with pytest.raises(ValueError, match="labels has 3 rows"):
-        plots.plot_patch_grid(IMAGES, labels=[0, 1, 0])
-
-
-def test_plot_roc_and_pr_several_models(tmp_path):
+def test_plot_roc_several_models(tmp_path):
     other = np.clip(P + RNG.normal(0, 0.3, N), 0, 1)
     curves = {"good": (Y, P), "noisy": (Y, other)}
     fig = plots.plot_roc(curves)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[0] == f"good (AUC = {roc_auc_score(Y, P):.4f})"
     assert legend[1].startswith("noisy (AUC = ")
+    assert legend[-1] == "chance"
     _save(fig, tmp_path, "roc")
-    fig = plots.plot_pr(curves)
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert legend[0].startswith("good (AP = ") and "prevalence 0.50" in legend[-1]
     with pytest.raises(ValueError, match="'bad'.*only class"):
         plots.plot_roc({"bad": ([1, 1], [0.2, 0.3])})
     with pytest.raises(ValueError, match="non-empty dict"):
-        plots.plot_pr({})
+        plots.plot_roc({})
 
 
 def test_plot_confusion_counts(tmp_path):
@@ -147,7 +122,7 @@ def test_plot_confusion_counts(tmp_path):
 
 
 def test_plot_reliability_reports_same_ece(tmp_path):
-    fig = plots.plot_reliability(Y, P, n_bins=10)
+    fig = plots.plot_reliability(Y, P)
     ece = expected_calibration_error(Y, P)
     assert f"ECE = {ece:.4f}" in fig.axes[0].get_title()
     _save(fig, tmp_path, "reliability")
@@ -155,38 +130,17 @@ def test_plot_reliability_reports_same_ece(tmp_path):
 
 def test_plot_prob_hist_per_class(tmp_path):
     fig = plots.plot_prob_hist(Y, P)
+    assert fig.axes[0].get_yscale() == "log"
     text = _texts(fig)
     assert "normal (0)" in text and "tumour (1)" in text
     _save(fig, tmp_path, "probhist")
 
 
-def test_plot_confident_errors_picks_most_confident(tmp_path):
-    y = np.array([0, 0, 0, 1, 1, 1, 0])
-    p = np.array([0.9, 0.6, 0.1, 0.05, 0.3, 0.9, 0.99])
-    fig = plots.plot_confident_errors(IMAGES[:7], y, p, n=2, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.images]
-    # FPs by descending p: #6 (0.99), #0 (0.9); FNs by ascending p: #3 (0.05), #4 (0.3).
-    assert titles == ["#6 p=0.990", "#0 p=0.900", "#3 p=0.050", "#4 p=0.300"]
-    assert "showing 2 of 3" in _texts(fig) and "showing 2 of 2" in _texts(fig)
-    _save(fig, tmp_path, "errors")
-    none = plots.plot_confident_errors(IMAGES[:2], [0, 1], [0.1, 0.9], n=4)
-    assert "none" in _texts(none)
-
-
-def test_plot_confident_errors_counts_errors_at_the_given_threshold():
-    y = np.array([0, 0, 0, 1, 1, 1, 0])
-    p = np.array([0.9, 0.6, 0.1, 0.05, 0.3, 0.9, 0.99])
-    fig = plots.plot_confident_errors(IMAGES[:7], y, p, n=3, ncols=3, threshold=0.95)
-    titles = [ax.get_title() for ax in fig.axes if ax.images]
-    # At 0.95 only #6 (0.99) is a false positive; every tumour patch (#3, #4, #5) is missed.
-    assert titles == ["#6 p=0.990", "#3 p=0.050", "#4 p=0.300", "#5 p=0.900"]
-    assert "p ≥ 0.95" in _texts(fig) and "showing 1 of 1" in _texts(fig)
-
-
-def test_plot_channel_stats(tmp_path):
+def test_plot_channel_stats_reads_a_subset(tmp_path, monkeypatch):
     imgs = IMAGES[:20].copy()
     imgs[Y[:20] == 1, ..., 0] = 250  # tumour patches are very red
-    fig = plots.plot_channel_stats(imgs, Y[:20], max_images=16)
+    monkeypatch.setattr(plots, "MAX_CHANNEL_IMAGES", 16)
+    fig = plots.plot_channel_stats(imgs, Y[:20])
     assert [ax.get_title() for ax in fig.axes] == ["Red", "Green", "Blue"]
     assert "n = 16 patches" in _texts(fig)
     _save(fig, tmp_path, "channels")
@@ -194,22 +148,95 @@ def test_plot_channel_stats(tmp_path):
         plots.plot_channel_stats(imgs, [0, 1, 0])
 
 
-def test_plot_gradcam_overlay(tmp_path):
-    heat = np.zeros((3, 96, 96), np.float32)
-    heat[:, 40:60, 40:60] = 1.0
-    fig = plots.plot_gradcam(IMAGES[:3], heat, probs=[0.1, 0.5, 0.9], labels=[0, 1, 1])
-    overlay = [ax for ax in fig.axes if len(ax.images) == 2]
-    assert len(overlay) == 3 and overlay[0].images[1].get_alpha() == 0.4
-    assert all(any(isinstance(p, Rectangle) for p in ax.patches) for ax in overlay)
-    (bar,) = [ax for ax in fig.axes if ax.get_label() == "colorbar"]  # one scale for all
-    assert bar.get_ylim() == (0.0, 1.0)
-    _save(fig, tmp_path, "gradcam")
-    with pytest.raises(ValueError, match="do not match"):
-        plots.plot_gradcam(IMAGES[:3], heat[:, :50])
-
-
 def test_bad_probabilities_raise_clear_errors():
     with pytest.raises(ValueError, match="row 1"):
         plots.plot_reliability([0, 1], [0.2, 1.4])
     with pytest.raises(ValueError, match="3 rows but y_prob has 2"):
         plots.plot_confusion([0, 1, 1], [0.2, 0.4])
+
+
+# --------------------------------------------------------------------------- diagrams
+
+L = keras.layers
+
+
+def _cnn():
+    return keras.Sequential(
+        [
+            keras.Input((96, 96, 3)),
+            L.Rescaling(1 / 255),
+            L.Resizing(64, 64),
+            L.Conv2D(16, 3),
+            L.BatchNormalization(),
+            L.Activation("relu"),
+            L.MaxPooling2D(),
+            L.Conv2D(32, 3, activation="relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dropout(0.3),
+            L.Dense(32, activation="relu"),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = L.Dense(1)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def _assert_real_image(img):
+    assert isinstance(img, Image.Image)
+    assert img.width > 100 and img.height > 100
+    lo, hi = img.convert("L").getextrema()
+    assert lo < hi  # not a blank canvas
+
+
+@pytest.mark.parametrize("build", [_cnn, lambda: build_model("vgg16", weights=None)])
+def test_diagram_renders_quietly_without_mutating_model(build):
+    model = build()
+    before = {id(la): (set(vars(la)), hasattr(la, "output_shape")) for la in model.layers}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a successful render should be quiet
+        img = plots.draw_model(model)
+    _assert_real_image(img)
+    assert {id(la): (set(vars(la)), hasattr(la, "output_shape")) for la in model.layers} == before
+
+
+def test_diagram_writes_file_atomically(tmp_path):
+    path = tmp_path / "cnn.png"
+    img = plots.draw_model(_cnn(), path)
+    _assert_real_image(img)
+    with Image.open(path) as saved:
+        assert saved.size == img.size
+    assert os.listdir(tmp_path) == ["cnn.png"]  # no temp file left behind
+
+
+def test_diagram_jpeg_path_drops_alpha(tmp_path):
+    path = tmp_path / "cnn.jpg"
+    assert plots.draw_model(_cnn(), str(path)) is not None
+    with Image.open(path) as saved:
+        assert saved.format == "JPEG"
+
+
+def test_diagram_of_subclassed_model_warns_and_returns_none():
+    m = _Subclassed()
+    m(keras.ops.ones((2, 4)))
+    with pytest.warns(UserWarning, match="not a functional graph"):
+        assert plots.draw_model(m) is None
+
+
+def test_diagram_write_failure_warns_and_returns_none(tmp_path):
+    with pytest.warns(UserWarning, match="could not draw"):
+        assert plots.draw_model(_cnn(), tmp_path / "missing" / "x.png") is None
+
+
+def test_long_models_are_drawn_one_box_per_stage(monkeypatch):
+    model = build_model("resnet50", weights=None)  # 175 backbone layers in the model itself
+    staged = plots.draw_model(model)
+    _assert_real_image(staged)
+    monkeypatch.setattr(plots, "MAX_BOXES", 10_000)
+    assert plots.draw_model(model).width > 10 * staged.width

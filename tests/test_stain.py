@@ -63,15 +63,13 @@ def test_reinhard_moves_every_patch_to_the_target_statistics(patches):
 
 
 def test_stain_figure_shows_jitters_normalised_patch_and_each_source(patches):
-    from pcamlib.stain_plots import plot_stain_tools
+    from pcamlib.plots import plot_stain_tools
 
-    fig = plot_stain_tools(
-        patches[0], {"Kaggle sample": patches[:6], "other": patches[6:12]}, n_jitter=3
-    )
+    fig = plot_stain_tools(patches[0], {"Kaggle sample": patches[:6], "other": patches[6:12]})
     shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 1 + 3 + 1 + 6 + 6
+    assert len(shown) == 1 + 4 + 1 + 6 + 6
     titles = [ax.get_title(loc="left") for ax in shown]
-    assert titles[:5] == ["original", *[f"HED σ=0.1 #{i}" for i in (1, 2, 3)],
+    assert titles[:6] == ["original", *[f"HED σ=0.1 #{i}" for i in (1, 2, 3, 4)],
                           "Reinhard-normalised"]  # fmt: skip
     assert "Kaggle sample" in titles and "other" in titles
     assert not np.array_equal(shown[1].images[0].get_array(), patches[0])
