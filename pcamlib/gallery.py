@@ -27,7 +27,7 @@ from .plots import grid
 CENTRE = 32  # PCam labels only the centre 32x32 px of each 96x96 patch.
 BATCH = 32  # Grad-CAM images per gradient step
 # Layers whose 4-D output is not a learned feature map worth explaining.
-_SKIP_MODULES = ("pooling", "regularization", "preprocessing", "input_layer", "reshaping")
+_SKIP = ("pooling", "regularization", "preprocessing", "input_layer", "reshaping")
 
 
 def _draw_centre_box(ax: Axes, h: int, w: int, color: str = "lime") -> None:
@@ -165,10 +165,9 @@ def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
             raise ValueError(f"layer {layer_name!r} does not output a 4-D (N, h, w, C) feature map")
         return layer_name
     for layer in reversed(model.layers):
-        module = type(layer).__module__
-        if _rank(layer) == 4 and not isinstance(layer, keras.Model):
-            if not any(s in module for s in _SKIP_MODULES):
-                return layer.name
+        skip = isinstance(layer, keras.Model) or any(s in type(layer).__module__ for s in _SKIP)
+        if _rank(layer) == 4 and not skip:
+            return layer.name
     raise ValueError("model has no convolutional layer to explain; pass layer_name=")
 
 

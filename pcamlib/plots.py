@@ -298,8 +298,11 @@ def _render(model):
         out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
         shape = tuple(None if d is None else int(d) for d in out.shape)
         views.append(classes[key](_layer=layer, output_shape=shape))
-    return visualkeras.layered_view(types.SimpleNamespace(layers=views), legend=True,
-                                    font=_legend_font(), legend_text_spacing_offset=0)  # fmt: skip
+    view = types.SimpleNamespace(layers=views)
+    # legend_text_spacing_offset=0: its default is deprecated and warns on every call
+    return visualkeras.layered_view(
+        view, legend=True, font=_legend_font(), legend_text_spacing_offset=0
+    )
 
 
 def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | None:
