@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .stain import hed_jitter, reinhard_normalise, reinhard_target
+from .augment import hed_jitter, reinhard_normalise, reinhard_target
 
 
 def plot_stain_tools(
