@@ -156,7 +156,7 @@ def recipe_feed(cache: PackedCache, name: str):
     """The recipe's training feed as train() builds it, plus the hand-off to Keras."""
     import keras
 
-    from pcamlib.augment_layers import host_augmentation
+    from pcamlib.augment import host_augmentation
     from pcamlib.config import TrainConfig
     from pcamlib.data import PatchStream
 
@@ -240,7 +240,7 @@ def bench_model_augment(cache: PackedCache, rounds: int) -> None:
     """CPU cost of the in-model augmentation layers when the model runs on this CPU."""
     import keras
 
-    from pcamlib.augment_layers import model_front
+    from pcamlib.augment import model_front
     from pcamlib.config import TrainConfig
 
     backend = keras.backend.backend()

@@ -89,7 +89,7 @@ def host_batches(config, cache, steps: int) -> tuple[float, float]:
     """CPU and wall seconds per batch of the recipe's stream (read + host augmentation)."""
     import numpy as np
 
-    from pcamlib.augment_layers import host_augmentation
+    from pcamlib.augment import host_augmentation
     from pcamlib.data import PatchStream
 
     rows = np.arange(len(cache))

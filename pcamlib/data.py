@@ -12,8 +12,8 @@ import keras
 import numpy as np
 
 from .augment import dihedral, jitter_colour, random_shift
+from .augment import hed_jitter as jitter_hed
 from .sources import DataError
-from .stain import hed_jitter as jitter_hed
 
 __all__ = ["PatchStream", "dihedral", "jitter_colour", "random_shift", "split_indices"]
 
@@ -65,7 +65,7 @@ class PatchStream(keras.utils.PyDataset):
         shift: random translation of up to ``shift`` pixels per axis, the border mirrored in.
         color_jitter: strength c of brightness (±c·128), contrast (×1±c) and per-channel gain
             (×1±c/2) jitter.
-        hed_jitter: HED stain jitter strength σ (:func:`pcamlib.stain.hed_jitter`), the standard
+        hed_jitter: HED stain jitter strength σ (:func:`pcamlib.augment.hed_jitter`), the standard
             stain augmentation for slides from other centres.
         crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
         workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from .augment_layers import host_augmentation, model_front, with_input_layers
+from .augment import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, load_patches
 from .config import TrainConfig
 from .data import PatchStream

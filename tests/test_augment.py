@@ -1,0 +1,201 @@
+"""Augmentation and stain tools on real patches: host numpy and model layers agree, layers are
+uint8 in/out, the identity at inference, seeded and savable; HED and Reinhard do what they say."""
+
+import keras
+import numpy as np
+import pytest
+
+from pcamlib import augment
+from pcamlib.augment import (
+    HEDJitter,
+    RandomColour,
+    RandomDihedral,
+    RandomShift,
+    ReinhardNormalization,
+    apply_hed_ops,
+    dihedral,
+    host_augmentation,
+    model_front,
+    shift_images,
+    with_input_layers,
+)
+from pcamlib.cache import load_patches
+from pcamlib.config import SAMPLE_DIR, TrainConfig
+from pcamlib.models import build_model
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    cache = load_patches(
+        SAMPLE_DIR, "train", cache_dir=tmp_path_factory.mktemp("c"), progress=False
+    )
+    return np.asarray(cache.images[::8])  # 200 real Kaggle patches, both classes
+
+
+def run(layer, x, training=True):
+    return keras.ops.convert_to_numpy(layer(x, training=training))
+
+
+RANDOM_LAYERS = [
+    lambda seed: RandomDihedral(seed=seed),
+    lambda seed: RandomShift(4, seed=seed),
+    lambda seed: HEDJitter(0.1, seed=seed),
+    lambda seed: RandomColour(0.1, seed=seed),
+]
+
+
+@pytest.mark.parametrize("make", RANDOM_LAYERS)
+def test_layers_keep_uint8_shape_act_only_in_training_and_follow_their_seed(make, patches):
+    x = patches[:64]
+    layer = make(7)
+    out = run(layer, x)
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    assert not np.array_equal(out, x)
+    assert np.array_equal(run(layer, x, training=False), x)  # inference: identity
+    assert np.array_equal(run(make(7), x), out)  # same seed, same draws
+    assert not np.array_equal(run(make(8), x), out)
+    assert not np.array_equal(run(layer, x), out)  # the generator moves on …
+    fresh = make(0)
+    fresh.seed_generator.state.assign(make(7).seed_generator.state)  # … and its state decides
+    assert np.array_equal(run(fresh, x), out)
+
+
+def test_dihedral_layer_gives_the_eight_views_of_each_patch(patches):
+    x = patches[:64]
+    out = run(RandomDihedral(seed=1), x)
+    views = [dihedral(x, k) for k in range(8)]
+    found = [[k for k in range(8) if np.array_equal(views[k][i], out[i])] for i in range(len(out))]
+    assert all(found)
+    assert {k[0] for k in found} == set(range(8))  # 64 patches: all views drawn
+    assert [v.shape for v in augment.dihedral_views(x[:2])] == [x[:2].shape] * 8
+
+
+def test_shift_layer_moves_each_patch_by_at_most_shift_pixels_without_wrapping(patches):
+    x = patches[:64]
+    out = run(RandomShift(3, seed=2), x)
+    moves = set()
+    for original, moved in zip(x, out, strict=True):
+        match = [
+            (dy, dx)
+            for dy in range(-3, 4)
+            for dx in range(-3, 4)
+            if np.array_equal(shift_images(original[None], [(dy, dx)])[0], moved)
+        ]
+        assert match, "every output is a reflect-padded shift of its own patch"
+        moves.add(match[0])
+    assert len(moves) > 10
+    rolled = np.roll(x[0], 3, axis=0)
+    shifted = shift_images(x[:1], [(3, 0)])[0]
+    assert np.array_equal(shifted[3:], x[0, :-3])  # content moved down by 3
+    assert np.array_equal(shifted[:3], x[0, 3:0:-1])  # mirrored edge, …
+    assert not np.array_equal(shifted[:3], rolled[:3])  # … not the bottom rows wrapped round
+    with pytest.raises(ValueError, match="do not fit"):
+        shift_images(x[:1], [(96, 0)])
+
+
+def test_hed_layer_is_the_numpy_hed_jitter(patches):
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(0.9, 1.1, (len(patches), 3)).astype(np.float32)
+    beta = rng.uniform(-0.1, 0.1, (len(patches), 3)).astype(np.float32)
+    expected = augment.apply_hed(patches, alpha, beta)
+    got = keras.ops.convert_to_numpy(apply_hed_ops(patches, alpha, beta))
+    got = np.clip(np.round(got), 0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # float32 rounding only
+    assert (np.abs(got.astype(int) - expected) > 0).mean() < 0.01
+
+
+def test_no_hed_jitter_gives_the_patch_back_and_the_matrix_is_ruifrok_johnston(patches):
+    ones, zeros = np.ones((len(patches), 3)), np.zeros((len(patches), 3))
+    assert np.abs(augment.apply_hed(patches, ones, zeros).astype(int) - patches).max() <= 1
+    assert augment.RGB_FROM_HED[0].tolist() == [0.65, 0.70, 0.29]  # haematoxylin
+    np.testing.assert_allclose(augment.HED_FROM_RGB @ augment.RGB_FROM_HED, np.eye(3), atol=1e-12)
+    # H&E tissue: haematoxylin and eosin dominate DAB (no DAB in H&E) on average.
+    hed = -np.log((patches.reshape(-1, 3) + 1.0) / augment.I0) @ augment.HED_FROM_RGB
+    h, e, d = hed.mean(axis=0)
+    assert h > abs(d) and e > abs(d)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1])
+def test_hed_jitter_keeps_uint8_shape_is_seeded_and_grows_with_sigma(patches, sigma):
+    out = augment.hed_jitter(patches, sigma, np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.shape == patches.shape
+    assert np.array_equal(out, augment.hed_jitter(patches, sigma, np.random.default_rng(3)))
+    assert not np.array_equal(out, augment.hed_jitter(patches, sigma, np.random.default_rng(4)))
+    change = np.abs(out.astype(int) - patches).mean()
+    assert 0.5 * 40 * sigma < change < 2 * 80 * sigma  # ~3.7 levels at σ 0.05, ~7.3 at 0.1
+    layer = run(HEDJitter(sigma, seed=3), patches)
+    assert 0.5 < np.abs(layer.astype(int) - patches).mean() / change < 2  # the same σ scale
+
+
+def test_colour_jitter_has_the_documented_strength_on_host_and_in_the_model(patches):
+    host = augment.jitter_colour(patches, 0.1, np.random.default_rng(0)).astype(float)
+    model = run(RandomColour(0.1, seed=3), patches).astype(float)
+    for out in (host, model):
+        change = np.abs(out - patches).mean(axis=(1, 2, 3))
+        assert (change > 0).all() and (change < 0.25 * 255).all()
+    ratio = np.abs(model - patches).mean() / np.abs(host - patches).mean()
+    assert 0.5 < ratio < 2  # color_jitter means the same on either placement
+
+
+def test_reinhard_moves_every_patch_to_the_target_on_host_and_in_the_model(patches):
+    target = augment.reinhard_target(patches)
+    out = augment.reinhard_normalise(patches, *target)
+    assert out.dtype == np.uint8 and out.shape == patches.shape
+    lab = augment.rgb_to_lab(out).reshape(len(out), -1, 3)
+    tissue = patches.reshape(len(patches), -1).std(axis=1) > 20  # skip near-blank patches
+    assert np.abs(np.median(lab[tissue].mean(axis=1), axis=0) - target[0]).max() < 0.05
+    before = augment.rgb_to_lab(patches).reshape(len(patches), -1, 3)[tissue].mean(axis=1)
+    assert lab[tissue].mean(axis=1)[:, 0].std() < 0.5 * before[:, 0].std()  # less spread
+    layer = run(ReinhardNormalization(*target), patches, training=False)  # on at inference
+    assert layer.dtype == np.uint8 and np.abs(layer.astype(int) - out).max() <= 1
+
+
+def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(patches, tmp_path):
+    x = patches[:64]
+    config = TrainConfig(
+        model="pcamnet", augment=True, shift=4, color_jitter=0.1, hed_jitter=0.1,
+        augment_on="model", stain_norm="reinhard",
+    )  # fmt: skip
+    keras.utils.set_random_seed(0)
+    base = build_model("pcamnet", image_size=64, widths=(8, 16))
+    plain = base.predict(x, verbose=0)
+    model = with_input_layers(base, model_front(config, x))
+    names = [layer.name for layer in model.layers]
+    assert names[:7] == [
+        "patch", "stain_norm", "aug_dihedral", "aug_shift", "aug_hed", "aug_colour", "centre_crop"
+    ]  # fmt: skip
+    assert model.count_params() == base.count_params()
+    assert model.get_layer("s1_conv1") is base.get_layer("s1_conv1")  # same layers, flat
+    generators = [g for layer in model._flatten_layers() for g in layer._seed_generators]
+    assert len(generators) == 5  # 4 augmentations + Dropout
+
+    no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), x))
+    np.testing.assert_allclose(no_norm.predict(x, verbose=0), plain, atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert loaded.get_layer("stain_norm").means == model.get_layer("stain_norm").means
+    assert loaded.get_layer("aug_shift").get_config()["shift"] == 4
+    assert (
+        loaded.get_layer("aug_hed").strength == 0.1
+        and loaded.get_layer("aug_hed").seed == config.seed + 2
+    )
+
+
+def test_placement_settings_split_the_work_between_host_and_model():
+    config = TrainConfig(augment=True, shift=4, color_jitter=0.1, hed_jitter=0.05)
+    assert host_augmentation(config) == dict(
+        augment=True, shift=4, color_jitter=0.1, hed_jitter=0.05
+    )
+    assert model_front(config) == []
+    on_model = config.replace(augment_on="model")
+    assert host_augmentation(on_model) == {}
+    assert [type(x).__name__ for x in model_front(on_model)] == [
+        "RandomDihedral", "RandomShift", "HEDJitter", "RandomColour"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="augment_on"):
+        host_augmentation(config.replace(augment_on="gpu"))
+    with pytest.raises(ValueError, match="stain_norm"):
+        model_front(config.replace(stain_norm="macenko"))
+    with pytest.raises(ValueError, match="training images"):
+        model_front(config.replace(stain_norm="reinhard"))
