@@ -1,11 +1,9 @@
-"""Submit to the Kaggle competition, wait for the score, and keep it next to the run.
+"""The Kaggle competition through its CLI: credentials, the data, a submission and its score.
 
-``pcam submit FILE -m MSG`` (or :func:`submit` from a notebook) validates the file, refuses a
-model whose Kaggle score would be leaked (:func:`pcamlib.submission.check_no_leak`), submits
-with the Kaggle CLI, polls until Kaggle has scored it, prints the public and private scores and
-writes them to ``RUN_DIR/kaggle.json`` (:func:`kaggle_scores` reads them back). Credentials
-(:func:`pcamlib.download.kaggle_credentials`) reach only the CLI's environment; whatever the
-CLI prints is scrubbed of them before pcamlib shows any of it.
+:func:`download_competition` unpacks the data so that its folder appears only whole;
+:func:`submit_file` (``pcam submit``) checks, submits, waits for the score and keeps it in
+``RUN_DIR/kaggle.json``. Credentials reach only the CLI's environment: never printed, logged
+or written by pcamlib, and scrubbed from whatever the CLI prints.
 """
 
 from __future__ import annotations
@@ -19,16 +17,23 @@ import re
 import shutil
 import subprocess
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import KAGGLE_INPUT
-from .download import COMPETITION, DEFAULT_OUT, HOW_TO_ADD, kaggle_credentials, resolve_out
+from .config import KAGGLE_INPUT, project_root
 from .io import atomic_write_text
+from .sources import DataError
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 
-__all__ = ["KaggleError", "kaggle_scores", "submit", "submit_file"]
-
+COMPETITION = "histopathologic-cancer-detection"
+HOW_TO_ADD = (
+    "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
+    "Kaggle → Settings → Create New Token), or KAGGLE_API_TOKEN, or put kaggle.json or "
+    "access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
+    "kaggle.com/c/" + COMPETITION
+)
+FULL_DATA = "data/full"  # where the competition goes, relative to the project
 KAGGLE_TEST_ROWS = 57_458  # the competition's test set
 RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
@@ -40,14 +45,104 @@ class KaggleError(ValueError):
     """Kaggle or its CLI refused or failed: one line saying what to do."""
 
 
+def _colab_secret(name: str) -> str | None:
+    """A Colab secret, or None: not Colab, no such secret, or this notebook has no access."""
+    try:
+        from google.colab import userdata  # only importable on Colab
+
+        return userdata.get(name) or None
+    except Exception:
+        return None
+
+
+def kaggle_credentials() -> dict[str, str] | None:
+    """Environment for the Kaggle CLI, from the first source that has credentials, else None.
+
+    In order: ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``KAGGLE_API_TOKEN`` in the environment,
+    Colab secrets of those names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``,
+    ``~/.config/kaggle``), then ``~/.kaggle/access_token`` (which the CLI reads itself).
+    """
+    env = dict(os.environ)
+    if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
+        return env
+    secrets = {name: _colab_secret(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    if all(secrets.values()):
+        return {**env, **secrets}
+    if token := _colab_secret("KAGGLE_API_TOKEN"):
+        return {**env, "KAGGLE_API_TOKEN": token}
+    home = Path.home()
+    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
+    for folder in [*folders, home / ".kaggle", home / ".config" / "kaggle"]:
+        if (folder / "kaggle.json").is_file():
+            return {**env, "KAGGLE_CONFIG_DIR": str(folder)}
+    tokens = [home / ".kaggle" / name for name in ("access_token", "access_token.txt")]
+    return env if any(t.is_file() and t.read_text().strip() for t in tokens) else None
+
+
+def resolve_out(out: str | os.PathLike) -> Path:
+    """A relative ``out`` is relative to the project root, wherever the command runs from."""
+    out = Path(out).expanduser()
+    return out if out.is_absolute() else project_root() / out
+
+
+def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
+    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…).
+
+    The zip is kept in ``OUT.download/`` until it is unpacked into ``OUT.partial/``, which is
+    renamed to ``out`` when whole. Returns at once when ``out`` holds the data, unless ``force``.
+    """
+    from tqdm.auto import tqdm
+
+    out = resolve_out(out)
+    if (out / "train_labels.csv").is_file() and not force:
+        return out
+    env = kaggle_credentials()
+    if env is None:
+        raise DataError(f"no Kaggle credentials: {HOW_TO_ADD}")
+    if shutil.which("kaggle") is None:
+        raise DataError(NO_CLI)
+    archive = _fetch_archive(out.with_name(out.name + ".download"), env)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
+    with zipfile.ZipFile(archive) as zf:
+        for member in tqdm(zf.infolist(), desc="unpacking", unit="file", mininterval=1):
+            zf.extract(member, partial)
+    if not (partial / "train_labels.csv").is_file():
+        raise DataError(f"{archive}: the archive has no train_labels.csv")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    shutil.rmtree(archive.parent, ignore_errors=True)
+    return out
+
+
+def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
+    """The competition zip in ``folder``, downloaded (with the CLI's progress bar) if needed;
+    a truncated download is fetched once more."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / f"{COMPETITION}.zip"
+    for _ in range(2):
+        if zipfile.is_zipfile(archive):  # False when missing
+            return archive
+        archive.unlink(missing_ok=True)
+        command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
+        code = subprocess.run(command, env=env).returncode
+        if code != 0:
+            raise DataError(
+                f"kaggle download failed (exit {code}); check the credentials and that you "
+                f"accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
+            )
+    if zipfile.is_zipfile(archive):
+        return archive
+    raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
+
+
 def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     """``{"kaggle_public", "kaggle_private"}`` of a run's submission, NaN when none was scored."""
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return {"kaggle_public": math.nan, "kaggle_private": math.nan}
     try:
-        record = json.loads(path.read_text())
-        values = [record.get(key) for key in ("public", "private")]
+        values = [json.loads(path.read_text()).get(key) for key in ("public", "private")]
     except (ValueError, AttributeError) as exc:
         raise KaggleError(f"{path}: unreadable ({exc})") from None
     if not all(v is None or isinstance(v, int | float) for v in values):
@@ -57,31 +152,18 @@ def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
 
 
 def _secrets(env: dict[str, str]) -> list[str]:
-    """Every credential value the CLI could echo, to scrub from what pcamlib shows."""
+    """Every credential value the CLI could echo: keys in its environment and its files."""
+    home = Path.home() / ".kaggle"
+    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "kaggle.json"]
     found = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", "")]
-    folder = env.get("KAGGLE_CONFIG_DIR")
-    files = [Path(folder) / "kaggle.json"] if folder else []
-    files += [Path.home() / ".kaggle" / "kaggle.json", Path.home() / ".kaggle" / "access_token"]
-    for path in files:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        try:
-            found.append(str(json.loads(text).get("key", "")))
-        except (ValueError, AttributeError):
-            found.append(text.strip())
+    for path in filter(Path.is_file, [*files, home / "access_token"]):
+        text = path.read_text()
+        found += re.findall(r'"key"\s*:\s*"([^"]+)"', text) or [text.strip()]
     return [s for s in found if len(s) >= 4]
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
 def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
-    """(stdout, stderr, exit status) of one Kaggle CLI call, credentials scrubbed."""
+    """(stdout, all output, exit status) of one Kaggle CLI call, credentials scrubbed."""
     try:
         done = subprocess.run(
             ["kaggle", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
@@ -90,8 +172,10 @@ def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
         raise KaggleError(NO_CLI) from None
     except subprocess.TimeoutExpired:
         raise KaggleError(f"kaggle {' '.join(args[:2])}: no answer in {CLI_TIMEOUT_S} s") from None
-    secrets = _secrets(env)
-    return _scrub(done.stdout, secrets), _scrub(done.stderr, secrets), done.returncode
+    out, err = done.stdout, done.stderr
+    for secret in _secrets(env):
+        out, err = out.replace(secret, "***"), err.replace(secret, "***")
+    return out, out + "\n" + err, done.returncode
 
 
 def _failure(what: str, output: str, code: int) -> KaggleError:
@@ -109,29 +193,27 @@ def _failure(what: str, output: str, code: int) -> KaggleError:
 
 
 def _submit(path: Path, message: str, env: dict[str, str]) -> None:
-    """``kaggle competitions submit``; success is its 'Successfully submitted' line, or a clean
-    exit without any error in its output (the scores are polled either way)."""
+    """``kaggle competitions submit``: its 'Successfully submitted' line, or a clean exit
+    without any error in its output, is success (the scores are polled either way)."""
     args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
-    out, err, code = _kaggle(args, env)
-    text = out + "\n" + err
-    if "successfully submitted" in text.lower():
-        return
-    if code != 0 or re.search(r"forbidden|unauthori[sz]ed|could not|error|you must", text, re.I):
+    _, text, code = _kaggle(args, env)
+    failed = code != 0 or re.search(
+        r"forbidden|unauthori[sz]ed|could not|error|you must", text, re.I
+    )
+    if failed and "successfully submitted" not in text.lower():
         raise _failure("competitions submit", text, code)
 
 
 def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
     """Your submissions, newest first, from ``--csv`` output that may start with warnings."""
-    out, err, code = _kaggle(["competitions", "submissions", "-c", COMPETITION, "--csv"], env)
-    if code != 0:
-        raise _failure("competitions submissions", out + "\n" + err, code)
+    out, text, code = _kaggle(["competitions", "submissions", "-c", COMPETITION, "--csv"], env)
     lines = out.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith("fileName,")), None)
-    if header is None:
-        if "no submissions found" in out.lower():
-            return []
-        raise _failure("competitions submissions", out + "\n" + err, code)
-    return list(csv.DictReader(io.StringIO("\n".join(lines[header:]))))
+    if code == 0 and header is not None:
+        return list(csv.DictReader(io.StringIO("\n".join(lines[header:]))))
+    if code == 0 and "no submissions found" in out.lower():
+        return []
+    raise _failure("competitions submissions", text, code)
 
 
 def _key(row: dict[str, str]) -> tuple[str, ...]:
@@ -144,10 +226,8 @@ def _status(row: dict[str, str] | None) -> str:
 
 
 def _score(text: str | None) -> float | None:
-    try:
-        value = float(text or "")
-    except ValueError:
-        return None
+    """A score as Kaggle lists it ('' or 'nan' until scored), None when there is none."""
+    value = float(text) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", text or "") else math.nan
     return None if math.isnan(value) else value
 
 
@@ -171,12 +251,11 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
 
 
 def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
-    """``check_submission`` against the test ids of ``data`` (default: the full data's
-    sample_submission.csv, in ``data/full`` or Kaggle's input), else the competition's row
-    count."""
+    """``check_submission`` against the test ids of ``data`` (default: sample_submission.csv of
+    the full data or Kaggle's input), else against the competition's row count."""
     if data is None:
-        listings = [folder / "sample_submission.csv" for folder in (full_data(), KAGGLE_INPUT)]
-        data = next((listing for listing in listings if listing.is_file()), None)
+        listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
+        data = next((p for p in listings if (p / "sample_submission.csv").is_file()), None)
     frame = check_submission(path, expected_test_ids(data) if data is not None else None)
     if data is None and len(frame) != KAGGLE_TEST_ROWS:
         raise KaggleError(
@@ -185,18 +264,10 @@ def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
         )
 
 
-def full_data() -> Path:
-    """Where ``pcam download`` puts the competition (``data/full`` of the project)."""
-    return resolve_out(DEFAULT_OUT["kaggle"])
-
-
 def _record_dir(run: str | os.PathLike[str] | None) -> Path | None:
     """The run directory to record the scores in (None: unknown, or the shipped model)."""
-    if run is None:
-        return None
-    path = Path(run)
-    folder = path if path.is_dir() else path.parent
-    return folder if (folder / "config.json").is_file() else None
+    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
+    return folder if folder and (folder / "config.json").is_file() else None
 
 
 def submit_file(
@@ -211,10 +282,8 @@ def submit_file(
 ) -> dict:
     """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score; the record.
 
-    ``run`` is the run that made the file (default: the one ``write_submission(run=…)``
-    recorded, or the run directory the file is in); its scores go to ``RUN_DIR/kaggle.json``,
-    also when Kaggle has not scored it in time (scores null). Raises :class:`KaggleError` (one
-    line) for no credentials, no CLI, rules not accepted, a server error or a timeout.
+    Its scores go to ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
+    ``write_submission`` recorded), null when not scored in time. Raises :class:`KaggleError`.
     """
     path = Path(file)
     _validate(path, data)
@@ -229,12 +298,12 @@ def submit_file(
     before = {_key(row) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _submit(path, message, env)
-    row = _wait(env, path.name, before, timeout, poll, progress)
+    row = _wait(env, path.name, before, timeout, poll, progress) or {}
     record = {
         "file": str(path.resolve()),
         "message": message,
-        "public": _score(row and row.get("publicScore")),
-        "private": _score(row and row.get("privateScore")),
+        "public": _score(row.get("publicScore")),
+        "private": _score(row.get("privateScore")),
         "status": _status(row) or "not listed",
         "submitted_at": submitted_at,
     }
@@ -261,16 +330,10 @@ def _report(path: Path, record: dict, run_dir: Path | None, timeout: float) -> d
     return record
 
 
-def submit(
-    file: str | os.PathLike[str],
-    message: str,
-    *,
-    run: str | os.PathLike[str] | None = None,
-    **options,
-) -> dict | None:
-    """The notebooks' one call: :func:`submit_file`, or None (and a one-line hint) without
-    Kaggle credentials."""
+def submit(file: str | os.PathLike[str], message: str, **options) -> dict | None:
+    """The notebooks' one call: :func:`submit_file` (same options), or None and a one-line hint
+    without Kaggle credentials."""
     if kaggle_credentials() is None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")
         return None
-    return submit_file(file, message, run=run, **options)
+    return submit_file(file, message, **options)
