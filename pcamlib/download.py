@@ -1,10 +1,9 @@
-"""Fetch the full data, never at import or test time: PCam from Zenodo (or a mirror), or Kaggle's.
+"""The full data, fetched on request only: PCam from Zenodo (or a mirror), or the competition.
 
-Notebooks run on the sample in ``data/sample``. PCam's own release (Zenodo record 2546921, CC0,
-no credentials) goes to ``data/pcam`` in the HDF5 layout :func:`pcamlib.sources.pcam_h5`
-reads; the competition (:mod:`pcamlib.kaggle`) to ``data/full``. An interruption loses
-nothing: files download with resumable Range requests into ``OUT.download/``, are verified and
-unpacked into ``OUT.partial/``, and that folder is renamed to ``OUT`` only when complete.
+PCam's own release (Zenodo record 2546921, CC0, no credentials) goes to ``data/pcam`` in the
+layout :func:`pcamlib.sources.pcam_h5` reads, the competition (:mod:`pcamlib.kaggle`) to
+``data/full``. An interruption loses nothing: files download with resumable Range requests
+into ``OUT.download/``, are verified and unpacked into ``OUT.partial/``, renamed when complete.
 """
 
 from __future__ import annotations
@@ -38,49 +37,39 @@ TIMEOUT_S = 60  # per read: a stalled connection counts as a network error, then
 NETWORK_ERRORS = (urllib.error.URLError, OSError, HTTPException)
 
 
-def _gz(split: str, xy: str) -> str:
-    return H5_PATTERN.format(split=split, xy=xy) + ".gz"
-
-
-def _meta(split: str) -> str:
-    return f"camelyonpatch_level_2_split_{split}_meta.csv"
-
-
 # Small files first, so that a wrong URL or checksum shows before gigabytes are fetched.
-PCAM_META = [_meta(s) for s in SPLITS]
-PCAM_HDF5 = [_gz(s, "y") for s in SPLITS] + [_gz(s, "x") for s in ("valid", "test", "train")]
+PCAM_META = [f"camelyonpatch_level_2_split_{s}_meta.csv" for s in SPLITS]
+PCAM_HDF5 = [H5_PATTERN.format(split=s, xy=xy) + ".gz" for xy, splits in
+             (("y", SPLITS), ("x", ("valid", "test", "train"))) for s in splits]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Expected:
-    """One file as a release publishes it: size in bytes (None: not published) and checksum
-    (``algorithm`` as :func:`hashlib.new` names it, hex ``digest``)."""
+    """A release file's size (None: not published) and checksum (a :func:`hashlib.new` name)."""
 
     size: int | None
     algorithm: str
     digest: str
 
 
-# Sizes and SHA-256 of the .h5.gz files as TensorFlow Datasets pins Zenodo record 2546921
-# (tensorflow_datasets/datasets/patch_camelyon/checksums.tsv).
-_TFDS_SHA256 = [  # split, x/y, size, SHA-256
-    ("train", "x", 6421353462, "d619e741468a7ab35c7e4a75e6821b7e7e6c9411705d45708f2a0efc8960656c"),
-    ("train", "y", 21378, "b74126d2c01b20d3661f9b46765d29cf4e4fba6faba29c8e0d09d406331ab75a"),
-    ("valid", "x", 805965320, "f82ee1670d027b4ec388048d9eabc2186b77c009655dae76d624c0ecb053ccb2"),
-    ("valid", "y", 3038, "ce1ae30f08feb468447971cfd0472e7becd0ad96d877c64120c72571439ae48c"),
-    ("test", "x", 800875929, "79174c2201ad521602a5888be8f36ee10875f37403dd3f2086caf2182ef87245"),
-    ("test", "y", 3040, "0a522005fccc8bbd04c5a117bfaf81d8da2676f03a29d7499f71d0a0bd6068ef"),
+# Zenodo's files: the .h5.gz as TensorFlow Datasets pins them (patch_camelyon/checksums.tsv),
+# the meta csvs by MD5 under Zenodo's names (basveeling/pcam's README swaps valid and test).
+_PINNED = [  # file, size (None: not published), MD5 or SHA-256
+    ("train_x", 6421353462, "d619e741468a7ab35c7e4a75e6821b7e7e6c9411705d45708f2a0efc8960656c"),
+    ("train_y", 21378, "b74126d2c01b20d3661f9b46765d29cf4e4fba6faba29c8e0d09d406331ab75a"),
+    ("valid_x", 805965320, "f82ee1670d027b4ec388048d9eabc2186b77c009655dae76d624c0ecb053ccb2"),
+    ("valid_y", 3038, "ce1ae30f08feb468447971cfd0472e7becd0ad96d877c64120c72571439ae48c"),
+    ("test_x", 800875929, "79174c2201ad521602a5888be8f36ee10875f37403dd3f2086caf2182ef87245"),
+    ("test_y", 3040, "0a522005fccc8bbd04c5a117bfaf81d8da2676f03a29d7499f71d0a0bd6068ef"),
+    ("train_meta", None, "5a3dd671e465cfd74b5b822125e65b0a"),
+    ("valid_meta", None, "67589e00a4a37ec317f2d1932c7502ca"),
+    ("test_meta", None, "3455fd69135b66734e1008f3af684566"),
 ]
-# The meta csvs' MD5 under their Zenodo names (no size is published). basveeling/pcam's README
-# swaps the valid and test MD5s; these follow Zenodo's file names, as TFDS does.
-_ZENODO_MD5 = {  # split: MD5 of its meta csv
-    "train": "5a3dd671e465cfd74b5b822125e65b0a",
-    "valid": "67589e00a4a37ec317f2d1932c7502ca",
-    "test": "3455fd69135b66734e1008f3af684566",
-}
-ZENODO_FILES: dict[str, Expected] = {
-    **{_gz(s, xy): Expected(size, "sha256", digest) for s, xy, size, digest in _TFDS_SHA256},
-    **{_meta(s): Expected(None, "md5", digest) for s, digest in _ZENODO_MD5.items()},
+ZENODO_FILES = {
+    f"camelyonpatch_level_2_split_{file}{'.csv' if size is None else '.h5.gz'}": Expected(
+        size, "md5" if size is None else "sha256", digest
+    )
+    for file, size, digest in _PINNED
 }
 
 
@@ -105,8 +94,7 @@ def zenodo_release() -> Release:
 def mirror_release(url: str) -> Release:
     """A mirror (or a test server) serving PCam's file names under ``url/`` with ``SHA256SUMS``
     (``sha256sum`` output): every HDF5 file needs a line; the meta csvs are fetched if listed."""
-    base = url.rstrip("/")
-    sums_url = f"{base}/{SUMS}"
+    base, sums_url = url.rstrip("/"), f"{url.rstrip('/')}/{SUMS}"
     try:
         with _open(sums_url, SUMS) as response:
             text = response.read().decode("utf-8", "replace")
@@ -114,11 +102,10 @@ def mirror_release(url: str) -> Release:
         raise DataError(f"{SUMS}: cannot fetch {sums_url} ({exc})") from None
     listed = {}
     for number, line in enumerate(text.splitlines(), 1):
-        match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip())
-        if match is None and line.strip():
-            raise DataError(f"{sums_url}:{number}: not a sha256sum line: {line[:80]!r}")
-        if match is not None:
+        if match := re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip()):
             listed[Path(match[2]).name] = match[1].lower()
+        elif line.strip():
+            raise DataError(f"{sums_url}:{number}: not a sha256sum line: {line[:80]!r}")
     missing = [name for name in PCAM_HDF5 if name not in listed]
     if missing:
         raise DataError(f"{sums_url}: no checksum for {', '.join(missing)}")
@@ -155,12 +142,9 @@ def _writing(path: Path):
     except OSError as exc:
         if exc.errno is None:  # not the system refusing a write (e.g. a bad gzip stream)
             raise
-        if exc.errno != errno.ENOSPC:
-            raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        what = "disk full" if exc.errno == errno.ENOSPC else f"cannot write: {exc.strerror}"
         free = shutil.disk_usage(path.parent).free / 2**20
-        raise DataError(
-            f"{path}: disk full ({free:,.0f} MiB free); free some space and rerun to resume"
-        ) from None
+        raise DataError(f"{path}: {what} ({free:,.0f} MiB free); rerun to resume") from None
 
 
 def _bar(desc: str, total: int | None, progress: bool, reading=None):
@@ -183,23 +167,20 @@ def _transfer(url: str, name: str, part: Path, expected: int | None, bar) -> Non
             return
         if start and response.status != 206:  # the server ignored the Range: start over
             start = 0
-        match = re.fullmatch(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
-        length = response.headers.get("Content-Length")
-        total = int(match[1]) if match else None if length is None else start + int(length)
+        length = response.headers.get("Content-Length")  # of the range: the rest of the file
+        total = None if length is None else start + int(length)
         if None not in (expected, total) and total != expected:
             raise DataError(
                 f"{name}: {url} serves {total:,} bytes, but the release publishes {expected:,}"
             )
         bar.reset(total=total)
         bar.update(start)
-        received = start
         with _writing(part), open(part, "ab" if start else "wb") as f:
             while chunk := _read(response):
                 f.write(chunk)
-                received += len(chunk)
                 bar.update(len(chunk))
-    if total is not None and received < total:
-        raise _Interrupted(f"connection closed at byte {received:,} of {total:,}")
+    if total is not None and (have := part.stat().st_size) < total:
+        raise _Interrupted(f"connection closed at byte {have:,} of {total:,}")
 
 
 def _read(response) -> bytes:
@@ -209,48 +190,37 @@ def _read(response) -> bytes:
         raise _Interrupted(str(exc) or type(exc).__name__) from None
 
 
-def _fetch(release: Release, name: str, folder: Path, retries: int, progress: bool) -> Path:
-    """``folder/name``, downloaded (resuming ``name.part``) and of the published size."""
-    done, part = folder / name, folder / (name + ".part")
-    expected = release.files[name].size
-    if not done.is_file():
-        with _bar(name, expected, progress) as bar:
-            for attempt in range(retries + 1):
-                try:
-                    _transfer(release.url(name), name, part, expected, bar)
-                    break
-                except _Interrupted as exc:
-                    if attempt == retries:
-                        have = part.stat().st_size if part.exists() else 0
-                        raise DataError(
-                            f"{name}: network error after {have:,} bytes ({exc}); rerun to resume"
-                        ) from None
-                    time.sleep(min(2**attempt, 30))
-        os.replace(part, done)
-    size = done.stat().st_size
-    if expected is not None and size != expected:
-        done.unlink()
-        raise DataError(
-            f"{name}: {size:,} bytes downloaded, the release publishes {expected:,} "
-            "(removed; rerun to fetch it again)"
-        )
-    return done
+def _fetch(release: Release, name: str, part: Path, retries: int, progress: bool) -> None:
+    """Download ``name`` to ``part``, resuming what is there, ``retries`` times at once."""
+    with _bar(name, release.files[name].size, progress) as bar:
+        for attempt in range(retries + 1):
+            try:
+                return _transfer(release.url(name), name, part, release.files[name].size, bar)
+            except _Interrupted as exc:
+                if attempt == retries:
+                    have = part.stat().st_size if part.exists() else 0
+                    raise DataError(
+                        f"{name}: network error after {have:,} bytes ({exc}); rerun to resume"
+                    ) from None
+                time.sleep(min(2**attempt, 30))
 
 
 def _verify(src: Path, name: str, release: Release, progress: bool) -> None:
-    """Refuse (and remove) ``src`` unless it has the published checksum."""
-    expected = release.files[name]
+    """Refuse (and remove, to fetch it again) ``src`` unless of the published size and checksum."""
+    expected, size = release.files[name], src.stat().st_size
     digest = hashlib.new(expected.algorithm)
-    with open(src, "rb") as raw, _bar(f"verifying {name}", src.stat().st_size, progress, raw) as f:
+    with open(src, "rb") as raw, _bar(f"verifying {name}", size, progress, raw) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
-    if digest.hexdigest() != expected.digest:
-        src.unlink()
-        raise DataError(
-            f"{name}: {expected.algorithm.upper()} checksum mismatch (got {digest.hexdigest()}, "
-            f"{release.origin} say {expected.digest}); the download was removed, rerun to fetch "
-            "it again"
-        )
+    if expected.size not in (None, size):
+        problem = f"{size:,} bytes downloaded, the release publishes {expected.size:,}"
+    elif digest.hexdigest() != expected.digest:
+        problem = (f"{expected.algorithm.upper()} checksum mismatch (got {digest.hexdigest()}, "
+                   f"{release.origin} say {expected.digest})")  # fmt: skip
+    else:
+        return
+    src.unlink()
+    raise DataError(f"{name}: {problem}; the download was removed, rerun to fetch it again")
 
 
 def _unpack(src: Path, name: str, final: Path, progress: bool) -> None:
@@ -277,15 +247,6 @@ def pcam_complete(folder: Path) -> bool:
     return all((folder / name.removesuffix(".gz")).is_file() for name in PCAM_HDF5)
 
 
-def _check_layout(folder: Path) -> None:
-    """Every split opens as pcamlib reads it: shapes, label counts and meta rows agree."""
-    from .sources import pcam_h5
-
-    for split in SPLITS:
-        if pcam_h5(folder, split).labels is None:
-            raise DataError(f"{folder}: {H5_PATTERN.format(split=split, xy='y')} is missing")
-
-
 def download_pcam(
     out: str | os.PathLike = "data/pcam",
     *,
@@ -297,30 +258,32 @@ def download_pcam(
 ) -> Path:
     """Download PCam (Zenodo, or ``mirror``) into ``out`` in the PCam HDF5 layout; no credentials.
 
-    Each file is fetched into ``OUT.download/`` (resuming after ``retries`` network errors, or
-    on a rerun), its size and checksum verified, and it is gunzipped into ``OUT.partial/``,
-    renamed to ``out`` once every split opens. Returns at once when ``out`` is complete, unless
-    ``force``. ``release`` overrides the URLs and checksums (tests, other hosts).
+    Each file is fetched into ``OUT.download/`` (resumed after up to ``retries`` network errors,
+    or by a rerun), verified and unpacked into ``OUT.partial/``, renamed to ``out`` once every
+    split opens. ``release`` overrides the URLs and checksums (tests, other hosts).
     """
     out = resolve_out(out)
     if pcam_complete(out) and not force:
         return out
+    from .sources import pcam_h5
+
     release = release or (mirror_release(mirror) if mirror else zenodo_release())
     work, partial = out.with_name(out.name + ".download"), out.with_name(out.name + ".partial")
     for folder in (work, partial):
         folder.mkdir(parents=True, exist_ok=True)
     for name in release.files:
-        final = partial / name.removesuffix(".gz")
+        final, part = partial / name.removesuffix(".gz"), work / f"{name}.part"
         if final.is_file():  # verified and unpacked by an earlier run
             continue
-        src = _fetch(release, name, work, retries, progress)
-        _verify(src, name, release, progress)
+        _fetch(release, name, part, retries, progress)
+        _verify(part, name, release, progress)
         if name.endswith(".gz"):
-            _unpack(src, name, final, progress)
-            src.unlink()  # the unpacked copy is verified: keep the disk for the next file
+            _unpack(part, name, final, progress)
+            part.unlink()  # the unpacked copy is verified: keep the disk for the next file
         else:
-            os.replace(src, final)
-    _check_layout(partial)
+            os.replace(part, final)
+    for split in SPLITS:  # each split opens as pcamlib reads it: shapes and counts agree
+        pcam_h5(partial, split)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
     shutil.rmtree(work, ignore_errors=True)
@@ -332,9 +295,8 @@ def get_full_data(
 ) -> Path | None:
     """The notebooks' one call: the full data in ``out``, downloaded once; None without it.
 
-    ``source="kaggle"`` (default): the competition into ``data/full`` when credentials exist
-    (on Kaggle, its attached input); without them it prints how to add them and returns None,
-    and the series goes on with the sample. ``source="pcam"``: :func:`download_pcam`.
+    ``source="kaggle"``: the competition (on Kaggle, its attached input); without credentials
+    a one-line hint and None, so the series goes on with the sample. ``"pcam"``: PCam's release.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")

@@ -56,12 +56,10 @@ def _colab_secret(name: str) -> str | None:
 
 
 def kaggle_credentials() -> dict[str, str] | None:
-    """Environment for the Kaggle CLI, from the first source that has credentials, else None.
-
-    In order: ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``KAGGLE_API_TOKEN`` in the environment,
-    Colab secrets of those names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``,
-    ``~/.config/kaggle``), then ``~/.kaggle/access_token`` (which the CLI reads itself).
-    """
+    """Environment for the Kaggle CLI from the first source with credentials, else None: the
+    environment's ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``KAGGLE_API_TOKEN``, Colab secrets of
+    those names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``),
+    then ``~/.kaggle/access_token`` (which the CLI reads itself)."""
     env = dict(os.environ)
     if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
         return env
@@ -86,11 +84,8 @@ def resolve_out(out: str | os.PathLike) -> Path:
 
 
 def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
-    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…).
-
-    The zip is kept in ``OUT.download/`` until it is unpacked into ``OUT.partial/``, which is
-    renamed to ``out`` when whole. Returns at once when ``out`` holds the data, unless ``force``.
-    """
+    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…),
+    through ``OUT.download/`` and ``OUT.partial/``; at once when it is there, unless ``force``."""
     from tqdm.auto import tqdm
 
     out = resolve_out(out)
@@ -120,20 +115,18 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
     a truncated download is fetched once more."""
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{COMPETITION}.zip"
-    for _ in range(2):
+    for attempt in range(3):
         if zipfile.is_zipfile(archive):  # False when missing
             return archive
+        if attempt == 2:
+            raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
         archive.unlink(missing_ok=True)
         command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
-        code = subprocess.run(command, env=env).returncode
-        if code != 0:
+        if code := subprocess.run(command, env=env).returncode:
             raise DataError(
                 f"kaggle download failed (exit {code}); check the credentials and that you "
                 f"accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
             )
-    if zipfile.is_zipfile(archive):
-        return archive
-    raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
 
 
 def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
@@ -193,8 +186,8 @@ def _failure(what: str, output: str, code: int) -> KaggleError:
 
 
 def _submit(path: Path, message: str, env: dict[str, str]) -> None:
-    """``kaggle competitions submit``: its 'Successfully submitted' line, or a clean exit
-    without any error in its output, is success (the scores are polled either way)."""
+    """``kaggle competitions submit``; its 'Successfully submitted' line, or a clean exit
+    without an error in its output, is success."""
     args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
     _, text, code = _kaggle(args, env)
     failed = code != 0 or re.search(
@@ -307,8 +300,7 @@ def submit_file(
         "status": _status(row) or "not listed",
         "submitted_at": submitted_at,
     }
-    run_dir = _record_dir(run)
-    if run_dir is not None:
+    if (run_dir := _record_dir(run)) is not None:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
     return _report(path, record, run_dir, timeout)
 
@@ -323,10 +315,8 @@ def _report(path: Path, record: dict, run_dir: Path | None, timeout: float) -> d
             f"{path}: submitted, but not scored within {timeout:g} s (status "
             f"{record['status']}); its score will show at {SUBMISSIONS}{kept}"
         )
-    public, private = (
-        "n/a" if record[k] is None else f"{record[k]:.4f}" for k in ("public", "private")
-    )
-    print(f"{path.name}: Kaggle public {public}, private {private}{kept}")
+    shown = {k: "n/a" if record[k] is None else f"{record[k]:.4f}" for k in ("public", "private")}
+    print(f"{path.name}: Kaggle public {shown['public']}, private {shown['private']}{kept}")
     return record
 
 

@@ -1,13 +1,9 @@
-"""The notebook series: every notebook's set-up (``S = start(…)``), and running it in order.
+"""The notebook series: each notebook's set-up (``S = start(…)``), and running them in order.
 
-:func:`start` points the library at the clone and the outputs, keeps known noise out of the
-notebook and prints one status line. ``python -m pcamlib.notebook notebooks`` (``make run``;
-or one notebook's path) runs each notebook in a fresh kernel from its own folder and stores
-its outputs; a failing cell stops the series, naming notebook and cell. ``--sync`` (``make
-sync``) writes every notebook's set-up cell and Colab/Kaggle badges from :data:`SETUP_CELL`
-and ``[project.urls] Repository`` in ``pyproject.toml``: the one place a fork edits. The
-set-up cell runs this file from the clone before pcamlib may be importable, so its
-module-level imports are the standard library only.
+``python -m pcamlib.notebook [PATH]`` (``make run``) runs each notebook in a fresh kernel and
+stores its outputs; ``--sync`` (``make sync``) rewrites every set-up cell and badge from
+:data:`SETUP_CELL` and pyproject's ``Repository`` URL, the one place a fork edits. The set-up
+cell runs this file before pcamlib may be importable: module level imports the stdlib only.
 """
 
 from __future__ import annotations
@@ -22,10 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
-# The first code cell of every notebook, at most 8 lines. Where pcamlib is not importable yet it
-# finds the enclosing clone (or clones REPO: to /tmp on Kaggle, whose working folder is kept
-# output; into the working folder elsewhere), then runs this file from that clone with runpy:
-# importable_start() installs pcamlib with a plain pip install where needed.
+# Every notebook's first code cell (at most 8 lines): it finds the enclosing clone or clones REPO
+# (to /tmp on Kaggle, whose working folder is kept output), then importable_start() from it.
 SETUP_CELL = """\
 import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS: "drive" or a folder; BACKEND: "jax")
 
@@ -45,40 +39,34 @@ BADGES = (
 BADGE_LINE = re.compile(r"^\[!\[Open in Colab\].*$", re.MULTILINE)
 DRIVE = Path("/content/drive")
 BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
-# TensorFlow's native start-up lines, written to fd 2 before its log level applies: absl
-# info/warning lines and their banner, CPU-feature advice, and cuInit without an NVIDIA driver.
-CHATTER = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
-    r"To enable the following instructions:)"
-)
+# TensorFlow's native start-up lines (absl info/warnings, CPU advice; cuInit without a driver).
+CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |To enable the following)")
 NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
 
 
 def start(home=None, outputs: str = "", mode: str | None = None, backend: str = ""):
     """Point the library at the clone and the outputs, quiet known noise, print one status line.
 
-    Args:
-        home: the project's clone (with ``data/sample``); becomes ``$PCAM_HOME``.
-        outputs: where runs, the packed cache and ``submission.csv`` go. ``""`` keeps
-            ``$PCAM_OUT`` or the default (``outputs/`` of the project, ``/kaggle/working``
-            on Kaggle); ``"drive"`` mounts Google Drive on Colab and uses
-            ``MyDrive/pcamlib``, so a disconnect loses nothing and training resumes; any
-            other value is a folder.
-        mode: ``"gpu"`` or ``"cpu"`` takes that device's path whatever the device (becomes
-            ``$PCAM_MODE``); ``"gpu"`` on a CPU rehearses a GPU run.
-        backend: the Keras backend, ``"jax"`` or ``"tensorflow"``; ``""`` keeps
-            ``$KERAS_BACKEND`` (TensorFlow when unset). Keras fixes it when it is first
-            imported, so a change needs a fresh kernel.
-
-    Returns the session's :class:`pcamlib.config.Settings`.
-    """
+    ``home``: the clone (``$PCAM_HOME``). ``outputs``: where runs, the cache and submissions go:
+    ``""`` keeps ``$PCAM_OUT`` or the default; ``"drive"`` is Google Drive on Colab (a
+    disconnect loses nothing); else a folder. ``mode``: ``"gpu"``/``"cpu"`` forces that path
+    (``$PCAM_MODE``). ``backend``: ``"jax"``/``"tensorflow"``; ``""`` keeps ``$KERAS_BACKEND``.
+    Returns the session's :class:`pcamlib.config.Settings`."""
     from .config import settings
 
     _use_backend(backend)
     if home is not None:
         os.environ["PCAM_HOME"] = str(Path(home).resolve())
     if outputs == "drive":
-        outputs = _mount_drive()
+        try:
+            from google.colab import drive  # only on Colab
+        except ImportError:
+            raise RuntimeError(
+                'outputs="drive" needs Google Colab; elsewhere give a folder, e.g. outputs="~/pcam"'
+            ) from None
+        if not (DRIVE / "MyDrive").is_dir():
+            drive.mount(str(DRIVE))
+        outputs = str(DRIVE / "MyDrive" / "pcamlib")
     if mode is not None:
         os.environ["PCAM_MODE"] = mode
     if outputs:
@@ -91,33 +79,18 @@ def start(home=None, outputs: str = "", mode: str | None = None, backend: str = 
     return found
 
 
-def _mount_drive() -> str:
-    try:
-        from google.colab import drive  # only on Colab
-    except ImportError:
-        raise RuntimeError(
-            'outputs="drive" needs Google Colab; elsewhere give a folder, e.g. outputs="~/pcam"'
-        ) from None
-    if not (DRIVE / "MyDrive").is_dir():
-        drive.mount(str(DRIVE))
-    return str(DRIVE / "MyDrive" / "pcamlib")
-
-
 def _use_backend(name: str) -> None:
     """Set ``$KERAS_BACKEND`` while Keras is not imported yet; refuse a switch after that."""
-    if not name:
-        return
-    if name not in BACKENDS:
+    if name not in ("", *BACKENDS):
         raise ValueError(f'backend="{name}": must be one of {", ".join(BACKENDS)} (or "")')
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != name:
-            raise RuntimeError(
-                f'backend="{name}": Keras already runs on {keras.backend.backend()} in this '
-                "kernel; restart it and run the set-up cell first"
-            )
-    os.environ["KERAS_BACKEND"] = name
+    running = sys.modules["keras"].backend.backend() if "keras" in sys.modules else name
+    if name and running != name:
+        raise RuntimeError(
+            f'backend="{name}": Keras already runs on {running} in this kernel; restart it and '
+            "run the set-up cell first"
+        )
+    if name:
+        os.environ["KERAS_BACKEND"] = name
 
 
 def _quiet_noise() -> None:
@@ -125,8 +98,7 @@ def _quiet_noise() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
-    # TensorFlow logs (not warns) when a new model's train step is traced again, which every
-    # notebook that trains several models does by design.
+    # TensorFlow logs each retrace, which notebooks that train several models do by design.
     logging.getLogger("tensorflow").addFilter(_not_retracing)
     # No machine-specific source paths in stored outputs.
     warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
@@ -146,8 +118,7 @@ def _not_retracing(record: logging.LogRecord) -> bool:
 
 
 def status_line(s) -> str:
-    """One line: which data (with counts), device, backend, precision and mode this session
-    uses."""
+    """One line: the session's data (with counts), device, backend, precision and mode."""
     import keras
 
     from .config import data_kind
@@ -156,8 +127,7 @@ def status_line(s) -> str:
     data = data_kind(s.data_dir)
     labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"
     if labels.is_file():  # the Kaggle layout; other layouts are not counted
-        with open(labels, "rb") as f:
-            n_train = max(0, sum(1 for _ in f) - 1)  # minus the header
+        n_train = max(0, len(labels.read_bytes().splitlines()) - 1)  # minus the header
         n_test = sum(1 for e in os.scandir(test) if e.name.endswith(".tif")) if test.is_dir() else 0
         data += f" ({n_train:,} train / {n_test:,} test patches)"
     return (
@@ -166,58 +136,37 @@ def status_line(s) -> str:
     )
 
 
-@contextlib.contextmanager
-def native_chatter_dropped():
-    """Run the block with fd 2 captured, then replay every line but TensorFlow's chatter.
-
-    TensorFlow logs through absl straight to fd 2, so even ``TF_CPP_MIN_LOG_LEVEL=3`` lets a CPU
-    machine print "Could not find cuda drivers"; only a redirect catches it. Errors still show.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 (some embedded interpreters): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            no_driver = not os.path.exists("/proc/driver/nvidia/version")
-            sys.stderr.write("".join(
-                line for line in captured.read().decode(errors="replace").splitlines(True)
-                if not (CHATTER.match(line) or no_driver and NO_CUDA.match(line))
-            ))  # fmt: skip
-
-
 def quiet_keras() -> None:
-    """Import Keras and let TensorFlow find its devices, without the chatter (once)."""
+    """Import Keras and let TensorFlow find its devices (once), its chatter dropped: absl writes
+    it straight to fd 2 whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so fd 2 is captured."""
     if "keras" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_chatter_dropped():
-        import keras
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
 
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
 
-            tf.config.list_physical_devices("GPU")  # where CUDA reports itself
+                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            no_driver = not os.path.exists("/proc/driver/nvidia/version")
+            noise = [x for x in lines if CHATTER.match(x) or no_driver and NO_CUDA.match(x)]
+            sys.stderr.write("".join(x for x in lines if x not in noise))
 
 
 def importable_start(home: str | Path):
-    """``pcamlib.notebook.start``, after a plain ``pip install home`` where pcamlib is missing.
-
-    The set-up cell calls this through :func:`runpy.run_path`. A plain (not editable) install is
-    importable in the running kernel at once: no restart. A clone folder named ``pcamlib`` in
-    the working folder is only a namespace package (no origin) and does not count.
-    """
+    """``start``, after a plain ``pip install home`` where pcamlib is missing (importable at
+    once, no restart; a clone folder named ``pcamlib`` is a namespace package and not it)."""
     import importlib
     import importlib.util
     import subprocess
@@ -272,50 +221,41 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
 
 
 def quiet_kernels() -> Path:
-    """Make notebook kernels leave native (C++) stderr alone; returns the IPython dir used.
-
-    ipykernel forwards file-descriptor output into cell outputs by default, so TensorFlow's
-    C++ log lines would land in stored outputs and break every ``pytest --nbval`` comparison.
-    """
-    ipython_dir = Path(tempfile.mkdtemp(prefix="pcam-ipython-"))
-    (ipython_dir / "profile_default").mkdir()
-    config = ipython_dir / "profile_default" / "ipython_kernel_config.py"
-    config.write_text("c.IPKernelApp.capture_fd_output = False\n")
-    os.environ["IPYTHONDIR"] = str(ipython_dir)
-    return ipython_dir
+    """Keep TensorFlow's C++ log lines out of stored outputs (and ``--nbval`` comparisons):
+    ipykernel forwards fd output into cells unless told not to. Returns the IPython dir used."""
+    profile = Path(tempfile.mkdtemp(prefix="pcam-ipython-")) / "profile_default"
+    profile.mkdir()
+    (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
+    os.environ["IPYTHONDIR"] = str(profile.parent)
+    return profile.parent
 
 
-def run_series(folder: str | Path, timeout: int = 3600) -> list[tuple[str, float]]:
-    """Execute the notebooks of ``folder`` (or one notebook) in place; (name, seconds) each."""
+def run_series(folder: str | Path, timeout: int = 3600) -> None:
+    """Execute the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
+    failing cell stops the series, naming notebook and cell."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     quiet_kernels()
     sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
-    times = []
     for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)
         began = time.perf_counter()
         print(f"running {path} …", flush=True)
-        client = NotebookClient(
-            notebook,
-            timeout=timeout,
-            kernel_name="python3",
-            record_timing=False,  # no per-cell timestamps: a rerun leaves only real changes
-            resources={"metadata": {"path": str(path.parent)}},
-        )
+        # No per-cell timestamps: a rerun leaves only real changes.
+        options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
         try:
-            client.execute()
+            NotebookClient(
+                notebook, resources={"metadata": {"path": str(path.parent)}}, **options
+            ).execute()
         except CellExecutionError as exc:
             raise SystemExit(
                 f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
             ) from None
         finally:
             nbformat.write(notebook, path)
-        times.append((path.name, time.perf_counter() - began))
-        print(f"  done in {times[-1][1]:.0f} s", flush=True)
-    return times
+        print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
