@@ -1,9 +1,8 @@
 """The Kaggle competition through its CLI: credentials, the data, a submission and its score.
 
-:func:`download_competition` unpacks the data so that its folder appears only whole;
 :func:`submit_file` (``pcam submit``) checks, submits, waits for the score and keeps it in
-``RUN_DIR/kaggle.json``. Credentials reach only the CLI's environment: never printed, logged
-or written by pcamlib, and scrubbed from whatever the CLI prints.
+``RUN_DIR/kaggle.json``. Credentials reach only the CLI's environment: pcamlib never prints,
+logs or writes them, and scrubs them from whatever the CLI prints.
 """
 
 from __future__ import annotations
@@ -39,9 +38,11 @@ RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
 NO_CLI = "the kaggle command is not installed: pip install 'pcamlib[kaggle]'"
 SUBMISSIONS = f"kaggle.com/c/{COMPETITION}/submissions"
+SUBMIT_FAILED = re.compile(r"forbidden|unauthori[sz]ed|could not|error|you must", re.I)
+KEY = ("fileName", "date", "description")  # one submission in the listing
 
 
-class KaggleError(ValueError):
+class KaggleError(DataError):
     """Kaggle or its CLI refused or failed: one line saying what to do."""
 
 
@@ -77,6 +78,16 @@ def kaggle_credentials() -> dict[str, str] | None:
     return env if any(t.is_file() and t.read_text().strip() for t in tokens) else None
 
 
+def _cli_env() -> dict[str, str]:
+    """The Kaggle CLI's environment, with credentials; one line when either is missing."""
+    env = kaggle_credentials()
+    if env is None:
+        raise KaggleError(f"no Kaggle credentials: {HOW_TO_ADD}")
+    if shutil.which("kaggle", path=env.get("PATH")) is None:
+        raise KaggleError(NO_CLI)
+    return env
+
+
 def resolve_out(out: str | os.PathLike) -> Path:
     """A relative ``out`` is relative to the project root, wherever the command runs from."""
     out = Path(out).expanduser()
@@ -91,12 +102,7 @@ def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = Fa
     out = resolve_out(out)
     if (out / "train_labels.csv").is_file() and not force:
         return out
-    env = kaggle_credentials()
-    if env is None:
-        raise DataError(f"no Kaggle credentials: {HOW_TO_ADD}")
-    if shutil.which("kaggle") is None:
-        raise DataError(NO_CLI)
-    archive = _fetch_archive(out.with_name(out.name + ".download"), env)
+    archive = _fetch_archive(out.with_name(out.name + ".download"), _cli_env())
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
     with zipfile.ZipFile(archive) as zf:
@@ -147,11 +153,10 @@ def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
 def _secrets(env: dict[str, str]) -> list[str]:
     """Every credential value the CLI could echo: keys in its environment and its files."""
     home = Path.home() / ".kaggle"
-    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "kaggle.json"]
+    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "access_token"]
+    texts = [path.read_text() for path in files if path.is_file()]
     found = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", "")]
-    for path in filter(Path.is_file, [*files, home / "access_token"]):
-        text = path.read_text()
-        found += re.findall(r'"key"\s*:\s*"([^"]+)"', text) or [text.strip()]
+    found += [t.strip() for t in texts] + re.findall(r'"key"\s*:\s*"([^"]+)"', "".join(texts))
     return [s for s in found if len(s) >= 4]
 
 
@@ -161,8 +166,6 @@ def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
         done = subprocess.run(
             ["kaggle", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
         )
-    except FileNotFoundError:
-        raise KaggleError(NO_CLI) from None
     except subprocess.TimeoutExpired:
         raise KaggleError(f"kaggle {' '.join(args[:2])}: no answer in {CLI_TIMEOUT_S} s") from None
     out, err = done.stdout, done.stderr
@@ -190,9 +193,7 @@ def _submit(path: Path, message: str, env: dict[str, str]) -> None:
     without an error in its output, is success."""
     args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
     _, text, code = _kaggle(args, env)
-    failed = code != 0 or re.search(
-        r"forbidden|unauthori[sz]ed|could not|error|you must", text, re.I
-    )
+    failed = code != 0 or SUBMIT_FAILED.search(text)
     if failed and "successfully submitted" not in text.lower():
         raise _failure("competitions submit", text, code)
 
@@ -207,10 +208,6 @@ def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
     if code == 0 and "no submissions found" in out.lower():
         return []
     raise _failure("competitions submissions", text, code)
-
-
-def _key(row: dict[str, str]) -> tuple[str, ...]:
-    return tuple(row.get(k, "") for k in ("fileName", "date", "description"))
 
 
 def _status(row: dict[str, str] | None) -> str:
@@ -234,7 +231,7 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
     )
     with bar:
         while True:
-            new = [r for r in _submissions(env) if _key(r) not in before]
+            new = [r for r in _submissions(env) if tuple(map(r.get, KEY)) not in before]
             row = next((r for r in new if r.get("fileName") == name), None)
             elapsed = time.monotonic() - start
             if _status(row) in ("complete", "error") or elapsed >= timeout:
@@ -244,8 +241,8 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
 
 
 def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
-    """``check_submission`` against the test ids of ``data`` (default: sample_submission.csv of
-    the full data or Kaggle's input), else against the competition's row count."""
+    """``check_submission`` against the test ids of ``data`` (default: the full data's or
+    Kaggle's input's), else against the competition's row count."""
     if data is None:
         listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
         data = next((p for p in listings if (p / "sample_submission.csv").is_file()), None)
@@ -255,12 +252,6 @@ def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
             f"{path}: {len(frame):,} rows, but the competition's test set has "
             f"{KAGGLE_TEST_ROWS:,} (a submission for the sample?); --data DIR checks the ids"
         )
-
-
-def _record_dir(run: str | os.PathLike[str] | None) -> Path | None:
-    """The run directory to record the scores in (None: unknown, or the shipped model)."""
-    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
-    return folder if folder and (folder / "config.json").is_file() else None
 
 
 def submit_file(
@@ -283,12 +274,8 @@ def submit_file(
     run = run if run is not None else submission_run(path)
     if run is not None:
         check_no_leak(run)
-    env = kaggle_credentials()
-    if env is None:
-        raise KaggleError(f"no Kaggle credentials: {HOW_TO_ADD}")
-    if shutil.which("kaggle", path=env.get("PATH")) is None:
-        raise KaggleError(NO_CLI)
-    before = {_key(row) for row in _submissions(env)}
+    env = _cli_env()
+    before = {tuple(map(row.get, KEY)) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _submit(path, message, env)
     row = _wait(env, path.name, before, timeout, poll, progress) or {}
@@ -300,7 +287,10 @@ def submit_file(
         "status": _status(row) or "not listed",
         "submitted_at": submitted_at,
     }
-    if (run_dir := _record_dir(run)) is not None:
+    # The run's directory keeps the scores (none for an unknown run or the shipped model).
+    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
+    run_dir = folder if folder and (folder / "config.json").is_file() else None
+    if run_dir is not None:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
     return _report(path, record, run_dir, timeout)
 
