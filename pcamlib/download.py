@@ -1,9 +1,7 @@
-"""The full data, fetched on request only: PCam from Zenodo (or a mirror), or the competition.
-
-PCam's own release (Zenodo record 2546921, CC0, no credentials) goes to ``data/pcam`` in the
-layout :func:`pcamlib.sources.pcam_h5` reads, the competition (:mod:`pcamlib.kaggle`) to
-``data/full``. An interruption loses nothing: files download with resumable Range requests
-into ``OUT.download/``, are verified and unpacked into ``OUT.partial/``, renamed when complete.
+"""The full data on request: PCam's release (Zenodo 2546921, CC0) in the layout ``pcam_h5``
+reads, or the competition (:mod:`pcamlib.kaggle`). An interruption loses nothing: files resume
+with Range requests in ``OUT.download/``, are verified and unpacked into ``OUT.partial/``, and
+that is renamed to ``OUT`` when complete.
 """
 
 from __future__ import annotations
@@ -19,15 +17,14 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import KAGGLE_INPUT, on_kaggle
 from .kaggle import FULL_DATA, HOW_TO_ADD, download_competition, kaggle_credentials, resolve_out
-from .sources import H5_PATTERN, SPLITS, DataError
+from .sources import H5_PATTERN, SPLITS, DataError, pcam_h5
 
-SOURCES = ("kaggle", "pcam")
 DEFAULT_OUT = {"kaggle": FULL_DATA, "pcam": "data/pcam"}
 ZENODO_URL = "https://zenodo.org/records/2546921/files/{name}?download=1"
 SUMS = "SHA256SUMS"
@@ -43,8 +40,7 @@ PCAM_HDF5 = [H5_PATTERN.format(split=s, xy=xy) + ".gz" for xy, splits in
              (("y", SPLITS), ("x", ("valid", "test", "train"))) for s in splits]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Expected:
+class Expected(NamedTuple):
     """A release file's size (None: not published) and checksum (a :func:`hashlib.new` name)."""
 
     size: int | None
@@ -73,8 +69,7 @@ ZENODO_FILES = {
 }
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(NamedTuple):
     """Where the PCam files are (``url(name)``) and what each must be (``files``, in order)."""
 
     template: str  # "{name}" is replaced by the file name
@@ -225,12 +220,9 @@ def _verify(src: Path, name: str, release: Release, progress: bool) -> None:
 
 def _unpack(src: Path, name: str, final: Path, progress: bool) -> None:
     """Gunzip ``src`` to ``final`` through a temporary file, so ``final`` appears only whole."""
-    tmp = final.with_name(f".{final.name}.tmp")
+    tmp, size = final.with_name(f".{final.name}.tmp"), src.stat().st_size
     try:
-        with (
-            open(src, "rb") as raw,
-            _bar(f"unpacking {name}", src.stat().st_size, progress, raw) as f,
-        ):
+        with open(src, "rb") as raw, _bar(f"unpacking {name}", size, progress, raw) as f:
             with _writing(tmp), open(tmp, "wb") as out:
                 shutil.copyfileobj(gzip.GzipFile(fileobj=f), out, CHUNK)
                 out.flush()
@@ -258,15 +250,11 @@ def download_pcam(
 ) -> Path:
     """Download PCam (Zenodo, or ``mirror``) into ``out`` in the PCam HDF5 layout; no credentials.
 
-    Each file is fetched into ``OUT.download/`` (resumed after up to ``retries`` network errors,
-    or by a rerun), verified and unpacked into ``OUT.partial/``, renamed to ``out`` once every
-    split opens. ``release`` overrides the URLs and checksums (tests, other hosts).
-    """
+    A file resumes after up to ``retries`` network errors (or on a rerun); ``out`` appears once
+    every split opens. ``release`` overrides the URLs and checksums (tests, other hosts)."""
     out = resolve_out(out)
     if pcam_complete(out) and not force:
         return out
-    from .sources import pcam_h5
-
     release = release or (mirror_release(mirror) if mirror else zenodo_release())
     work, partial = out.with_name(out.name + ".download"), out.with_name(out.name + ".partial")
     for folder in (work, partial):
@@ -298,8 +286,8 @@ def get_full_data(
     ``source="kaggle"``: the competition (on Kaggle, its attached input); without credentials
     a one-line hint and None, so the series goes on with the sample. ``"pcam"``: PCam's release.
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    if source not in DEFAULT_OUT:
+        raise ValueError(f"source must be one of {', '.join(DEFAULT_OUT)}; got {source!r}")
     out = resolve_out(out if out is not None else DEFAULT_OUT[source])
     if source == "pcam":
         return download_pcam(out, mirror=mirror)
@@ -310,9 +298,7 @@ def get_full_data(
     if (out / "train_labels.csv").is_file():
         return out
     if kaggle_credentials() is None:
-        print(
-            "No Kaggle credentials: the series uses the embedded sample. "
-            f"To get the full data, {HOW_TO_ADD}."
-        )
+        print("No Kaggle credentials: the series uses the embedded sample. To get the full data, "
+              f"{HOW_TO_ADD}.")  # fmt: skip
         return None
     return download_competition(out)

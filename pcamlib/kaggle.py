@@ -8,7 +8,6 @@ logs or writes them, and scrubs them from whatever the CLI prints.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -204,7 +203,7 @@ def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
     lines = out.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith("fileName,")), None)
     if code == 0 and header is not None:
-        return list(csv.DictReader(io.StringIO("\n".join(lines[header:]))))
+        return list(csv.DictReader(lines[header:]))
     if code == 0 and "no submissions found" in out.lower():
         return []
     raise _failure("competitions submissions", text, code)
