@@ -116,8 +116,7 @@ def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = Fa
 
 
 def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
-    """The competition zip in ``folder``, downloaded (with the CLI's progress bar) if needed;
-    a truncated download is fetched once more."""
+    """The competition zip in ``folder``, fetched by the CLI (its progress bar) unless there."""
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{COMPETITION}.zip"
     for attempt in range(3):
@@ -192,8 +191,7 @@ def _submit(path: Path, message: str, env: dict[str, str]) -> None:
     without an error in its output, is success."""
     args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
     _, text, code = _kaggle(args, env)
-    failed = code != 0 or SUBMIT_FAILED.search(text)
-    if failed and "successfully submitted" not in text.lower():
+    if (code or SUBMIT_FAILED.search(text)) and "successfully submitted" not in text.lower():
         raise _failure("competitions submit", text, code)
 
 
@@ -278,14 +276,9 @@ def submit_file(
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _submit(path, message, env)
     row = _wait(env, path.name, before, timeout, poll, progress) or {}
-    record = {
-        "file": str(path.resolve()),
-        "message": message,
-        "public": _score(row.get("publicScore")),
-        "private": _score(row.get("privateScore")),
-        "status": _status(row) or "not listed",
-        "submitted_at": submitted_at,
-    }
+    record = {"file": str(path.resolve()), "message": message, "submitted_at": submitted_at}
+    record |= {key: _score(row.get(f"{key}Score")) for key in ("public", "private")}
+    record["status"] = _status(row) or "not listed"
     # The run's directory keeps the scores (none for an unknown run or the shipped model).
     folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
     run_dir = folder if folder and (folder / "config.json").is_file() else None
