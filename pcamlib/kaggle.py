@@ -148,27 +148,23 @@ def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     return {"kaggle_public": public, "kaggle_private": private}
 
 
-def _secrets(env: dict[str, str]) -> list[str]:
-    """Every credential value the CLI could echo: keys in its environment and its files."""
-    home = Path.home() / ".kaggle"
-    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "access_token"]
-    texts = [path.read_text() for path in files if path.is_file()]
-    found = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", "")]
-    found += [t.strip() for t in texts] + re.findall(r'"key"\s*:\s*"([^"]+)"', "".join(texts))
-    return [s for s in found if len(s) >= 4]
-
-
 def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
-    """(stdout, all output, exit status) of one Kaggle CLI call, credentials scrubbed."""
+    """(stdout, all output, exit status) of one Kaggle CLI call, scrubbed of every credential
+    it could echo: the keys in its environment and in its files."""
     try:
         done = subprocess.run(
             ["kaggle", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
         raise KaggleError(f"kaggle {' '.join(args[:2])}: no answer in {CLI_TIMEOUT_S} s") from None
+    home = Path.home() / ".kaggle"
+    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "access_token"]
+    texts = [path.read_text() for path in files if path.is_file()]
+    secrets = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", ""), *map(str.strip, texts)]
     out, err = done.stdout, done.stderr
-    for secret in _secrets(env):
-        out, err = out.replace(secret, "***"), err.replace(secret, "***")
+    for secret in secrets + re.findall(r'"key"\s*:\s*"([^"]+)"', "".join(texts)):
+        if len(secret) >= 4:  # a blank or tiny value would scrub ordinary text
+            out, err = out.replace(secret, "***"), err.replace(secret, "***")
     return out, out + "\n" + err, done.returncode
 
 
