@@ -142,17 +142,15 @@ def _writing(path: Path):
         raise DataError(f"{path}: {what} ({free:,.0f} MiB free); rerun to resume") from None
 
 
-def _bar(desc: str, total: int | None, progress: bool, reading=None):
-    """A bytes progress bar; with ``reading`` (a file), one that counts what is read from it."""
+def _bar(stream, method: str, desc: str, total: int | None, progress: bool, initial: int = 0):
+    """``stream`` with a bytes progress bar counting what its ``method`` reads or writes."""
     from tqdm.auto import tqdm
 
-    if reading is not None:
-        return tqdm.wrapattr(reading, "read", total=total, desc=desc, disable=not progress)
-    options = dict(unit="B", unit_scale=True, unit_divisor=1024, disable=not progress)
-    return tqdm(desc=desc, total=total, **options)
+    options = dict(total=total, initial=initial, desc=desc, disable=not progress)
+    return tqdm.wrapattr(stream, method, **options)
 
 
-def _transfer(url: str, name: str, part: Path, expected: int | None, bar) -> None:
+def _transfer(url: str, name: str, part: Path, expected: int | None, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (a Range request from its current size)."""
     start = part.stat().st_size if part.exists() else 0
     if expected is not None and start >= expected:
@@ -168,12 +166,10 @@ def _transfer(url: str, name: str, part: Path, expected: int | None, bar) -> Non
             raise DataError(
                 f"{name}: {url} serves {total:,} bytes, but the release publishes {expected:,}"
             )
-        bar.reset(total=total)
-        bar.update(start)
-        with _writing(part), open(part, "ab" if start else "wb") as f:
-            while chunk := _read(response):
-                f.write(chunk)
-                bar.update(len(chunk))
+        with _writing(part), open(part, "ab" if start else "wb") as raw:
+            with _bar(raw, "write", name, total, progress, start) as f:
+                while chunk := _read(response):
+                    f.write(chunk)
     if total is not None and (have := part.stat().st_size) < total:
         raise _Interrupted(f"connection closed at byte {have:,} of {total:,}")
 
@@ -187,24 +183,23 @@ def _read(response) -> bytes:
 
 def _fetch(release: Release, name: str, part: Path, retries: int, progress: bool) -> None:
     """Download ``name`` to ``part``, resuming what is there, ``retries`` times at once."""
-    with _bar(name, release.files[name].size, progress) as bar:
-        for attempt in range(retries + 1):
-            try:
-                return _transfer(release.url(name), name, part, release.files[name].size, bar)
-            except _Interrupted as exc:
-                if attempt == retries:
-                    have = part.stat().st_size if part.exists() else 0
-                    raise DataError(
-                        f"{name}: network error after {have:,} bytes ({exc}); rerun to resume"
-                    ) from None
-                time.sleep(min(2**attempt, 30))
+    for attempt in range(retries + 1):
+        try:
+            return _transfer(release.url(name), name, part, release.files[name].size, progress)
+        except _Interrupted as exc:
+            if attempt == retries:
+                have = part.stat().st_size if part.exists() else 0
+                raise DataError(
+                    f"{name}: network error after {have:,} bytes ({exc}); rerun to resume"
+                ) from None
+            time.sleep(min(2**attempt, 30))
 
 
 def _verify(src: Path, name: str, release: Release, progress: bool) -> None:
     """Refuse (and remove, to fetch it again) ``src`` unless of the published size and checksum."""
     expected, size = release.files[name], src.stat().st_size
     digest = hashlib.new(expected.algorithm)
-    with open(src, "rb") as raw, _bar(f"verifying {name}", size, progress, raw) as f:
+    with open(src, "rb") as raw, _bar(raw, "read", f"verifying {name}", size, progress) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     if expected.size not in (None, size):
@@ -222,7 +217,7 @@ def _unpack(src: Path, name: str, final: Path, progress: bool) -> None:
     """Gunzip ``src`` to ``final`` through a temporary file, so ``final`` appears only whole."""
     tmp, size = final.with_name(f".{final.name}.tmp"), src.stat().st_size
     try:
-        with open(src, "rb") as raw, _bar(f"unpacking {name}", size, progress, raw) as f:
+        with open(src, "rb") as raw, _bar(raw, "read", f"unpacking {name}", size, progress) as f:
             with _writing(tmp), open(tmp, "wb") as out:
                 shutil.copyfileobj(gzip.GzipFile(fileobj=f), out, CHUNK)
                 out.flush()
