@@ -290,9 +290,7 @@ def get_full_data(
         raise ValueError("mirror is for source='pcam'; the Kaggle data comes from the Kaggle CLI")
     if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
         return KAGGLE_INPUT
-    if (out / "train_labels.csv").is_file():
-        return out
-    if kaggle_credentials() is None:
+    if kaggle_credentials() is None and not (out / "train_labels.csv").is_file():
         print("No Kaggle credentials: the series uses the embedded sample. To get the full data, "
               f"{HOW_TO_ADD}.")  # fmt: skip
         return None
