@@ -12,6 +12,6 @@ os.environ.setdefault("PCAM_OUT", tempfile.mkdtemp(prefix="pcam-test-outputs-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from pcamlib.run_series import quiet_kernels  # noqa: E402  (after the environment is set)
+from pcamlib.notebook import quiet_kernels  # noqa: E402  (after the environment is set)
 
 quiet_kernels()

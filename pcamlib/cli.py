@@ -24,7 +24,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
-from .quiet import quiet_keras  # noqa: E402
+from .notebook import quiet_keras  # noqa: E402
 
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
 
@@ -212,7 +212,8 @@ def cmd_pack(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import DEFAULT_OUT, download_competition, download_pcam
+    from .download import DEFAULT_OUT, download_pcam
+    from .kaggle import download_competition
 
     out = args.out or DEFAULT_OUT[args.source]
     if args.source == "pcam":

@@ -1,17 +1,13 @@
-"""Submit to the Kaggle competition, wait for the score, and keep it next to the run.
+"""The Kaggle competition through its CLI: credentials, the data, a submission and its score.
 
-``pcam submit FILE -m MSG`` (or :func:`submit` from a notebook) validates the file, refuses a
-model whose Kaggle score would be leaked (:func:`pcamlib.submission.check_no_leak`), submits
-with the Kaggle CLI, polls until Kaggle has scored it, prints the public and private scores and
-writes them to ``RUN_DIR/kaggle.json`` (:func:`kaggle_scores` reads them back). Credentials
-(:func:`pcamlib.download.kaggle_credentials`) reach only the CLI's environment; whatever the
-CLI prints is scrubbed of them before pcamlib shows any of it.
+:func:`submit_file` (``pcam submit``) checks, submits, waits for the score and keeps it in
+``RUN_DIR/kaggle.json``. Credentials reach only the CLI's environment: pcamlib never prints,
+logs or writes them, and scrubs them from whatever the CLI prints.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -19,25 +15,122 @@ import re
 import shutil
 import subprocess
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import KAGGLE_INPUT
-from .download import COMPETITION, DEFAULT_OUT, HOW_TO_ADD, kaggle_credentials, resolve_out
+from .config import KAGGLE_INPUT, project_root
 from .io import atomic_write_text
+from .sources import DataError
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 
-__all__ = ["KaggleError", "kaggle_scores", "submit", "submit_file"]
-
+COMPETITION = "histopathologic-cancer-detection"
+HOW_TO_ADD = (
+    "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
+    "Kaggle → Settings → Create New Token), or KAGGLE_API_TOKEN, or put kaggle.json or "
+    "access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
+    "kaggle.com/c/" + COMPETITION
+)
+FULL_DATA = "data/full"  # where the competition goes, relative to the project
 KAGGLE_TEST_ROWS = 57_458  # the competition's test set
 RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
 NO_CLI = "the kaggle command is not installed: pip install 'pcamlib[kaggle]'"
 SUBMISSIONS = f"kaggle.com/c/{COMPETITION}/submissions"
+SUBMIT_FAILED = re.compile(r"forbidden|unauthori[sz]ed|could not|error|you must", re.I)
+KEY = ("fileName", "date", "description")  # one submission in the listing
 
 
-class KaggleError(ValueError):
+class KaggleError(DataError):
     """Kaggle or its CLI refused or failed: one line saying what to do."""
+
+
+def _colab_secret(name: str) -> str | None:
+    """A Colab secret, or None: not Colab, no such secret, or this notebook has no access."""
+    try:
+        from google.colab import userdata  # only importable on Colab
+
+        return userdata.get(name) or None
+    except Exception:
+        return None
+
+
+def kaggle_credentials() -> dict[str, str] | None:
+    """Environment for the Kaggle CLI from the first source with credentials, else None: the
+    environment's ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``KAGGLE_API_TOKEN``, Colab secrets of
+    those names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``),
+    then ``~/.kaggle/access_token`` (which the CLI reads itself)."""
+    env = dict(os.environ)
+    if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
+        return env
+    secrets = {name: _colab_secret(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    if all(secrets.values()):
+        return {**env, **secrets}
+    if token := _colab_secret("KAGGLE_API_TOKEN"):
+        return {**env, "KAGGLE_API_TOKEN": token}
+    home = Path.home()
+    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
+    for folder in [*folders, home / ".kaggle", home / ".config" / "kaggle"]:
+        if (folder / "kaggle.json").is_file():
+            return {**env, "KAGGLE_CONFIG_DIR": str(folder)}
+    tokens = [home / ".kaggle" / name for name in ("access_token", "access_token.txt")]
+    return env if any(t.is_file() and t.read_text().strip() for t in tokens) else None
+
+
+def _cli_env() -> dict[str, str]:
+    """The Kaggle CLI's environment, with credentials; one line when either is missing."""
+    env = kaggle_credentials()
+    if env is None:
+        raise KaggleError(f"no Kaggle credentials: {HOW_TO_ADD}")
+    if shutil.which("kaggle", path=env.get("PATH")) is None:
+        raise KaggleError(NO_CLI)
+    return env
+
+
+def resolve_out(out: str | os.PathLike) -> Path:
+    """A relative ``out`` is relative to the project root, wherever the command runs from."""
+    out = Path(out).expanduser()
+    return out if out.is_absolute() else project_root() / out
+
+
+def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
+    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…),
+    through ``OUT.download/`` and ``OUT.partial/``; at once when it is there, unless ``force``."""
+    from tqdm.auto import tqdm
+
+    out = resolve_out(out)
+    if (out / "train_labels.csv").is_file() and not force:
+        return out
+    archive = _fetch_archive(out.with_name(out.name + ".download"), _cli_env())
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
+    with zipfile.ZipFile(archive) as zf:
+        for member in tqdm(zf.infolist(), desc="unpacking", unit="file", mininterval=1):
+            zf.extract(member, partial)
+    if not (partial / "train_labels.csv").is_file():
+        raise DataError(f"{archive}: the archive has no train_labels.csv")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(partial, out)
+    shutil.rmtree(archive.parent, ignore_errors=True)
+    return out
+
+
+def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
+    """The competition zip in ``folder``, fetched by the CLI (its progress bar) unless there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / f"{COMPETITION}.zip"
+    for attempt in range(3):
+        if zipfile.is_zipfile(archive):  # False when missing
+            return archive
+        if attempt == 2:
+            raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
+        archive.unlink(missing_ok=True)
+        command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
+        if code := subprocess.run(command, env=env).returncode:
+            raise DataError(
+                f"kaggle download failed (exit {code}); check the credentials and that you "
+                f"accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
+            )
 
 
 def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
@@ -46,8 +139,7 @@ def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     if not path.is_file():
         return {"kaggle_public": math.nan, "kaggle_private": math.nan}
     try:
-        record = json.loads(path.read_text())
-        values = [record.get(key) for key in ("public", "private")]
+        values = [json.loads(path.read_text()).get(key) for key in ("public", "private")]
     except (ValueError, AttributeError) as exc:
         raise KaggleError(f"{path}: unreadable ({exc})") from None
     if not all(v is None or isinstance(v, int | float) for v in values):
@@ -56,42 +148,24 @@ def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
     return {"kaggle_public": public, "kaggle_private": private}
 
 
-def _secrets(env: dict[str, str]) -> list[str]:
-    """Every credential value the CLI could echo, to scrub from what pcamlib shows."""
-    found = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", "")]
-    folder = env.get("KAGGLE_CONFIG_DIR")
-    files = [Path(folder) / "kaggle.json"] if folder else []
-    files += [Path.home() / ".kaggle" / "kaggle.json", Path.home() / ".kaggle" / "access_token"]
-    for path in files:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        try:
-            found.append(str(json.loads(text).get("key", "")))
-        except (ValueError, AttributeError):
-            found.append(text.strip())
-    return [s for s in found if len(s) >= 4]
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
 def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
-    """(stdout, stderr, exit status) of one Kaggle CLI call, credentials scrubbed."""
+    """(stdout, all output, exit status) of one Kaggle CLI call, scrubbed of every credential
+    it could echo: the keys in its environment and in its files."""
     try:
         done = subprocess.run(
             ["kaggle", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
         )
-    except FileNotFoundError:
-        raise KaggleError(NO_CLI) from None
     except subprocess.TimeoutExpired:
         raise KaggleError(f"kaggle {' '.join(args[:2])}: no answer in {CLI_TIMEOUT_S} s") from None
-    secrets = _secrets(env)
-    return _scrub(done.stdout, secrets), _scrub(done.stderr, secrets), done.returncode
+    home = Path.home() / ".kaggle"
+    files = [Path(env.get("KAGGLE_CONFIG_DIR") or home) / "kaggle.json", home / "access_token"]
+    texts = [path.read_text() for path in files if path.is_file()]
+    secrets = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", ""), *map(str.strip, texts)]
+    out, err = done.stdout, done.stderr
+    for secret in secrets + re.findall(r'"key"\s*:\s*"([^"]+)"', "".join(texts)):
+        if len(secret) >= 4:  # a blank or tiny value would scrub ordinary text
+            out, err = out.replace(secret, "***"), err.replace(secret, "***")
+    return out, out + "\n" + err, done.returncode
 
 
 def _failure(what: str, output: str, code: int) -> KaggleError:
@@ -109,33 +183,24 @@ def _failure(what: str, output: str, code: int) -> KaggleError:
 
 
 def _submit(path: Path, message: str, env: dict[str, str]) -> None:
-    """``kaggle competitions submit``; success is its 'Successfully submitted' line, or a clean
-    exit without any error in its output (the scores are polled either way)."""
+    """``kaggle competitions submit``; its 'Successfully submitted' line, or a clean exit
+    without an error in its output, is success."""
     args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
-    out, err, code = _kaggle(args, env)
-    text = out + "\n" + err
-    if "successfully submitted" in text.lower():
-        return
-    if code != 0 or re.search(r"forbidden|unauthori[sz]ed|could not|error|you must", text, re.I):
+    _, text, code = _kaggle(args, env)
+    if (code or SUBMIT_FAILED.search(text)) and "successfully submitted" not in text.lower():
         raise _failure("competitions submit", text, code)
 
 
 def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
     """Your submissions, newest first, from ``--csv`` output that may start with warnings."""
-    out, err, code = _kaggle(["competitions", "submissions", "-c", COMPETITION, "--csv"], env)
-    if code != 0:
-        raise _failure("competitions submissions", out + "\n" + err, code)
+    out, text, code = _kaggle(["competitions", "submissions", "-c", COMPETITION, "--csv"], env)
     lines = out.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith("fileName,")), None)
-    if header is None:
-        if "no submissions found" in out.lower():
-            return []
-        raise _failure("competitions submissions", out + "\n" + err, code)
-    return list(csv.DictReader(io.StringIO("\n".join(lines[header:]))))
-
-
-def _key(row: dict[str, str]) -> tuple[str, ...]:
-    return tuple(row.get(k, "") for k in ("fileName", "date", "description"))
+    if code == 0 and header is not None:
+        return list(csv.DictReader(lines[header:]))
+    if code == 0 and "no submissions found" in out.lower():
+        return []
+    raise _failure("competitions submissions", text, code)
 
 
 def _status(row: dict[str, str] | None) -> str:
@@ -144,10 +209,8 @@ def _status(row: dict[str, str] | None) -> str:
 
 
 def _score(text: str | None) -> float | None:
-    try:
-        value = float(text or "")
-    except ValueError:
-        return None
+    """A score as Kaggle lists it ('' or 'nan' until scored), None when there is none."""
+    value = float(text) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", text or "") else math.nan
     return None if math.isnan(value) else value
 
 
@@ -161,7 +224,7 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
     )
     with bar:
         while True:
-            new = [r for r in _submissions(env) if _key(r) not in before]
+            new = [r for r in _submissions(env) if tuple(map(r.get, KEY)) not in before]
             row = next((r for r in new if r.get("fileName") == name), None)
             elapsed = time.monotonic() - start
             if _status(row) in ("complete", "error") or elapsed >= timeout:
@@ -171,32 +234,17 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
 
 
 def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
-    """``check_submission`` against the test ids of ``data`` (default: the full data's
-    sample_submission.csv, in ``data/full`` or Kaggle's input), else the competition's row
-    count."""
+    """``check_submission`` against the test ids of ``data`` (default: the full data's or
+    Kaggle's input's), else against the competition's row count."""
     if data is None:
-        listings = [folder / "sample_submission.csv" for folder in (full_data(), KAGGLE_INPUT)]
-        data = next((listing for listing in listings if listing.is_file()), None)
+        listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
+        data = next((p for p in listings if (p / "sample_submission.csv").is_file()), None)
     frame = check_submission(path, expected_test_ids(data) if data is not None else None)
     if data is None and len(frame) != KAGGLE_TEST_ROWS:
         raise KaggleError(
             f"{path}: {len(frame):,} rows, but the competition's test set has "
             f"{KAGGLE_TEST_ROWS:,} (a submission for the sample?); --data DIR checks the ids"
         )
-
-
-def full_data() -> Path:
-    """Where ``pcam download`` puts the competition (``data/full`` of the project)."""
-    return resolve_out(DEFAULT_OUT["kaggle"])
-
-
-def _record_dir(run: str | os.PathLike[str] | None) -> Path | None:
-    """The run directory to record the scores in (None: unknown, or the shipped model)."""
-    if run is None:
-        return None
-    path = Path(run)
-    folder = path if path.is_dir() else path.parent
-    return folder if (folder / "config.json").is_file() else None
 
 
 def submit_file(
@@ -211,34 +259,25 @@ def submit_file(
 ) -> dict:
     """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score; the record.
 
-    ``run`` is the run that made the file (default: the one ``write_submission(run=…)``
-    recorded, or the run directory the file is in); its scores go to ``RUN_DIR/kaggle.json``,
-    also when Kaggle has not scored it in time (scores null). Raises :class:`KaggleError` (one
-    line) for no credentials, no CLI, rules not accepted, a server error or a timeout.
+    Its scores go to ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
+    ``write_submission`` recorded), null when not scored in time. Raises :class:`KaggleError`.
     """
     path = Path(file)
     _validate(path, data)
     run = run if run is not None else submission_run(path)
     if run is not None:
         check_no_leak(run)
-    env = kaggle_credentials()
-    if env is None:
-        raise KaggleError(f"no Kaggle credentials: {HOW_TO_ADD}")
-    if shutil.which("kaggle", path=env.get("PATH")) is None:
-        raise KaggleError(NO_CLI)
-    before = {_key(row) for row in _submissions(env)}
+    env = _cli_env()
+    before = {tuple(map(row.get, KEY)) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _submit(path, message, env)
-    row = _wait(env, path.name, before, timeout, poll, progress)
-    record = {
-        "file": str(path.resolve()),
-        "message": message,
-        "public": _score(row and row.get("publicScore")),
-        "private": _score(row and row.get("privateScore")),
-        "status": _status(row) or "not listed",
-        "submitted_at": submitted_at,
-    }
-    run_dir = _record_dir(run)
+    row = _wait(env, path.name, before, timeout, poll, progress) or {}
+    record = {"file": str(path.resolve()), "message": message, "submitted_at": submitted_at}
+    record |= {key: _score(row.get(f"{key}Score")) for key in ("public", "private")}
+    record["status"] = _status(row) or "not listed"
+    # The run's directory keeps the scores (none for an unknown run or the shipped model).
+    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
+    run_dir = folder if folder and (folder / "config.json").is_file() else None
     if run_dir is not None:
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
     return _report(path, record, run_dir, timeout)
@@ -254,23 +293,15 @@ def _report(path: Path, record: dict, run_dir: Path | None, timeout: float) -> d
             f"{path}: submitted, but not scored within {timeout:g} s (status "
             f"{record['status']}); its score will show at {SUBMISSIONS}{kept}"
         )
-    public, private = (
-        "n/a" if record[k] is None else f"{record[k]:.4f}" for k in ("public", "private")
-    )
-    print(f"{path.name}: Kaggle public {public}, private {private}{kept}")
+    shown = {k: "n/a" if record[k] is None else f"{record[k]:.4f}" for k in ("public", "private")}
+    print(f"{path.name}: Kaggle public {shown['public']}, private {shown['private']}{kept}")
     return record
 
 
-def submit(
-    file: str | os.PathLike[str],
-    message: str,
-    *,
-    run: str | os.PathLike[str] | None = None,
-    **options,
-) -> dict | None:
-    """The notebooks' one call: :func:`submit_file`, or None (and a one-line hint) without
-    Kaggle credentials."""
+def submit(file: str | os.PathLike[str], message: str, **options) -> dict | None:
+    """The notebooks' one call: :func:`submit_file` (same options), or None and a one-line hint
+    without Kaggle credentials."""
     if kaggle_credentials() is None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")
         return None
-    return submit_file(file, message, run=run, **options)
+    return submit_file(file, message, **options)

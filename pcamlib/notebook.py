@@ -1,7 +1,9 @@
-"""What every notebook does first, in one call: ``S = start(home, outputs=OUTPUTS, …)``.
+"""The notebook series: each notebook's set-up (``S = start(…)``), and running them in order.
 
-The set-up cell (:data:`pcamlib.run_series.SETUP_CELL`) makes pcamlib importable, then calls
-:func:`start`.
+``python -m pcamlib.notebook [PATH]`` (``make run``) runs each notebook in a fresh kernel and
+stores its outputs; ``--sync`` (``make sync``) rewrites every set-up cell and badge from
+:data:`SETUP_CELL` and pyproject's ``Repository`` URL, the one place a fork edits. The set-up
+cell runs this file before pcamlib may be importable: module level imports the stdlib only.
 """
 
 from __future__ import annotations
@@ -9,38 +11,49 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
-from .config import Settings, data_kind, settings
-from .quiet import quiet_keras
+# Every notebook's first code cell (at most 8 lines): it finds the enclosing clone or clones REPO
+# (to /tmp on Kaggle, whose working folder is kept output), then importable_start() from it.
+SETUP_CELL = """\
+import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS: "drive" or a folder; BACKEND: "jax")
 
+OUTPUTS, BACKEND, REPO = "", "", "{repo}.git"  # defaults: outputs/, TF
+base = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else ".").resolve()
+home = next((p for p in (base, *base.parents) if (p / "data/sample").is_dir()), base / "pcamlib")
+home.exists() or get_ipython().system(f'git clone -q --depth 1 {{REPO}} "{{home}}"')  # no clone yet
+start = runpy.run_path(f"{{home}}/pcamlib/notebook.py")["importable_start"](home)  # pip if needed
+S = start(home, outputs=OUTPUTS, backend=BACKEND)"""
+
+BADGES = (
+    "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    "(https://colab.research.google.com/github/{slug}/blob/main/notebooks/{name}) "
+    "[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]"
+    "(https://kaggle.com/kernels/welcome?src={repo}/blob/main/notebooks/{name})"
+)
+BADGE_LINE = re.compile(r"^\[!\[Open in Colab\].*$", re.MULTILINE)
 DRIVE = Path("/content/drive")
 BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
+# TensorFlow's native start-up lines (absl info/warnings, CPU advice; cuInit without a driver).
+CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |To enable the following)")
+NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
 
 
-def start(
-    home: str | os.PathLike | None = None,
-    outputs: str = "",
-    mode: str | None = None,
-    backend: str = "",
-) -> Settings:
+def start(home=None, outputs: str = "", mode: str | None = None, backend: str = ""):
     """Point the library at the clone and the outputs, quiet known noise, print one status line.
 
-    Args:
-        home: the project's clone (with ``data/sample``); becomes ``$PCAM_HOME``.
-        outputs: where runs, the packed cache and ``submission.csv`` go. ``""`` keeps
-            ``$PCAM_OUT`` or the default (``outputs/`` of the project, ``/kaggle/working``
-            on Kaggle); ``"drive"`` mounts Google Drive on Colab and uses
-            ``MyDrive/pcamlib``, so a disconnect loses nothing and training resumes; any
-            other value is a folder.
-        mode: ``"gpu"`` or ``"cpu"`` takes that device's path whatever the device (becomes
-            ``$PCAM_MODE``); ``"gpu"`` on a CPU rehearses a GPU run.
-        backend: the Keras backend, ``"jax"`` or ``"tensorflow"``; ``""`` keeps
-            ``$KERAS_BACKEND`` (TensorFlow when unset). Keras fixes it when it is first
-            imported, so a change needs a fresh kernel.
-    """
+    ``home``: the clone (``$PCAM_HOME``). ``outputs``: where runs, the cache and submissions go:
+    ``""`` keeps ``$PCAM_OUT`` or the default; ``"drive"`` is Google Drive on Colab (a
+    disconnect loses nothing); else a folder. ``mode``: ``"gpu"``/``"cpu"`` forces that path
+    (``$PCAM_MODE``). ``backend``: ``"jax"``/``"tensorflow"``; ``""`` keeps ``$KERAS_BACKEND``.
+    Returns the session's :class:`pcamlib.config.Settings`."""
+    from .config import settings
+
     _use_backend(backend)
     if home is not None:
         os.environ["PCAM_HOME"] = str(Path(home).resolve())
@@ -58,24 +71,7 @@ def start(
         os.environ["PCAM_MODE"] = mode
     if outputs:
         os.environ["PCAM_OUT"] = str(Path(outputs).expanduser())
-    # Third-party warnings known to be noise, by category and module only: pcamlib's own
-    # (e.g. ImageNet weights unavailable) stay visible.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
-    # TensorFlow logs (not warns) when a new model's train step is traced again, which every
-    # notebook that trains several models does by design.
-    logging.getLogger("tensorflow").addFilter(_not_retracing)
-    warnings.formatwarning = _short_warning  # no machine-specific source paths in outputs
-    # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100})
-    with contextlib.suppress(ImportError):  # not in a notebook kernel
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-        set_matplotlib_formats("jpeg")
-    quiet_keras()  # the backend's native start-up lines stay out of the notebook
+    _quiet_noise()
     found = settings()
     if found.cache_dir is not None:  # load_patches (and the CLI) read it from here
         os.environ.setdefault("PCAM_CACHE_DIR", str(found.cache_dir))
@@ -85,33 +81,53 @@ def start(
 
 def _use_backend(name: str) -> None:
     """Set ``$KERAS_BACKEND`` while Keras is not imported yet; refuse a switch after that."""
-    if not name:
-        return
-    if name not in BACKENDS:
+    if name not in ("", *BACKENDS):
         raise ValueError(f'backend="{name}": must be one of {", ".join(BACKENDS)} (or "")')
-    if "keras" in sys.modules:
-        import keras
+    running = sys.modules["keras"].backend.backend() if "keras" in sys.modules else name
+    if name and running != name:
+        raise RuntimeError(
+            f'backend="{name}": Keras already runs on {running} in this kernel; restart it and '
+            "run the set-up cell first"
+        )
+    if name:
+        os.environ["KERAS_BACKEND"] = name
 
-        if keras.backend.backend() != name:
-            raise RuntimeError(
-                f'backend="{name}": Keras already runs on {keras.backend.backend()} in this '
-                "kernel; restart it and run the set-up cell first"
-            )
-    os.environ["KERAS_BACKEND"] = name
+
+def _quiet_noise() -> None:
+    """Third-party noise out, by category and module only (pcamlib's own warnings stay)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
+    # TensorFlow logs each retrace, which notebooks that train several models do by design.
+    logging.getLogger("tensorflow").addFilter(_not_retracing)
+    # No machine-specific source paths in stored outputs.
+    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
+    # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100})
+    with contextlib.suppress(ImportError):  # not in a notebook kernel
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("jpeg")
+    quiet_keras()
 
 
-def status_line(s: Settings) -> str:
-    """One line: which data (with counts), device, backend, precision and mode this session
-    uses."""
+def _not_retracing(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+def status_line(s) -> str:
+    """One line: the session's data (with counts), device, backend, precision and mode."""
     import keras
 
+    from .config import data_kind
     from .devices import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
     labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"
     if labels.is_file():  # the Kaggle layout; other layouts are not counted
-        with open(labels, "rb") as f:
-            n_train = max(0, sum(1 for _ in f) - 1)  # minus the header
+        n_train = max(0, len(labels.read_bytes().splitlines()) - 1)  # minus the header
         n_test = sum(1 for e in os.scandir(test) if e.name.endswith(".tif")) if test.is_dir() else 0
         data += f" ({n_train:,} train / {n_test:,} test patches)"
     return (
@@ -120,9 +136,144 @@ def status_line(s: Settings) -> str:
     )
 
 
-def _short_warning(message, category, filename, lineno, line=None) -> str:
-    return f"{category.__name__}: {message}\n"
+def quiet_keras() -> None:
+    """Import Keras and let TensorFlow find its devices (once), its chatter dropped: absl writes
+    it straight to fd 2 whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so fd 2 is captured."""
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            no_driver = not os.path.exists("/proc/driver/nvidia/version")
+            noise = [x for x in lines if CHATTER.match(x) or no_driver and NO_CUDA.match(x)]
+            sys.stderr.write("".join(x for x in lines if x not in noise))
 
 
-def _not_retracing(record: logging.LogRecord) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
+def importable_start(home: str | Path):
+    """``start``, after a plain ``pip install home`` where pcamlib is missing (importable at
+    once, no restart; a clone folder named ``pcamlib`` is a namespace package and not it)."""
+    import importlib
+    import importlib.util
+    import subprocess
+
+    if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:
+        print(f"pcamlib is not importable here: installing it from {home} …", flush=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", str(home)]
+        done = subprocess.run(pip, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(pip)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        importlib.invalidate_caches()
+    return importlib.import_module("pcamlib.notebook").start
+
+
+def repository_url(pyproject: str | Path = "pyproject.toml") -> str:
+    """``[project.urls] Repository`` of pyproject.toml, e.g. https://github.com/pcamlib/pcamlib."""
+    text = Path(pyproject).read_text()
+    match = re.search(r'^Repository\s*=\s*"(https://github\.com/[^"]+?)/?"', text, re.M)
+    if match is None:
+        raise SystemExit(f'{pyproject}: no [project.urls] Repository = "https://github.com/…"')
+    return match[1]
+
+
+def notebook_paths(folder: str | Path) -> list[Path]:
+    """The series' notebooks in order; a single notebook's path gives just that one."""
+    if Path(folder).is_file():
+        return [Path(folder)]
+    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise SystemExit(f"{folder}: no NN_*.ipynb notebooks found")
+    return paths
+
+
+def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None = None) -> list[str]:
+    """Rewrite the set-up cell and badges of every notebook in ``folder``; the changed names."""
+    import nbformat
+
+    folder = Path(folder)
+    repo = repository_url(pyproject or folder.resolve().parent / "pyproject.toml")
+    slug = repo.removeprefix("https://github.com/")
+    changed = []
+    for path in notebook_paths(folder):
+        notebook = nbformat.read(path, as_version=4)
+        title, setup = notebook.cells[0], notebook.cells[1]
+        badges = BADGES.format(slug=slug, repo=repo, name=path.name)
+        new = BADGE_LINE.sub(badges, title.source), SETUP_CELL.format(repo=repo)
+        if (title.source, setup.source) != new:
+            title.source, setup.source = new
+            nbformat.write(notebook, path)
+            changed.append(path.name)
+    return changed
+
+
+def quiet_kernels() -> Path:
+    """Keep TensorFlow's C++ log lines out of stored outputs (and ``--nbval`` comparisons):
+    ipykernel forwards fd output into cells unless told not to. Returns the IPython dir used."""
+    profile = Path(tempfile.mkdtemp(prefix="pcam-ipython-")) / "profile_default"
+    profile.mkdir()
+    (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
+    os.environ["IPYTHONDIR"] = str(profile.parent)
+    return profile.parent
+
+
+def run_series(folder: str | Path, timeout: int = 3600) -> None:
+    """Execute the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
+    failing cell stops the series, naming notebook and cell."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    quiet_kernels()
+    sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
+    for path in notebook_paths(folder):
+        notebook = nbformat.read(path, as_version=4)
+        began = time.perf_counter()
+        print(f"running {path} …", flush=True)
+        # No per-cell timestamps: a rerun leaves only real changes.
+        options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
+        try:
+            NotebookClient(
+                notebook, resources={"metadata": {"path": str(path.parent)}}, **options
+            ).execute()
+        except CellExecutionError as exc:
+            raise SystemExit(
+                f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
+            ) from None
+        finally:
+            nbformat.write(notebook, path)
+        print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pcamlib.notebook", description="Run the notebook series in order, in place."
+    )
+    parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")
+    parser.add_argument("--sync", action="store_true", help="only rewrite set-up cells and badges")
+    args = parser.parse_args(argv)
+    if not Path(args.path).exists():
+        parser.error(f"{args.path}: no such folder or notebook")
+    if args.sync:
+        print("synced:", ", ".join(sync_series(args.path)) or "nothing to change")
+    else:
+        run_series(args.path)
+
+
+if __name__ == "__main__":
+    main()

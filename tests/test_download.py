@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pcamlib import download
+from pcamlib import kaggle
 from pcamlib.config import project_root
-from pcamlib.download import download_competition, get_full_data, kaggle_credentials, resolve_out
+from pcamlib.download import get_full_data
+from pcamlib.kaggle import download_competition, kaggle_credentials, resolve_out
 from pcamlib.sources import DataError
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
@@ -161,7 +162,7 @@ def test_an_interrupted_unpack_never_looks_complete_and_the_rerun_finishes(
     with pytest.raises(KeyboardInterrupt):
         download_competition(out)
     assert not out.exists() and (out.parent / "full.partial").is_dir()
-    assert (out.parent / "full.download" / f"{download.COMPETITION}.zip").is_file()  # kept
+    assert (out.parent / "full.download" / f"{kaggle.COMPETITION}.zip").is_file()  # kept
     monkeypatch.setattr(zipfile.ZipFile, "extract", real_extract)
     assert download_competition(out) == out  # resumes from the downloaded archive
     assert len(list((out / "train").iterdir())) == 6

@@ -221,10 +221,10 @@ def test_no_server_is_a_network_error_naming_the_file(tmp_path):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("stage", ["download", "unpack"])
 def test_a_full_disk_is_refused_by_name(mirror, tmp_path, stage):
-    first = PCAM_META[0]  # the first file fetched
+    fetched, unpacked = PCAM_META[0], PCAM_HDF5[0].removesuffix(".gz")  # the first of each
     folder = tmp_path / ("pcam.download" if stage == "download" else "pcam.partial")
     folder.mkdir()
-    target = folder / (f"{first}.part" if stage == "download" else f".{first}.tmp")
+    target = folder / (f"{fetched}.part" if stage == "download" else f".{unpacked}.tmp")
     target.symlink_to("/dev/full")  # writes there fail with ENOSPC, as on a full disk
     with pytest.raises(DataError, match=rf"{re.escape(str(target))}: disk full \("):
         download_pcam(tmp_path / "pcam", mirror=mirror.url, progress=False)

@@ -11,8 +11,7 @@ import pytest
 
 from pcamlib import config
 from pcamlib.config import REPO_ROOT, Settings, settings
-from pcamlib.notebook import start
-from pcamlib.run_series import SETUP_CELL, main, repository_url, sync_series
+from pcamlib.notebook import SETUP_CELL, main, repository_url, start, sync_series
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ The kernel's Python has the project's dependencies but not pcamlib, its working 
 empty ``/content``-like folder, ``google.colab`` is importable, and the clone URL points at a
 local git repository of this working tree. The set-up cell must clone, install and import
 pcamlib in that same kernel, without a restart; the notebook's import cell must then run.
-The cell itself stays short (at most 8 lines): it runs ``pcamlib/run_series.py`` from the
+The cell itself stays short (at most 8 lines): it runs ``pcamlib/notebook.py`` from the
 clone before pcamlib is importable, so that module may import only the standard library.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from nbclient import NotebookClient
 
 from pcamlib.config import REPO_ROOT
-from pcamlib.run_series import SETUP_CELL, notebook_paths, repository_url
+from pcamlib.notebook import SETUP_CELL, notebook_paths, repository_url
 
 NOTEBOOKS = notebook_paths(REPO_ROOT / "notebooks")
 FAKE_COLAB = {  # what the set-up and data cells may touch on Colab
@@ -121,9 +121,9 @@ def test_the_set_up_cell_is_at_most_8_lines_and_ends_with_start():
     assert 'OUTPUTS, BACKEND, REPO = "", "", "https://github.com/' in cell
 
 
-def test_run_series_imports_only_the_standard_library_at_module_level():
+def test_the_notebook_module_imports_only_the_standard_library_at_module_level():
     """The set-up cell runs this file with runpy where pcamlib (and maybe nbformat) is missing."""
-    tree = ast.parse((REPO_ROOT / "pcamlib" / "run_series.py").read_text())
+    tree = ast.parse((REPO_ROOT / "pcamlib" / "notebook.py").read_text())
     names = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     names |= {
         "." if n.level else n.module.split(".")[0]  # a relative import is pcamlib itself
