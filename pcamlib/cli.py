@@ -23,16 +23,61 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
+from .config import RECIPES, TTA_VIEWS, SettingError, cli_value, range_problem  # noqa: E402  (light)
 from .quiet import quiet_keras  # noqa: E402
 
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
+# pcam train's help beyond what a setting allows (TrainConfig's comments say the rest).
+HELP = {
+    "data": "dataset root (any layout) or a packed cache",
+    "out": "run directory (rerun to resume)",
+    "batch_size": "per replica",
+    "lr": "peak learning rate (× replicas)",
+    "image_size": "model input side; cnn1/cnn2 take ≥ 16 (default 64), backbones ≥ 32 (default "
+    "96), pcamnet a centre crop of 2^(stages-1) to 96, 2^stages with a stem (default 64)",
+    "test_fraction": "held out for testing, the same rows every run; 0: separate test data",
+    "weights": "imagenet: pretrained backbone; none: from scratch",
+    "trainable": "backbone trainable (default: not with imagenet weights)",
+    "augment": "random dihedral views",
+    "shift": "random shifts of up to N pixels",
+    "hed_jitter": "HED stain jitter σ",
+    "augment_on": "host: numpy while batching (cheapest on a CPU); model: first layers of the "
+    "model, on the accelerator, so 2 host cores can feed a GPU",
+    "stain_norm": "stain normalisation inside the model",
+    "weight_decay": "adamw only",
+    "warmup_epochs": "linear warm-up, ≤ epochs",
+    "early_stopping": "patience: epochs without a val-AUC gain",
+    "strategy": "distribution strategy",
+    "tensorboard": "write TensorBoard logs",
+    "steps_per_epoch": "cap on batches per epoch",
+    "val_limit": "validate on a class-balanced subset of N rows",
+    "workers": "threads preparing batches",
+    "split": "stratified: random, class-balanced parts; slide: no slide on both sides (needs "
+    "groups-csv or HDF5 meta); pcam: PCam's own splits, train / valid (val: picks best.keras "
+    "and the threshold) / test (only reported), slide-disjoint by construction, no val/test "
+    "fraction; default: pcam on PCam's HDF5 layout with all three splits (or a cache of it), "
+    "else stratified",
+    "groups_csv": "patch→slide csv (id,wsi) for split slide",
+    "cache_dir": "where packed caches go (default: beside data)",
+    "exclude_bad": "leave out unreadable items (listed in excluded.csv)",
+    "recipe": f"named recipe, one of {', '.join(RECIPES)}; explicit settings win",
+    "tta": "views evaluate/predict use by default",
+    "init": "start from these weights: 'pretrained' (the shipped PCamNet; use with recipe "
+    "pcam-cpu) or a run directory / .keras file of the same model; default: random",
+}
+# The ranges of evaluate's, predict's, pack's and submit's numbers.
+RUN_RANGES = {
+    "batch_size": "≥ 1 and ≤ 65536",
+    "operating_point": "> 0 and ≤ 1",  # a target sensitivity
+    "workers": "≥ 1 and ≤ 256",
+    "timeout": "> 0 and ≤ 86400",  # seconds
+    "poll_interval": "> 0 and ≤ 3600",
+}
 
 
-def _help(text: str | None, rule: limits.Rule) -> str:
-    """A flag's help: what it does, then the values its rule takes."""
-    values = rule.describe("cli")
-    return f"{text} ({values})" if text else values
+def _help(name: str, text: str) -> str:
+    """A flag's help: what it does, then its range."""
+    return f"{text} ({RUN_RANGES[name]})"
 
 
 def _train_parser(sub) -> None:
@@ -45,29 +90,39 @@ def _train_parser(sub) -> None:
         description="Every setting is checked before anything is written; "
         "unset ones come from --recipe, else TrainConfig's defaults.",
     )
-    fields = {f.name: f.metadata for f in dataclasses.fields(TrainConfig) if f.metadata}
-    for name, meta in fields.items():  # model_kwargs, without metadata, is Python only
-        flag, rule, text = "--" + name.replace("_", "-"), meta["rule"], meta["help"] or None
-        if isinstance(rule, limits.Number):
-            p.add_argument(flag, type=rule.kind, help=_help(text, rule))
-        elif rule is None:  # a path or a name
-            p.add_argument(flag, required=name in ("data", "out"), help=text)
-        elif rule is limits.YES_NO:
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+    for f in fields:  # model_kwargs is Python only
+        flag, allowed, text = (
+            "--" + f.name.replace("_", "-"),
+            f.metadata.get("allowed"),
+            HELP.get(f.name),
+        )
+        if isinstance(allowed, tuple):
+            p.add_argument(flag, choices=[cli_value(o) for o in allowed], help=text)
+        elif allowed:
+            integer = f.type.startswith("int")
+            what = f"{'an integer' if integer else 'a number'} {allowed}"
+            p.add_argument(
+                flag, type=int if integer else float, help=f"{text} ({what})" if text else what
+            )
+        elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            p.add_argument(flag, choices=[limits.cli_value(o) for o in rule.options], help=text)
-    p.set_defaults(func=cmd_train, _rules={name: meta["rule"] for name, meta in fields.items()})
+        else:  # a path or a name
+            p.add_argument(flag, required=f.name in ("data", "out"), help=text)
+    p.set_defaults(func=cmd_train, _fields=fields)
 
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
 
-    values = {k: getattr(args, k) for k in args._rules if getattr(args, k) is not None}
-    for name, value in values.items():
-        rule = args._rules[name]
-        if isinstance(rule, limits.Choice) and isinstance(value, str):
-            values[name] = rule.from_cli(value)  # "none" → None, "yes" → True, "8" → 8
-    config = TrainConfig(**values)  # applies the recipe and checks every setting
+    values = {f.name: getattr(args, f.name) for f in args._fields}
+    for f in args._fields:  # "none" → None, "yes" → True, "8" → 8
+        if isinstance(f.metadata.get("allowed"), tuple) and values[f.name] is not None:
+            values[f.name] = {cli_value(o): o for o in f.metadata["allowed"]}[values[f.name]]
+    values = {f.name: values[f.name] for f in args._fields if getattr(args, f.name) is not None}
+    recipe = values.pop("recipe", None)
+    # from_recipe and TrainConfig check every setting before anything is written
+    config = TrainConfig.from_recipe(recipe, **values) if recipe else TrainConfig(**values)
     quiet_keras()
     from .train import train
 
@@ -163,7 +218,7 @@ def cmd_predict(args) -> int:
     if expected is None:  # another layout (PCam HDF5, class folders, a cache): all of it
         expected = cache.ids
         if cache.meta.get("excluded"):
-            raise limits.SettingError(
+            raise SettingError(
                 "data",
                 args.data,
                 f"its test cache left out {cache.meta['excluded']} unreadable item(s) "
@@ -218,21 +273,14 @@ def cmd_download(args) -> int:
     if args.source == "pcam":
         path = download_pcam(out, mirror=args.mirror, force=args.force)
     elif args.mirror:
-        raise limits.SettingError("mirror", args.mirror, "is for --source pcam")
+        raise SettingError("mirror", args.mirror, "is for --source pcam")
     else:
         path = download_competition(out, force=args.force)
     print(f"downloaded to {path}")
     return 0
 
 
-SUBMIT_RULES = {
-    "timeout": limits.Number(float, 0, 86400, low_open=True),
-    "poll_interval": limits.Number(float, 0, 3600, low_open=True),
-}
-
-
 def cmd_submit(args) -> int:
-    limits.check_values(vars(args), SUBMIT_RULES)
     from .kaggle import submit_file
 
     submit_file(
@@ -252,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    run = limits.RUN_RULES
 
     evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
     predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
@@ -266,11 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--tta",
             type=int,
-            choices=limits.TTA_VIEWS,
+            choices=TTA_VIEWS,
             help="1, or 8 dihedral views (default: the run's recipe setting, else 1)",
         )
         p.add_argument(
-            "--batch-size", type=int, default=256, help=_help("default 256", run["batch_size"])
+            "--batch-size", type=int, default=256, help=_help("batch_size", "default 256")
         )
         p.add_argument("--cache-dir")
         p.set_defaults(func=func)
@@ -296,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--operating-point",
         type=float,
         default=0.95,
-        help=_help("target sensitivity for the op_* metrics", run["operating_point"]),
+        help=_help("operating_point", "target sensitivity for the op_* metrics"),
     )
     predict.add_argument("--out", required=True, help="submission CSV to write")
 
@@ -321,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(ids train/N, valid/N, test/N), as pcam train reads it",
     )
     p.add_argument("--exclude-bad", action="store_true")
-    p.add_argument("--workers", type=int, help=_help("decoding threads", run["workers"]))
+    p.add_argument("--workers", type=int, help=_help("workers", "decoding threads"))
     p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
     p.set_defaults(func=cmd_pack)
 
@@ -353,21 +400,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", help="dataset root whose test ids the file must cover (default: data/full)"
     )
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the score")
-    p.add_argument("--poll-interval", type=float, default=10, help="seconds between polls")
+    p.add_argument(
+        "--timeout", type=float, default=600, help=_help("timeout", "seconds to wait for the score")
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=10,
+        help=_help("poll_interval", "seconds between polls"),
+    )
     p.set_defaults(func=cmd_submit)
     return parser
+
+
+def _check_numbers(args) -> None:
+    """Refuse a number outside its RUN_RANGES (train's settings: TrainConfig checks them)."""
+    for name, bounds in RUN_RANGES.items():
+        value = getattr(args, name, None)
+        problem = range_problem(value, bounds, isinstance(value, int), optional=True)
+        if problem:
+            raise SettingError(name, value, problem)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "train":  # TrainConfig checks train's settings
-            limits.check_values(vars(args), limits.RUN_RULES)
+        if args.command != "train":
+            _check_numbers(args)
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # SettingError, DataError too
-        # A SettingError is spelled as typed: --lr, not lr.
-        text = exc.render("cli") if isinstance(exc, limits.SettingError) else exc
+        text = exc.cli() if isinstance(exc, SettingError) else exc  # --lr, as typed
         print(f"pcam {args.command}: error: {text}", file=sys.stderr)
         return 2
 

@@ -2,9 +2,7 @@
 
 import pytest
 
-from pcamlib.config import SAMPLE_DIR, TrainConfig, settings
-from pcamlib.limits import SettingError
-from pcamlib.recipes import RECIPES
+from pcamlib.config import RECIPES, SAMPLE_DIR, SettingError, TrainConfig, settings
 
 
 def test_smoke_settings_shrink_runs_but_keep_the_code_path(monkeypatch):
@@ -25,7 +23,7 @@ def test_real_settings_keep_what_the_notebook_asked_for(monkeypatch):
 
 
 def test_recipe_fills_the_config_and_explicit_choices_win():
-    config = TrainConfig(recipe="pcam-cpu", data="d", out="o", epochs=2)
+    config = TrainConfig.from_recipe("pcam-cpu", data="d", out="o", epochs=2)
     assert config.epochs == 2
     assert config.model == RECIPES["pcam-cpu"]["model"] and config.tta == 8 and config.augment
     assert config.replace(data="e").epochs == 2  # replace() does not re-apply the recipe
@@ -33,11 +31,11 @@ def test_recipe_fills_the_config_and_explicit_choices_win():
 
 
 def test_explicit_choices_win_even_when_they_equal_the_defaults():
-    config = TrainConfig(recipe="pcam-cpu", epochs=5, batch_size=64, optimizer="adam")
+    config = TrainConfig.from_recipe("pcam-cpu", epochs=5, batch_size=64, optimizer="adam")
     assert (config.epochs, config.batch_size, config.optimizer) == (5, 64, "adam")
     assert config.weight_decay == 0.0  # the recipe's decay belongs to its adamw
     assert config.model == "pcamnet" and config.lr == RECIPES["pcam-cpu"]["lr"]
-    other = TrainConfig(recipe="pcam-cpu", model="cnn1")  # the recipe's crop/widths stay behind
+    other = TrainConfig.from_recipe("pcam-cpu", model="cnn1")  # its crop/widths stay behind
     assert (other.model, other.image_size, other.model_kwargs, other.tta) == ("cnn1", None, {}, 8)
 
 
@@ -60,12 +58,14 @@ def test_notebook_and_benchmark_recipe_configs_keep_the_callers_values(monkeypat
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_makes_a_valid_config(name):
-    config = TrainConfig(recipe=name, data="d", out="o")
+    config = TrainConfig.from_recipe(name, data="d", out="o")
     assert all(getattr(config, k) == v for k, v in RECIPES[name].items())
 
 
 def test_unknown_recipe_and_config_keys_are_refused():
     with pytest.raises(SettingError, match="recipe='magic': must be one of pcam-cpu"):
-        TrainConfig(recipe="magic")
+        TrainConfig.from_recipe("magic")
+    with pytest.raises(SettingError, match="recipe='magic': must be one of pcam-cpu"):
+        TrainConfig(recipe="magic", model="pcamnet")
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_json('{"model": "cnn1", "epochz": 3}')
