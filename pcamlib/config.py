@@ -1,8 +1,7 @@
-"""Run settings: TrainConfig and its checks, the named recipes, where data and outputs go.
+"""Run settings: TrainConfig and its checks, the recipes, where data and outputs go.
 
-A bad setting is refused here in one line naming it, before anything is written. Nothing heavy
-is imported, so ``pcam --help`` answers at once. ``PCAM_SMOKE=1`` (set by the tests) means
-"prove the code path, fast"; notebooks ask :func:`settings` instead of reading the switch.
+A bad setting is refused in one line before anything is written; nothing heavy is imported, so
+``pcam --help`` answers at once. ``PCAM_SMOKE=1`` (the tests') means "prove the code path, fast".
 """
 
 from __future__ import annotations
@@ -36,24 +35,12 @@ KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
 
 class SettingError(ValueError):
-    """A setting outside its valid values: its name, its value and what is allowed."""
+    """A setting outside its valid values: its name and value, and what is allowed (the CLI
+    shows ``--lr -1: …`` for ``lr=-1: …``)."""
 
     def __init__(self, setting: str, value, allowed: str):
         self.setting, self.value, self.allowed = setting, value, allowed
         super().__init__(f"{setting}={value!r}: {allowed}")
-
-    def cli(self) -> str:
-        """The message as typed on the command line: ``--lr -1: …``, not ``lr=-1: …``."""
-        return f"--{self.setting.replace('_', '-')} {cli_value(self.value)}: {self.allowed}"
-
-
-def cli_value(value) -> str:
-    """A value as the command line spells it: ``none``, ``yes``/``no``, ``1e-05``."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def range_problem(value, bounds: str, integer: bool, optional: bool = False) -> str | None:
@@ -73,37 +60,23 @@ def range_problem(value, bounds: str, integer: bool, optional: bool = False) -> 
 # pcam-cpu: 20k PCam patches in < 30 min on a 2-core CPU; the whole 96-px patch through a
 # stride-2 stem sees the tissue around the labelled centre; dihedral views, small shifts and
 # mild colour jitter fight overfitting; on a CPU numpy augmentation costs less than TF layers.
+# fmt: off
 RECIPES: dict[str, dict] = {
     "pcam-cpu": dict(
-        model="pcamnet",
-        image_size=96,
-        model_kwargs={"widths": [24, 48, 96, 192], "stem": 24},
-        batch_size=128,
-        epochs=20,
-        lr=2e-3,
-        optimizer="adamw",
-        weight_decay=0.01,
-        schedule="cosine",
-        warmup_epochs=0.5,
-        augment=True,
-        shift=4,
-        color_jitter=0.1,
-        val_fraction=0.05,
-        tta=8,
+        model="pcamnet", image_size=96, model_kwargs={"widths": [24, 48, 96, 192], "stem": 24},
+        batch_size=128, epochs=20, lr=2e-3, optimizer="adamw", weight_decay=0.01,
+        schedule="cosine", warmup_epochs=0.5, augment=True, shift=4, color_jitter=0.1,
+        val_fraction=0.05, tta=8,
     ),
 }
 # pcam-cpu for one GPU and the full data: 4× wider, bigger batches with the LR scaled along, a
 # longer warm-up, mixed precision, and augmentation as the model's first layers, so the host
 # only reads batches and 2 host cores keep up (benchmarks/pipeline.py).
-RECIPES["pcam-gpu"] = RECIPES["pcam-cpu"] | {
-    "model_kwargs": {"widths": [64, 128, 256, 512], "stem": 64},
-    "batch_size": 512,
-    "lr": 4e-3,
-    "warmup_epochs": 1,
-    "mixed_precision": "auto",
-    "augment_on": "model",
-    "workers": 2,
-}
+RECIPES["pcam-gpu"] = RECIPES["pcam-cpu"] | dict(
+    model_kwargs={"widths": [64, 128, 256, 512], "stem": 64}, batch_size=512, lr=4e-3,
+    warmup_epochs=1, mixed_precision="auto", augment_on="model", workers=2,
+)
+# fmt: on
 
 
 def project_root() -> Path:
@@ -127,10 +100,8 @@ def on_kaggle() -> bool:
 
 
 def output_dir() -> Path:
-    """Where runs, figures and submission.csv go: $PCAM_OUT, else ``outputs/`` of the project.
-
-    On Kaggle the project's folder may be read-only: outputs go to /kaggle/working/outputs.
-    """
+    """Where runs, figures and submission.csv go: $PCAM_OUT, else the project's ``outputs/``
+    (on Kaggle, whose project folder may be read-only, /kaggle/working/outputs)."""
     default = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
     path = Path(os.environ.get("PCAM_OUT") or default)
     path.mkdir(parents=True, exist_ok=True)
@@ -143,8 +114,8 @@ def smoke() -> bool:
 
 
 def default_data_dir() -> Path:
-    """$PCAM_DATA, else the full data (``data/full``, ``data/pcam`` once complete, or Kaggle's
-    input), else the sample."""
+    """$PCAM_DATA, else full data (``data/full``, complete ``data/pcam``, Kaggle's), else the
+    sample."""
     override = os.environ.get("PCAM_DATA")
     if override:
         return Path(override)
@@ -162,11 +133,8 @@ def default_data_dir() -> Path:
 
 
 def default_cache_root() -> Path | None:
-    """Where packed caches go when not beside the data (None: beside it).
-
-    $PCAM_CACHE_DIR if set; on Kaggle /kaggle/working (the input is read-only); with
-    persistent outputs ($PCAM_OUT) a ``cache/`` folder in them, so the cache survives too.
-    """
+    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
+    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
     if os.environ.get("PCAM_CACHE_DIR"):
         return Path(os.environ["PCAM_CACHE_DIR"])
     if on_kaggle():
@@ -262,8 +230,9 @@ class TrainConfig:
             drop |= {"image_size", "model_kwargs"}
         if overrides.get("optimizer", values["optimizer"]) != values["optimizer"]:
             drop.add("weight_decay")
-        if overrides.get("split") or ("pcam" if pcam_data(overrides.get("data", "")) else ""):
-            drop |= set(PCAM_UNUSED) if overrides.get("split", "pcam") == "pcam" else set()
+        split = overrides.get("split") or ("pcam" if pcam_data(overrides.get("data", "")) else None)
+        if split == "pcam":
+            drop |= set(PCAM_UNUSED)
         values = {k: v for k, v in values.items() if k not in drop}
         return cls(**{**values, **overrides, "recipe": name})
 
@@ -300,19 +269,13 @@ def validate(config: TrainConfig, auto_split: bool = False) -> None:
     if config.groups_csv is not None and config.split != "slide":
         allowed = "a patch→slide map is only used with split slide"
         raise SettingError("groups_csv", config.groups_csv, allowed)
-    how = " (the default on PCam's HDF5 layout)" if auto_split else ""
-    for f in dataclasses.fields(config):  # PCam's own val and test rows: fractions unused
-        if (
-            config.split == "pcam"
-            and f.name in PCAM_UNUSED
-            and getattr(config, f.name) != f.default
-        ):
-            allowed = (
-                f"not used with split pcam{how}, whose val and test rows are PCam's valid and "
-                "test splits; leave it unset, or choose split stratified to carve the parts "
-                "out of PCam train"
-            )
-            raise SettingError(f.name, getattr(config, f.name), allowed)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in PCAM_UNUSED if config.split == "pcam" else ():  # PCam has val and test rows
+        if getattr(config, name) != defaults[name]:
+            how = " (the default on PCam's HDF5 layout)" if auto_split else ""
+            allowed = f"not used with split pcam{how}, whose val and test rows are PCam's valid "
+            allowed += "and test splits; leave it unset, or choose split stratified to carve them"
+            raise SettingError(name, getattr(config, name), allowed + " out of PCam train")
 
 
 def _check_field(f: dataclasses.Field, value) -> None:
@@ -364,11 +327,8 @@ def _kwarg_problem(model: str, key: str, value) -> str | None:
     if key != "widths":
         problem = range_problem(value, KWARG_RANGES[key], integer=key == "stem")
         return problem and f"{key} {problem}"
-    if (
-        not isinstance(value, list | tuple)
-        or not value
-        or any(range_problem(w, "≥ 1", True) for w in value)
-    ):
+    widths = value if isinstance(value, list | tuple) else ()
+    if not widths or any(range_problem(w, KWARG_RANGES[key], True) for w in widths):
         return "widths must be a non-empty list of integers ≥ 1 (channels per stage)"
     return None
 
@@ -407,16 +367,14 @@ class Settings:
 
     @property
     def init(self) -> str | None:
-        """Where the recipe starts: the shipped weights for ``pcam-cpu`` on the sample (whose
-        overlap with their training patches is known and left out of every score), else random.
-        """
+        """The shipped weights for ``pcam-cpu`` on the sample (whose overlap with their training
+        patches is known and left out of every score), else None (random)."""
         on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
         return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
 
     @property
     def mode(self) -> str:
-        """'smoke' (tests: a few batches), else 'CPU' or 'GPU' (full-size runs); with
-        ', GPU path forced' when PCAM_MODE chose the path."""
+        """'smoke' (a few batches), 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
         size = "smoke" if self.smoke else self.accelerator.upper()
         forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
         return size + forced
@@ -433,8 +391,7 @@ class Settings:
         return config
 
     def cpu_budget(self, value: int) -> int | None:
-        """A demonstration budget (batches per epoch, validation rows): ``value`` without a
-        GPU, None (no cap) with one."""
+        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
         return value if self.accelerator == "cpu" else None
 
     def epochs(self, full: int, cpu: int | None = None) -> int:

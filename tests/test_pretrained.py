@@ -52,7 +52,7 @@ def test_init_is_refused_before_writing_when_it_does_not_fit(tmp_path, tiny_run)
         )
         with pytest.raises(SettingError, match=reason) as info:
             init_weights(config)
-        assert info.value.cli().startswith(f"--init {init}: ")
+        assert str(info.value).startswith(f"init={str(init)!r}: ")
     assert not out.exists()
 
 
