@@ -109,7 +109,7 @@ def test_cli_refusal_is_one_line_naming_the_flag(pcam, tmp_path, capsys):
     argv = ["train", "--data", str(root), "--out", str(tmp_path / "r"), "--val-fraction", "0.1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "--val-fraction 0.1: not used with --split pcam" in err
+    assert len(err.splitlines()) == 1 and "--val-fraction 0.1: not used with split pcam" in err
 
 
 def test_stratified_and_slide_runs_carve_their_parts_out_of_pcam_train(pcam, tmp_path):
