@@ -236,9 +236,8 @@ class WeightsUnavailable(SettingError):
         home = str(Path.home())
         folder = str(path.parent).replace(home, "~", 1) if home != "/" else str(path.parent)
         text = f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, $KERAS_HOME/models "
-        super().__init__(
-            "weights", "imagenet", text + f"when set), or train {model} without weights"
-        )
+        text += f"when set), or use weights=None to train {model} from scratch"
+        super().__init__("weights", "imagenet", text)
 
 
 def keras_cache_dir() -> Path:

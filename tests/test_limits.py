@@ -129,7 +129,7 @@ def test_offline_imagenet_weights_are_one_line_and_leave_nothing(offline, tmp_pa
     fname = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "--weights imagenet: cannot download" in err and "no network" in err
-    assert f"/{fname} in {offline}/" in err and "or train vgg19 without weights" in err
+    assert f"/{fname} in {offline}/" in err and "weights=None to train vgg19" in err
     assert not out.exists()
 
     offline.mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_python_train_refuses_unavailable_weights_and_resolve_weights_falls_back
     from pcamlib.train import train
 
     config = TrainConfig(model="vgg16", weights="imagenet", data=str(SAMPLE_DIR), out="x")
-    with pytest.raises(WeightsUnavailable, match=r"or train vgg16 without weights"):
+    with pytest.raises(WeightsUnavailable, match=r"or use weights=None to train vgg16"):
         train(config)
     with pytest.warns(UserWarning, match="cannot download vgg16"):
         assert resolve_weights("imagenet") is None
