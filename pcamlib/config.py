@@ -189,11 +189,11 @@ class TrainConfig:
     hed_jitter: float = _f(0.0, FRACTION)  # HED stain jitter σ
     augment_on: str = _f("host", ("host", "model"))  # numpy while batching, or on the device
     stain_norm: str | None = _f(None, (None, "reinhard"))  # stain normalisation in the model
-    optimizer: str = _f("adam", ("adam", "adamw", "sgd"))
+    optimizer: str = _f("adam", ("adam", "adamw", "sgd"))  # adamw decays weights
     weight_decay: float = _f(0.0, "≥ 0 and ≤ 1")  # adamw only
     schedule: str = _f("constant", ("constant", "cosine", "onecycle"))  # learning rate's
     warmup_epochs: float = _f(0.0, "≥ 0")  # linear warm-up, at most epochs
-    label_smoothing: float = _f(0.0, FRACTION)
+    label_smoothing: float = _f(0.0, FRACTION)  # of the 0/1 targets
     early_stopping: int | None = _f(None, "≥ 1")  # patience: epochs without a val-AUC gain
     mixed_precision: str = _f("auto", PRECISION_MODES)  # auto: by device
     strategy: str = _f("auto", STRATEGIES)  # distribution over this machine's GPUs
@@ -201,7 +201,7 @@ class TrainConfig:
     steps_per_epoch: int | None = _f(None, "≥ 1")  # cap on batches per epoch
     val_limit: int | None = _f(None, "≥ 2")  # validate on a class-balanced subset of N rows
     workers: int = _f(1, "≥ 1 and ≤ 256")  # threads preparing batches
-    split: str | None = _f(None, ("stratified", "slide", "pcam"))  # None: pcam on PCam's
+    split: str | None = _f(None, ("stratified", "slide", "pcam"))  # None: pcam on PCam data
     groups_csv: str | None = None  # patch→slide csv (id,wsi), for split slide
     cache_dir: str | None = None  # where packed caches go; None: beside the data
     exclude_bad: bool = False  # leave out unreadable items (listed in excluded.csv)
