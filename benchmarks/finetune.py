@@ -43,8 +43,8 @@ def main() -> None:
     given = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
     runs, seconds = {}, {}
     for name, init in (("finetuned", "pretrained"), ("scratch", None)):
-        config = TrainConfig(
-            recipe="pcam-cpu", init=init, data=args.data, out=f"{args.out}/{name}", **given
+        config = TrainConfig.from_recipe(
+            "pcam-cpu", init=init, data=args.data, out=f"{args.out}/{name}", **given
         )
         start = time.perf_counter()
         runs[name] = train(config, cache=cache, verbose=0).run_dir

@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     models = [args.recipe] if args.recipe else args.models.split(",")
     if args.recipe:
-        args.batch = TrainConfig(recipe=args.recipe).batch_size
+        args.batch = TrainConfig.from_recipe(args.recipe).batch_size
     if not args.recipe and (unknown := set(models) - set(MODELS)):
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
 
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
                     strategy=args.strategy,
                 )
                 if args.recipe:  # the recipe's model, batch and augmentation
-                    config = TrainConfig(recipe=name, **run)
+                    config = TrainConfig.from_recipe(name, **run)
                 else:
                     config = TrainConfig(
                         model=name, image_size=MODELS[name], batch_size=args.batch, lr=1e-4, **run

@@ -160,7 +160,7 @@ def recipe_feed(cache: PackedCache, name: str):
     from pcamlib.config import TrainConfig
     from pcamlib.data import PatchStream
 
-    config = TrainConfig(recipe=name)
+    config = TrainConfig.from_recipe(name)
     s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
                     seed=config.seed, **host_augmentation(config))  # fmt: skip
 
@@ -247,7 +247,7 @@ def bench_model_augment(cache: PackedCache, rounds: int) -> None:
     x = keras.ops.convert_to_tensor(np.asarray(cache.images[: min(256, len(cache))]))
     rows = [("augmentation in the training graph", "images/s", "CPU µs/img")]
     for name in ("pcam-cpu", "pcam-gpu"):
-        front = model_front(TrainConfig(recipe=name).replace(augment_on="model"))
+        front = model_front(TrainConfig.from_recipe(name).replace(augment_on="model"))
 
         def apply(x, front=front):
             for layer in front:

@@ -45,8 +45,8 @@ def recipe_config(args: argparse.Namespace):
     if args.epochs is not None:
         explicit["epochs"] = args.epochs
     # --valid is the held-out test set (other slides): no test part is cut from --train.
-    return TrainConfig(
-        recipe=args.recipe, data=args.train, out=args.out, test_fraction=0.0, **explicit
+    return TrainConfig.from_recipe(
+        args.recipe, data=args.train, out=args.out, test_fraction=0.0, **explicit
     )
 
 

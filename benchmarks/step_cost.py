@@ -113,10 +113,10 @@ def compare_with_train(args) -> None:
     from pcamlib.config import TrainConfig
 
     cache = load_patches(args.data, "train")
-    full_steps = int(len(cache) * 0.95) // TrainConfig(recipe=args.recipe).batch_size
-    n_val = int(len(cache) * TrainConfig(recipe=args.recipe).val_fraction)
-    config = TrainConfig(
-        recipe=args.recipe, data=args.data, val_limit=max(2, n_val * args.steps // full_steps)
+    full_steps = int(len(cache) * 0.95) // TrainConfig.from_recipe(args.recipe).batch_size
+    n_val = int(len(cache) * TrainConfig.from_recipe(args.recipe).val_fraction)
+    config = TrainConfig.from_recipe(
+        args.recipe, data=args.data, val_limit=max(2, n_val * args.steps // full_steps)
     )
     batch = config.batch_size
     rng = np.random.default_rng(0)
@@ -158,8 +158,8 @@ def main() -> None:
     from pcamlib.config import TrainConfig
 
     configs = {
-        args.recipe: TrainConfig(recipe=args.recipe),
-        "versus": TrainConfig(recipe=args.recipe, **json.loads(args.versus)),
+        args.recipe: TrainConfig.from_recipe(args.recipe),
+        "versus": TrainConfig.from_recipe(args.recipe, **json.loads(args.versus)),
     }
     import numpy as np
 

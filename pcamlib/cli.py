@@ -23,66 +23,97 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from . import limits  # noqa: E402  (light: no Keras, so --help and errors answer at once)
+from .config import RECIPES, TTA_VIEWS, SettingError, range_problem  # noqa: E402  (no Keras)
 from .notebook import quiet_keras  # noqa: E402
 
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
+# pcam train's help where a flag's name and values do not say it all (docs/cli.md: the rest).
+HELP = {
+    "data": "dataset root (any layout) or a packed cache",
+    "out": "run directory (rerun to resume)",
+    "batch_size": "per replica",
+    "lr": "peak learning rate (× replicas)",
+    "image_size": "model input side (per model; see docs/cli.md)",
+    "test_fraction": "held out, the same rows every run; 0: separate test data",
+    "weights": "imagenet: pretrained backbone; none: from scratch",
+    "trainable": "backbone trainable (default: not with imagenet weights)",
+    "augment": "random dihedral views",
+    "shift": "random shifts of up to N pixels",
+    "hed_jitter": "HED stain jitter σ",
+    "augment_on": "host: numpy while batching; model: first layers, on the accelerator",
+    "early_stopping": "patience: epochs without a val-AUC gain",
+    "steps_per_epoch": "cap on batches per epoch",
+    "val_limit": "validate on a class-balanced subset of N rows",
+    "workers": "threads preparing batches",
+    "split": "stratified; slide (groups-csv or HDF5 meta); pcam: PCam's own splits "
+    "(default on PCam's HDF5 layout or a cache of it)",
+    "groups_csv": "patch→slide csv (id,wsi) for split slide",
+    "exclude_bad": "leave out unreadable items (listed in excluded.csv)",
+    "recipe": f"named recipe, one of {', '.join(RECIPES)}; explicit settings win",
+    "tta": "views evaluate/predict use by default",
+    "init": "start weights: 'pretrained' (with recipe pcam-cpu), a run directory or .keras file",
+}
+# The ranges of the other subcommands' numbers (TrainConfig checks train's).
+RUN_RANGES = {
+    "batch_size": "≥ 1 and ≤ 65536",
+    "operating_point": "> 0 and ≤ 1",
+    "workers": "≥ 1 and ≤ 256",
+    "timeout": "> 0 and ≤ 86400",
+    "poll_interval": "> 0 and ≤ 3600",
+}
 
 
-def _help(text: str | None, rule: limits.Rule) -> str:
-    """A flag's help: what it does, then the values its rule takes."""
-    values = rule.describe("cli")
-    return f"{text} ({values})" if text else values
+def cli_value(value) -> str:
+    """A value as the command line spells it: ``none``, ``yes``/``no``, ``1e-05``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def _train_parser(sub) -> None:
-    """One flag per TrainConfig field: its type, values and help come with the field."""
+    """One flag per TrainConfig field, with the field's type and values."""
     from .config import TrainConfig
 
-    p = sub.add_parser(
-        "train",
-        help="train a model into a run directory (resumable)",
-        description="Every setting is checked before anything is written; "
-        "unset ones come from --recipe, else TrainConfig's defaults.",
-    )
-    fields = {f.name: f.metadata for f in dataclasses.fields(TrainConfig) if f.metadata}
-    for name, meta in fields.items():  # model_kwargs, without metadata, is Python only
-        flag, rule, text = "--" + name.replace("_", "-"), meta["rule"], meta["help"] or None
-        if isinstance(rule, limits.Number):
-            p.add_argument(flag, type=rule.kind, help=_help(text, rule))
-        elif rule is None:  # a path or a name
-            p.add_argument(flag, required=name in ("data", "out"), help=text)
-        elif rule is limits.YES_NO:
+    p = sub.add_parser("train", help="train a model into a run directory (resumable)")
+    p.description = "Every setting is checked before anything is written; unset ones come "
+    p.description += "from --recipe, else TrainConfig's defaults."
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+    for f in fields:  # model_kwargs is Python only
+        flag = "--" + f.name.replace("_", "-")
+        allowed, text = f.metadata.get("allowed"), HELP.get(f.name)
+        if isinstance(allowed, tuple):
+            p.add_argument(flag, choices=[cli_value(o) for o in allowed], help=text)
+        elif allowed:
+            integer = f.type.startswith("int")
+            what = f"{'an integer' if integer else 'a number'} {allowed}"
+            p.add_argument(flag, type=int if integer else float, help=f"{text or ''} ({what})")
+        elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            p.add_argument(flag, choices=[limits.cli_value(o) for o in rule.options], help=text)
-    p.set_defaults(func=cmd_train, _rules={name: meta["rule"] for name, meta in fields.items()})
+        else:  # a path or a name
+            p.add_argument(flag, required=f.name in ("data", "out"), help=text)
+    p.set_defaults(func=cmd_train, _fields=fields)
 
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
 
-    values = {k: getattr(args, k) for k in args._rules if getattr(args, k) is not None}
-    for name, value in values.items():
-        rule = args._rules[name]
-        if isinstance(rule, limits.Choice) and isinstance(value, str):
-            values[name] = rule.from_cli(value)  # "none" → None, "yes" → True, "8" → 8
-    config = TrainConfig(**values)  # applies the recipe and checks every setting
+    values = {f.name: getattr(args, f.name) for f in args._fields}
+    values = {name: value for name, value in values.items() if value is not None}
+    for f in args._fields:  # "none" → None, "yes" → True, "8" → 8
+        if isinstance(f.metadata.get("allowed"), tuple) and f.name in values:
+            values[f.name] = {cli_value(o): o for o in f.metadata["allowed"]}[values[f.name]]
+    recipe = values.pop("recipe", None)  # both check every setting before anything is written
+    config = TrainConfig.from_recipe(recipe, **values) if recipe else TrainConfig(**values)
     quiet_keras()
     from .train import train
 
     result = train(config)
     best = result.history["val_auc"].max() if "val_auc" in result.history else float("nan")
-    print(
-        json.dumps(
-            {
-                "run_dir": str(result.run_dir),
-                "epochs": len(result.history),
-                "best_val_auc": round(float(best), 4),
-                "best_model": str(result.best_model_path),
-            }
-        )
-    )
+    summary = dict(run_dir=str(result.run_dir), epochs=len(result.history))
+    summary.update(best_val_auc=round(float(best), 4), best_model=str(result.best_model_path))
+    print(json.dumps(summary))
     return 0
 
 
@@ -126,35 +157,24 @@ def cmd_evaluate(args) -> int:
     # (split.csv's content hashes), not the same file name: other datasets repeat names.
     rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
     model, tta = _model_and_tta(args)
+    point = args.operating_point
     metrics, _ = evaluate(
-        model,
-        cache,
-        rows,
-        tta=tta,
-        batch_size=args.batch_size,
-        operating_point=args.operating_point,
+        model, cache, rows, tta=tta, batch_size=args.batch_size, operating_point=point
     )
     metrics.update(scored)
-    print(
-        json.dumps(
-            {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1
-        )
-    )
+    rounded = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(json.dumps(rounded, indent=1))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .submission import (
-        check_no_leak,
-        expected_test_ids,
-        is_kaggle_test,
-        missing_ids,
-        write_submission,
-    )
+    from . import submission
 
-    check_no_leak(args.model)  # before, not after, predicting a whole test set
+    submission.check_no_leak(args.model)  # before, not after, predicting a whole test set
     # A Kaggle submission must cover the whole test listing, not just what the cache holds.
-    expected = expected_test_ids(args.data) if is_kaggle_test(args.data) else None
+    expected = (
+        submission.expected_test_ids(args.data) if submission.is_kaggle_test(args.data) else None
+    )
     quiet_keras()
     from .cache import load_patches
     from .evaluate import predict_cache
@@ -163,16 +183,15 @@ def cmd_predict(args) -> int:
     if expected is None:  # another layout (PCam HDF5, class folders, a cache): all of it
         expected = cache.ids
         if cache.meta.get("excluded"):
-            raise limits.SettingError(
-                "data",
-                args.data,
-                f"its test cache left out {cache.meta['excluded']} unreadable item(s) "
-                f"(see {cache.path / 'excluded.csv'}); a submission must cover every test id",
-            )
-    missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
+            why = f"its test cache left out {cache.meta['excluded']} unreadable item(s) (see "
+            why += f"{cache.path / 'excluded.csv'}); a submission must cover every test id"
+            raise SettingError("data", args.data, why)
+    submission.missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
     model, tta = _model_and_tta(args)
     probs = predict_cache(model, cache, tta=tta, batch_size=args.batch_size)
-    path = write_submission(cache.ids, probs, args.out, expected_ids=expected, run=args.model)
+    path = submission.write_submission(
+        cache.ids, probs, args.out, expected_ids=expected, run=args.model
+    )
     print(f"wrote {len(cache.ids)} tumour probabilities (tta={tta}) to {path}")
     return 0
 
@@ -191,23 +210,15 @@ def cmd_check_submission(args) -> int:
 def cmd_pack(args) -> int:
     from .cache import PackedCache, pack
 
-    cache = pack(
-        args.source,
-        args.out,
-        split=args.split,
-        on_error="exclude" if args.exclude_bad else "raise",
-        workers=args.workers,
-    )
+    on_error = "exclude" if args.exclude_bad else "raise"
+    cache = pack(args.source, args.out, split=args.split, on_error=on_error, workers=args.workers)
     if args.verify:
         PackedCache.open(cache.path, verify="full")
-    labels = cache.labels
-    summary = {
-        "cache": str(cache.path),
-        "count": len(cache),
-        "tumour": None if labels is None else int((labels == 1).sum()),
-        "excluded": cache.meta.get("excluded", 0),
-    }
-    print(json.dumps(summary))
+    tumour = None if cache.labels is None else int((cache.labels == 1).sum())
+    excluded = cache.meta.get("excluded", 0)
+    print(
+        json.dumps(dict(cache=str(cache.path), count=len(cache), tumour=tumour, excluded=excluded))
+    )
     return 0
 
 
@@ -219,32 +230,46 @@ def cmd_download(args) -> int:
     if args.source == "pcam":
         path = download_pcam(out, mirror=args.mirror, force=args.force)
     elif args.mirror:
-        raise limits.SettingError("mirror", args.mirror, "is for --source pcam")
+        raise SettingError("mirror", args.mirror, "is for --source pcam")
     else:
         path = download_competition(out, force=args.force)
     print(f"downloaded to {path}")
     return 0
 
 
-SUBMIT_RULES = {
-    "timeout": limits.Number(float, 0, 86400, low_open=True),
-    "poll_interval": limits.Number(float, 0, 3600, low_open=True),
-}
-
-
 def cmd_submit(args) -> int:
-    limits.check_values(vars(args), SUBMIT_RULES)
     from .kaggle import submit_file
 
-    submit_file(
-        args.file,
-        args.message,
-        run=args.run,
-        data=args.data,
-        timeout=args.timeout,
-        poll=args.poll_interval,
-    )
+    how = dict(run=args.run, data=args.data, timeout=args.timeout, poll=args.poll_interval)
+    submit_file(args.file, args.message, **how)
     return 0
+
+
+def _number(p, flag: str, kind: type, text: str, **kwargs) -> None:
+    """A numeric flag whose help ends in its range (RUN_RANGES)."""
+    bounds = RUN_RANGES[flag.lstrip("-").replace("-", "_")]
+    p.add_argument(flag, type=kind, help=f"{text} ({bounds})", **kwargs)
+
+
+def _run_parsers(sub) -> None:
+    """evaluate and predict: a model on data."""
+    evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
+    predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
+    for p, func in ((evaluate, cmd_evaluate), (predict, cmd_predict)):
+        p.add_argument("--model", required=True, help="run directory, .keras file or 'pretrained'")
+        p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
+        p.add_argument("--tta", type=int, choices=TTA_VIEWS, help="default: the run's, else 1")
+        _number(p, "--batch-size", int, "default 256", default=256)
+        p.add_argument("--cache-dir")
+        p.set_defaults(func=func)
+    text = "split for HDF5/TFDS sources (default: test for a run with --split pcam, else valid)"
+    evaluate.add_argument("--split", choices=SPLITS, help=text)
+    text = "rows of the run's split.csv, by pixels (default test: all it never saw), or all"
+    evaluate.add_argument("--subset", choices=["test", "val", "train", "all"], help=text)
+    text = "allow rows the run trained on (the JSON's train_rows counts them)"
+    evaluate.add_argument("--include-train", action="store_true", help=text)
+    _number(evaluate, "--operating-point", float, "target sensitivity of op_*", default=0.95)
+    predict.add_argument("--out", required=True, help="submission CSV to write")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,122 +278,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    run = limits.RUN_RULES
-
-    evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
-    predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
-    for p, func in ((evaluate, cmd_evaluate), (predict, cmd_predict)):
-        p.add_argument(
-            "--model",
-            required=True,
-            help="run directory (best.keras), .keras file, or 'pretrained' (the shipped model)",
-        )
-        p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
-        p.add_argument(
-            "--tta",
-            type=int,
-            choices=limits.TTA_VIEWS,
-            help="1, or 8 dihedral views (default: the run's recipe setting, else 1)",
-        )
-        p.add_argument(
-            "--batch-size", type=int, default=256, help=_help("default 256", run["batch_size"])
-        )
-        p.add_argument("--cache-dir")
-        p.set_defaults(func=func)
-    evaluate.add_argument(
-        "--split",
-        choices=SPLITS,
-        help="split for HDF5/TFDS sources (default: test for a run trained with --split pcam, "
-        "whose test rows it is, else valid)",
-    )
-    evaluate.add_argument(
-        "--subset",
-        choices=["test", "val", "train", "all"],
-        help="rows of a run's split.csv, matched by pixels: 'test' (default; every row of "
-        "data the run never saw), 'val' (chose best.keras), 'train', or 'all' rows of --data",
-    )
-    evaluate.add_argument(
-        "--include-train",
-        action="store_true",
-        help="allow rows whose pixels the run trained on, under any name (the JSON's "
-        "train_rows counts them)",
-    )
-    evaluate.add_argument(
-        "--operating-point",
-        type=float,
-        default=0.95,
-        help=_help("target sensitivity for the op_* metrics", run["operating_point"]),
-    )
-    predict.add_argument("--out", required=True, help="submission CSV to write")
+    _run_parsers(sub)
 
     p = sub.add_parser("check-submission", help="validate a submission CSV")
     p.add_argument("file")
-    p.add_argument(
-        "--data",
-        required=True,
-        help="dataset root (its sample_submission.csv, else its test/ listing), "
-        "or the test folder or sample_submission.csv itself",
-    )
+    text = "dataset root, its test folder or its sample_submission.csv"
+    p.add_argument("--data", required=True, help=text)
     p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("pack", help="decode a source once into a verified uint8 cache")
     p.add_argument("source")
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--split",
-        default="train",
-        choices=SPLITS,
-        help="split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits "
-        "(ids train/N, valid/N, test/N), as pcam train reads it",
-    )
+    text = "split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits"
+    p.add_argument("--split", default="train", choices=SPLITS, help=text)
     p.add_argument("--exclude-bad", action="store_true")
-    p.add_argument("--workers", type=int, help=_help("decoding threads", run["workers"]))
+    _number(p, "--workers", int, "decoding threads")
     p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser(
-        "download", help="download the full data: the Kaggle competition, or PCam from Zenodo"
-    )
-    p.add_argument(
-        "--source",
-        default="kaggle",
-        choices=["kaggle", "pcam"],
-        help="kaggle: the competition (Kaggle CLI and credentials); pcam: PCam's HDF5 release "
-        "(Zenodo record 2546921, no credentials)",
-    )
+    p = sub.add_parser("download", help="the full data: the Kaggle competition, or PCam")
+    text = "kaggle: the competition (Kaggle CLI, credentials); pcam: PCam's HDF5 from Zenodo"
+    p.add_argument("--source", default="kaggle", choices=["kaggle", "pcam"], help=text)
     p.add_argument("--out", help="default data/full (kaggle), data/pcam (pcam)")
     p.add_argument("--mirror", help="URL serving PCam's files and a SHA256SUMS, for Zenodo")
     p.add_argument("--force", action="store_true", help="fetch again even if --out is complete")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser(
-        "submit", help="validate and submit a CSV to Kaggle; print and record its scores"
-    )
+    p = sub.add_parser("submit", help="submit a CSV to Kaggle; print and record its scores")
     p.add_argument("file")
     p.add_argument("-m", "--message", required=True, help="the submission's description")
-    p.add_argument(
-        "--run",
-        help="run directory that made the file (default: the one write_submission recorded); "
-        "checked for PCam valid/test data, and gets kaggle.json",
-    )
-    p.add_argument(
-        "--data", help="dataset root whose test ids the file must cover (default: data/full)"
-    )
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the score")
-    p.add_argument("--poll-interval", type=float, default=10, help="seconds between polls")
+    p.add_argument("--run", help="run that made the file (default: as write_submission recorded)")
+    p.add_argument("--data", help="dataset root whose test ids the file covers (data/full)")
+    _number(p, "--timeout", float, "seconds to wait for the score", default=600)
+    _number(p, "--poll-interval", float, "seconds between polls", default=10)
     p.set_defaults(func=cmd_submit)
     return parser
+
+
+def _check_numbers(args) -> None:
+    """Refuse a number outside its RUN_RANGES (train's settings: TrainConfig checks them)."""
+    for name, bounds in RUN_RANGES.items():
+        value = getattr(args, name, None)
+        problem = range_problem(value, bounds, isinstance(value, int), optional=True)
+        if problem:
+            raise SettingError(name, value, problem)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "train":  # TrainConfig checks train's settings
-            limits.check_values(vars(args), limits.RUN_RULES)
+        if args.command != "train":
+            _check_numbers(args)
         return args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:  # SettingError, DataError too
-        # A SettingError is spelled as typed: --lr, not lr.
-        text = exc.render("cli") if isinstance(exc, limits.SettingError) else exc
+        text = exc
+        if isinstance(exc, SettingError):  # spelled as typed: --lr -1, not lr=-1
+            text = f"--{exc.setting.replace('_', '-')} {cli_value(exc.value)}: {exc.allowed}"
         print(f"pcam {args.command}: error: {text}", file=sys.stderr)
         return 2
 

@@ -1,37 +1,82 @@
-"""Run configuration and the one smoke switch.
+"""Run settings: TrainConfig and its checks, the recipes, where data and outputs go.
 
-``PCAM_SMOKE=1`` (set by the test configuration) means "prove the code path, fast": one
-short epoch, a few batches, no pretrained downloads. Notebooks ask :func:`settings` and never
-branch on the switch themselves.
+A bad setting is refused in one line before anything is written; nothing heavy is imported, so
+``pcam --help`` answers at once. ``PCAM_SMOKE=1`` (the tests') means "prove the code path, fast".
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .limits import (
-    COUNT,
-    FRACTION,
-    MAX_IMAGE_SIZE,
-    MODEL_NAMES,
-    PCAM_UNUSED,
-    PRECISION_MODES,
-    STRATEGIES,
-    TTA_VIEWS,
-    YES_NO,
-    Choice,
-    Number,
-    Rule,
-    check_train,
-)
-from .recipes import RECIPES, recipe_values
-
+MODEL_NAMES = ("cnn1", "cnn2", "vgg16", "vgg19", "resnet50", "pcamnet")
+BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50")
+STRATEGIES = ("auto", "none", "mirrored")
+PRECISION_MODES = ("auto", "on", "off", "bfloat16", "float16")
+TTA_VIEWS = (1, 8)  # the patch alone, or its 8 dihedral views
+PATCH_SIDE = 96  # pixels of every PCam / Kaggle patch
+MAX_IMAGE_SIZE = 512  # a larger model input only upsamples 96 pixels at great cost
+PCAM_UNUSED = ("val_fraction", "test_fraction")  # split "pcam" has its own val and test rows
+FRACTION = "≥ 0 and < 1"
+# The model_kwargs each model takes (pcamlib.models.build_model), with their ranges.
+MODEL_KWARGS = {name: () for name in ("cnn1", "cnn2")}
+MODEL_KWARGS |= {name: ("drop_rate",) for name in BACKBONE_NAMES}
+MODEL_KWARGS["pcamnet"] = ("widths", "drop_rate", "stem")
+KWARG_RANGES = {"drop_rate": FRACTION, "stem": "≥ 0 and ≤ 1024", "widths": "≥ 1"}
+_OPS = {"≥": operator.ge, ">": operator.gt, "≤": operator.le, "<": operator.lt}
 KAGGLE_INPUT = Path("/kaggle/input/histopathologic-cancer-detection")  # Kaggle Notebooks
 KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
+
+
+class SettingError(ValueError):
+    """A setting outside its valid values: its name and value, and what is allowed (the CLI
+    shows ``--lr -1: …`` for ``lr=-1: …``)."""
+
+    def __init__(self, setting: str, value, allowed: str):
+        self.setting, self.value, self.allowed = setting, value, allowed
+        super().__init__(f"{setting}={value!r}: {allowed}")
+
+
+def range_problem(value, bounds: str, integer: bool, optional: bool = False) -> str | None:
+    """Why ``value`` is not a number within ``bounds`` ("> 0 and ≤ 1"), or None if it is."""
+    if value is None and optional:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else int | float)
+    if ok and math.isfinite(value):
+        limits = (part.split() for part in bounds.split(" and "))
+        if all(_OPS[op](value, float(limit)) for op, limit in limits):
+            return None
+    what = "an integer" if integer else "a number"
+    return f"must be {what} {bounds}" + (", or unset" if optional else "")
+
+
+# Named recipes: every setting that makes a result, under one name (numbers: docs/results.md).
+# pcam-cpu: 20k PCam patches in < 30 min on a 2-core CPU; the whole 96-px patch through a
+# stride-2 stem sees the tissue around the labelled centre; dihedral views, small shifts and
+# mild colour jitter fight overfitting; on a CPU numpy augmentation costs less than TF layers.
+# fmt: off
+RECIPES: dict[str, dict] = {
+    "pcam-cpu": dict(
+        model="pcamnet", image_size=96, model_kwargs={"widths": [24, 48, 96, 192], "stem": 24},
+        batch_size=128, epochs=20, lr=2e-3, optimizer="adamw", weight_decay=0.01,
+        schedule="cosine", warmup_epochs=0.5, augment=True, shift=4, color_jitter=0.1,
+        val_fraction=0.05, tta=8,
+    ),
+}
+# pcam-cpu for one GPU and the full data: 4× wider, bigger batches with the LR scaled along, a
+# longer warm-up, mixed precision, and augmentation as the model's first layers, so the host
+# only reads batches and 2 host cores keep up (benchmarks/pipeline.py).
+RECIPES["pcam-gpu"] = RECIPES["pcam-cpu"] | dict(
+    model_kwargs={"widths": [64, 128, 256, 512], "stem": 64}, batch_size=512, lr=4e-3,
+    warmup_epochs=1, mixed_precision="auto", augment_on="model", workers=2,
+)
+# fmt: on
 
 
 def project_root() -> Path:
@@ -55,10 +100,8 @@ def on_kaggle() -> bool:
 
 
 def output_dir() -> Path:
-    """Where runs, figures and submission.csv go: $PCAM_OUT, else ``outputs/`` of the project.
-
-    On Kaggle the project's folder may be read-only: outputs go to /kaggle/working/outputs.
-    """
+    """Where runs, figures and submission.csv go: $PCAM_OUT, else the project's ``outputs/``
+    (on Kaggle, whose project folder may be read-only, /kaggle/working/outputs)."""
     default = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
     path = Path(os.environ.get("PCAM_OUT") or default)
     path.mkdir(parents=True, exist_ok=True)
@@ -71,8 +114,8 @@ def smoke() -> bool:
 
 
 def default_data_dir() -> Path:
-    """$PCAM_DATA, else the full data (``data/full``, ``data/pcam`` once complete, or Kaggle's
-    input), else the sample."""
+    """$PCAM_DATA, else full data (``data/full``, complete ``data/pcam``, Kaggle's), else the
+    sample."""
     override = os.environ.get("PCAM_DATA")
     if override:
         return Path(override)
@@ -90,11 +133,8 @@ def default_data_dir() -> Path:
 
 
 def default_cache_root() -> Path | None:
-    """Where packed caches go when not beside the data (None: beside it).
-
-    $PCAM_CACHE_DIR if set; on Kaggle /kaggle/working (the input is read-only); with
-    persistent outputs ($PCAM_OUT) a ``cache/`` folder in them, so the cache survives too.
-    """
+    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
+    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
     if os.environ.get("PCAM_CACHE_DIR"):
         return Path(os.environ["PCAM_CACHE_DIR"])
     if on_kaggle():
@@ -119,122 +159,82 @@ def pcam_data(data: str | os.PathLike) -> bool:
     return str(source).startswith(f"{PCAM_SPLITS}:")
 
 
-def _setting(default, rule: Rule | None = None, help: str = ""):
-    """A TrainConfig field with its valid values (checked by limits) and its --help text."""
-    return field(default=default, metadata={"rule": rule, "help": help})
+def _f(default, allowed: str | tuple = ""):
+    """A field and what it allows: a range ("≥ 1 and ≤ 9") or a tuple of choices."""
+    return field(default=default, metadata={"allowed": allowed})
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; saved as ``config.json`` in the run directory.
+    """Everything that defines a training run; saved as ``config.json`` in its run directory.
 
-    Each setting states its default, its valid values and what it does (``pcam train --help``
-    shows the same). ``recipe`` fills the settings the caller did not give.
+    Checked by :func:`validate` whenever one is made; :meth:`from_recipe` starts from a recipe.
     """
 
-    model: str = _setting("cnn1", Choice(MODEL_NAMES))
-    data: str = _setting("", help="dataset root (any layout) or a packed cache")
-    out: str = _setting("runs/cnn1", help="run directory (rerun to resume)")
-    epochs: int = _setting(5, Number(int, 1, 10000))
-    batch_size: int = _setting(64, Number(int, 1, 65536), "per replica")
-    lr: float = _setting(
-        1e-4, Number(float, 0, 1, low_open=True), "peak learning rate (× replicas)"
-    )
-    image_size: int | None = _setting(
-        None,
-        Number(int, 1, MAX_IMAGE_SIZE, optional=True),  # and per model: limits.check_train
-        "model input side; cnn1/cnn2 take ≥ 16 (default 64), backbones ≥ 32 (default 96), "
-        "pcamnet a centre crop of 2^(stages-1) to 96, 2^stages with a stem (default 64)",
-    )
-    val_fraction: float = _setting(0.25, Number(float, 0, 0.5, low_open=True))
-    test_fraction: float = _setting(
-        0.2,
-        Number(float, 0, 0.4),
-        "share held out for testing, the same rows for every run; 0: separate test data",
-    )
-    seed: int = _setting(42, Number(int, 0, 2**31 - 1))
-    weights: str | None = _setting(
-        None, Choice(("imagenet", None)), "imagenet: pretrained backbone; none: from scratch"
-    )
-    trainable: bool | None = _setting(
-        None, Choice((True, False, None)), "backbone trainable (default: not with imagenet weights)"
-    )
-    augment: bool = _setting(False, YES_NO, "random dihedral views")
-    # Beyond 32 px the labelled centre 32×32 can leave the 96-px patch.
-    shift: int = _setting(0, Number(int, 0, 32), "random shifts of up to N pixels")
-    color_jitter: float = _setting(0.0, FRACTION, "colour jitter")
-    hed_jitter: float = _setting(0.0, FRACTION, "HED stain jitter σ")
-    augment_on: str = _setting(
-        "host",
-        Choice(("host", "model")),
-        "host: numpy while batching (cheapest on a CPU); model: first layers of the model, on "
-        "the accelerator, so 2 host cores can feed a GPU",
-    )
-    stain_norm: str | None = _setting(
-        None, Choice((None, "reinhard")), "stain normalisation inside the model"
-    )
-    optimizer: str = _setting("adam", Choice(("adam", "adamw", "sgd")))
-    weight_decay: float = _setting(0.0, Number(float, 0, 1), "adamw only")
-    schedule: str = _setting("constant", Choice(("constant", "cosine", "onecycle")))
-    warmup_epochs: float = _setting(0.0, Number(float, 0), "linear warm-up, ≤ epochs")
-    label_smoothing: float = _setting(0.0, FRACTION)
-    early_stopping: int | None = _setting(None, COUNT, "patience: epochs without a val-AUC gain")
-    mixed_precision: str = _setting("auto", Choice(PRECISION_MODES))
-    strategy: str = _setting("auto", Choice(STRATEGIES), "distribution strategy")
-    tensorboard: bool = _setting(False, YES_NO, "write TensorBoard logs")
-    steps_per_epoch: int | None = _setting(None, COUNT, "cap on batches per epoch")
-    val_limit: int | None = _setting(
-        None, Number(int, 2, optional=True), "validate on a class-balanced subset of N rows"
-    )
-    workers: int = _setting(1, Number(int, 1, 256), "threads preparing batches")
-    split: str = _setting(
-        "stratified",
-        Choice(("stratified", "slide", "pcam")),
-        "stratified: random, class-balanced parts; slide: no slide on both sides (needs "
-        "groups-csv or HDF5 meta); pcam: PCam's own splits, train / valid (val: picks "
-        "best.keras and the threshold) / test (only reported), slide-disjoint by construction, "
-        "no val/test fraction; default: pcam on PCam's HDF5 layout with all three splits (or "
-        "a cache of it), else stratified",
-    )
-    groups_csv: str | None = _setting(None, help="patch→slide csv (id,wsi) for split slide")
-    cache_dir: str | None = _setting(None, help="where packed caches go (default: beside data)")
-    exclude_bad: bool = _setting(
-        False, YES_NO, "leave out unreadable items (listed in excluded.csv)"
-    )
-    recipe: str | None = _setting(
-        None, help=f"named recipe, one of {', '.join(RECIPES)}; explicit settings win"
-    )
-    tta: int = _setting(1, Choice(TTA_VIEWS), "views evaluate/predict use by default")
-    init: str | None = _setting(
-        None,
-        help="start from these weights: 'pretrained' (the shipped PCamNet; use with recipe "
-        "pcam-cpu) or a run directory / .keras file of the same model; default: random",
-    )
-    model_kwargs: dict = field(default_factory=dict)
-
-    def __new__(cls, *args, **kwargs):
-        # Remember which fields the caller set: a recipe fills only the others, even where an
-        # explicit value equals the default (``TrainConfig(recipe="pcam-cpu", batch_size=64)``).
-        self = super().__new__(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        self._given = frozenset(names[: len(args)]) | frozenset(kwargs)
-        return self
+    model: str = _f("cnn1", MODEL_NAMES)  # the network (pcamlib.models)
+    data: str = ""  # dataset root (any layout) or a packed cache
+    out: str = "runs/cnn1"  # run directory; rerun to resume
+    epochs: int = _f(5, "≥ 1 and ≤ 10000")  # passes over the training rows
+    batch_size: int = _f(64, "≥ 1 and ≤ 65536")  # per replica
+    lr: float = _f(1e-4, "> 0 and ≤ 1")  # peak learning rate (× replicas)
+    image_size: int | None = _f(None, f"≥ 1 and ≤ {MAX_IMAGE_SIZE}")  # input side; per model
+    val_fraction: float = _f(0.25, "> 0 and ≤ 0.5")  # share of rows validating
+    test_fraction: float = _f(0.2, "≥ 0 and ≤ 0.4")  # held out, same rows each run; 0: none
+    seed: int = _f(42, "≥ 0 and ≤ 2147483647")  # splits, shuffling and initial weights
+    weights: str | None = _f(None, ("imagenet", None))  # imagenet: a pretrained backbone
+    trainable: bool | None = _f(None, (True, False, None))  # None: frozen with imagenet
+    augment: bool = False  # random dihedral views
+    shift: int = _f(0, "≥ 0 and ≤ 32")  # random shifts; more can lose the labelled centre
+    color_jitter: float = _f(0.0, FRACTION)  # colour jitter strength
+    hed_jitter: float = _f(0.0, FRACTION)  # HED stain jitter σ
+    augment_on: str = _f("host", ("host", "model"))  # numpy while batching, or on the device
+    stain_norm: str | None = _f(None, (None, "reinhard"))  # stain normalisation in the model
+    optimizer: str = _f("adam", ("adam", "adamw", "sgd"))  # adamw decays weights
+    weight_decay: float = _f(0.0, "≥ 0 and ≤ 1")  # adamw only
+    schedule: str = _f("constant", ("constant", "cosine", "onecycle"))  # learning rate's
+    warmup_epochs: float = _f(0.0, "≥ 0")  # linear warm-up, at most epochs
+    label_smoothing: float = _f(0.0, FRACTION)  # of the 0/1 targets
+    early_stopping: int | None = _f(None, "≥ 1")  # patience: epochs without a val-AUC gain
+    mixed_precision: str = _f("auto", PRECISION_MODES)  # auto: by device
+    strategy: str = _f("auto", STRATEGIES)  # distribution over this machine's GPUs
+    tensorboard: bool = False  # write TensorBoard logs
+    steps_per_epoch: int | None = _f(None, "≥ 1")  # cap on batches per epoch
+    val_limit: int | None = _f(None, "≥ 2")  # validate on a class-balanced subset of N rows
+    workers: int = _f(1, "≥ 1 and ≤ 256")  # threads preparing batches
+    split: str | None = _f(None, ("stratified", "slide", "pcam"))  # None: pcam on PCam data
+    groups_csv: str | None = None  # patch→slide csv (id,wsi), for split slide
+    cache_dir: str | None = None  # where packed caches go; None: beside the data
+    exclude_bad: bool = False  # leave out unreadable items (listed in excluded.csv)
+    recipe: str | None = None  # the recipe from_recipe started from, one of RECIPES
+    tta: int = _f(1, TTA_VIEWS)  # views evaluate/predict use by default
+    init: str | None = None  # start weights: "pretrained", a run directory or a .keras file
+    model_kwargs: dict = field(default_factory=dict)  # the model's MODEL_KWARGS
 
     def __post_init__(self) -> None:
-        """Fill the fields not given from ``recipe``, then refuse (SettingError) what cannot be
-        honoured, before any file is written."""
-        if self.recipe is not None:
-            given = {name: getattr(self, name) for name in self._given}
-            for name, value in recipe_values(self.recipe, given).items():
-                setattr(self, name, value)
-        if "split" not in self._given and pcam_data(self.data):
-            self.split = "pcam"
-        if self.split == "pcam":  # PCam's splits are the parts: the fractions are not used
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name in PCAM_UNUSED:
-                if name not in self._given:  # e.g. a recipe's val_fraction
-                    setattr(self, name, defaults[name])
-        check_train(self, self._given)
+        auto_split = self.split is None
+        if auto_split:
+            self.split = "pcam" if pcam_data(self.data) else "stratified"
+        validate(self, auto_split)
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> TrainConfig:
+        """Recipe ``name`` with ``overrides``, which win even where they equal a default.
+
+        Another model keeps its own input size and arguments, another optimizer drops the
+        recipe's weight decay, and PCam's own splits drop its fractions.
+        """
+        if name not in RECIPES:
+            raise SettingError("recipe", name, f"must be one of {', '.join(RECIPES)}")
+        values, drop = copy.deepcopy(RECIPES[name]), set()
+        if overrides.get("model", values["model"]) != values["model"]:
+            drop |= {"image_size", "model_kwargs"}
+        if overrides.get("optimizer", values["optimizer"]) != values["optimizer"]:
+            drop.add("weight_decay")
+        split = overrides.get("split") or ("pcam" if pcam_data(overrides.get("data", "")) else None)
+        if split == "pcam":
+            drop |= set(PCAM_UNUSED)
+        values = {k: v for k, v in values.items() if k not in drop}
+        return cls(**{**values, **overrides, "recipe": name})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -249,6 +249,101 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def validate(config: TrainConfig, auto_split: bool = False) -> None:
+    """Refuse (SettingError) a config whose settings cannot all be honoured."""
+    if config.recipe not in (None, *RECIPES):
+        raise SettingError("recipe", config.recipe, f"must be one of {', '.join(RECIPES)}")
+    for f in dataclasses.fields(config):
+        _check_field(f, getattr(config, f.name))
+    if not isinstance(config.out, str | os.PathLike) or not str(config.out):
+        raise SettingError("out", config.out, "a run directory path")
+    _check_model(config)
+    if config.warmup_epochs > config.epochs:
+        allowed = f"at most the number of epochs ({config.epochs})"
+        raise SettingError("warmup_epochs", config.warmup_epochs, allowed)
+    if config.weight_decay > 0 and config.optimizer != "adamw":
+        allowed = f"only adamw uses weight decay, not optimizer {config.optimizer}"
+        raise SettingError("weight_decay", config.weight_decay, allowed)
+    if config.groups_csv is not None and config.split != "slide":
+        allowed = "a patch→slide map is only used with split slide"
+        raise SettingError("groups_csv", config.groups_csv, allowed)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in PCAM_UNUSED if config.split == "pcam" else ():  # PCam has val and test rows
+        if getattr(config, name) != defaults[name]:
+            how = " (the default on PCam's HDF5 layout)" if auto_split else ""
+            allowed = f"not used with split pcam{how}, whose val and test rows are PCam's valid "
+            allowed += "and test splits; leave it unset, or choose split stratified to carve them"
+            raise SettingError(name, getattr(config, name), allowed + " out of PCam train")
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """A field's value against its type (the annotation's text) and what it allows."""
+    allowed = f.metadata.get("allowed")
+    if isinstance(allowed, tuple):
+        if not any(value == o and type(value) is type(o) for o in allowed):
+            raise SettingError(f.name, value, "must be one of " + ", ".join(map(repr, allowed)))
+    elif allowed:
+        problem = range_problem(value, allowed, f.type.startswith("int"), "None" in f.type)
+        if problem:
+            raise SettingError(f.name, value, problem)
+    elif f.type == "bool" and not isinstance(value, bool):
+        raise SettingError(f.name, value, "must be one of True, False")
+
+
+def _check_model(config: TrainConfig) -> None:
+    """Settings that depend on the model: weights, trainable, model_kwargs and image_size."""
+    model, kwargs, size = config.model, config.model_kwargs, config.image_size
+    backbones = ", ".join(BACKBONE_NAMES)
+    if config.weights == "imagenet" and model not in BACKBONE_NAMES:
+        allowed = f"{model} has no pretrained weights; only {backbones} have (or no weights)"
+        raise SettingError("weights", "imagenet", allowed)
+    if config.trainable is False and model not in BACKBONE_NAMES:
+        allowed = f"only the backbones {backbones} can be frozen, not {model}"
+        raise SettingError("trainable", False, allowed)
+    if not isinstance(kwargs, dict):
+        raise SettingError("model_kwargs", kwargs, "a dict of the model's keyword arguments")
+    for key, value in kwargs.items():
+        problem = _kwarg_problem(model, key, value)
+        if problem:
+            raise SettingError("model_kwargs", dict(kwargs), problem)
+    # cnn1/cnn2 (two blocks of valid 3×3 convs and a 2×2 pool) need ≥ 16 pixels, the backbones
+    # ≥ 32; pcamnet centre-crops the patch and halves it between stages and in a stem.
+    if model == "pcamnet":
+        halvings = len(kwargs.get("widths", (32, 64, 128, 256))) - 1 + bool(kwargs.get("stem"))
+        low, high = 2**halvings, PATCH_SIDE
+    else:
+        low, high = (32 if model in BACKBONE_NAMES else 16), MAX_IMAGE_SIZE
+    if size is not None and not low <= size <= high:
+        what = "centre-crops" if model == "pcamnet" else "takes"
+        raise SettingError("image_size", size, f"{model} {what} {low} to {high} pixels")
+
+
+def _kwarg_problem(model: str, key: str, value) -> str | None:
+    """What is wrong with ``model_kwargs[key]`` for ``model``, or None."""
+    if key not in MODEL_KWARGS[model]:
+        return f"{model} takes {', '.join(MODEL_KWARGS[model]) or 'none'}, not {key!r}"
+    if key != "widths":
+        problem = range_problem(value, KWARG_RANGES[key], integer=key == "stem")
+        return problem and f"{key} {problem}"
+    widths = value if isinstance(value, list | tuple) else ()
+    if not widths or any(range_problem(w, KWARG_RANGES[key], True) for w in widths):
+        return "widths must be a non-empty list of integers ≥ 1 (channels per stage)"
+    return None
+
+
+def check_paths(config: TrainConfig, need_data: bool = True) -> None:
+    """Files a run reads must exist, and its run directory must not be a file."""
+    data = str(config.data)
+    if need_data and not data:
+        raise SettingError("data", config.data, "the dataset to train on (a path)")
+    if need_data and not Path(data).exists():
+        raise SettingError("data", config.data, "no such file or folder")
+    if config.groups_csv is not None and not Path(config.groups_csv).is_file():
+        raise SettingError("groups_csv", config.groups_csv, "no such file")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise SettingError("out", config.out, "is a file; give a run directory")
 
 
 @dataclass(frozen=True)
@@ -272,16 +367,14 @@ class Settings:
 
     @property
     def init(self) -> str | None:
-        """Where the recipe starts: the shipped weights for ``pcam-cpu`` on the sample (whose
-        overlap with their training patches is known and left out of every score), else random.
-        """
+        """The shipped weights for ``pcam-cpu`` on the sample (whose overlap with their training
+        patches is known and left out of every score), else None (random)."""
         on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
         return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
 
     @property
     def mode(self) -> str:
-        """'smoke' (tests: a few batches), else 'CPU' or 'GPU' (full-size runs); with
-        ', GPU path forced' when PCAM_MODE chose the path."""
+        """'smoke' (a few batches), 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
         size = "smoke" if self.smoke else self.accelerator.upper()
         forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
         return size + forced
@@ -289,7 +382,8 @@ class Settings:
     def train_config(self, **fields) -> TrainConfig:
         """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
         fields.setdefault("data", str(self.data_dir))
-        config = TrainConfig(**fields)
+        recipe = fields.pop("recipe", None)
+        config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
         if self.smoke:
             config = config.replace(
                 epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit
@@ -297,8 +391,7 @@ class Settings:
         return config
 
     def cpu_budget(self, value: int) -> int | None:
-        """A demonstration budget (batches per epoch, validation rows): ``value`` without a
-        GPU, None (no cap) with one."""
+        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
         return value if self.accelerator == "cpu" else None
 
     def epochs(self, full: int, cpu: int | None = None) -> int:

@@ -13,7 +13,7 @@ import os
 
 import keras
 
-from .limits import PRECISION_MODES, STRATEGIES  # one list each, in limits
+from .config import PRECISION_MODES, STRATEGIES
 
 MODES = ("gpu", "cpu")  # PCAM_MODE: the path the series takes, whatever the device
 

@@ -242,7 +242,7 @@ def best_run(runs_dir: str | os.PathLike) -> Path:
 
 def _training_facts(run_dir: Path) -> dict:
     """Model, weights, epochs, seconds and throughput of a run, from its files."""
-    from .limits import BACKBONE_NAMES
+    from .config import BACKBONE_NAMES
 
     state = json.loads((run_dir / "state.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from .limits import MODEL_NAMES, PATCH_SIDE, SettingError, spelled
+from .config import MODEL_NAMES, PATCH_SIDE, SettingError
 
 BACKBONES = {
     "vgg16": (keras.applications.VGG16, 0.3),
@@ -235,14 +235,8 @@ class WeightsUnavailable(SettingError):
     def __init__(self, model: str, path: Path, url: str, reason: str):
         home = str(Path.home())
         folder = str(path.parent).replace(home, "~", 1) if home != "/" else str(path.parent)
-
-        def text(style: str) -> str:
-            return (
-                f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, "
-                f"$KERAS_HOME/models when set), or use {spelled('weights', None, style)} "
-                f"to train {model} from scratch"
-            )
-
+        text = f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, $KERAS_HOME/models "
+        text += f"when set), or use weights=None to train {model} from scratch"
         super().__init__("weights", "imagenet", text)
 
 

@@ -29,11 +29,10 @@ import pandas as pd
 
 from .augment import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, load_patches
-from .config import TrainConfig
+from .config import SettingError, TrainConfig, check_paths
 from .data import PatchStream
 from .devices import distribution, precision
 from .io import atomic_path, atomic_write_text
-from .limits import SettingError, check_paths
 from .models import build_model, fetch_imagenet_weights
 from .pretrained import NAME as PRETRAINED
 from .pretrained import load_pretrained, seen_ids
@@ -418,7 +417,7 @@ def train(
     starts again from a new order. Nothing is written before every check has passed.
 
     Examples:
-        >>> result = train(TrainConfig(recipe="pcam-cpu", data="data/sample", out="runs/r"))
+        >>> result = train(TrainConfig.from_recipe("pcam-cpu", data="data/sample", out="runs/r"))
         >>> result.history[["epoch", "val_auc"]]
     """
     _check_before_writing(config, cache)

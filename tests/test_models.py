@@ -43,7 +43,7 @@ def test_models_take_uint8_patches_and_return_probabilities(name):
 
 
 def test_pcamnet_stem_sees_the_whole_patch_at_half_resolution():
-    from pcamlib.recipes import RECIPES
+    from pcamlib.config import RECIPES
 
     recipe = RECIPES["pcam-cpu"]
     model = build_model("pcamnet", image_size=recipe["image_size"], **recipe["model_kwargs"])

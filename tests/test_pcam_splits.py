@@ -12,9 +12,8 @@ from test_download_pcam import h5_bytes
 
 from pcamlib.cache import load_patches
 from pcamlib.cli import main
-from pcamlib.config import SAMPLE_DIR, TrainConfig, data_kind, default_data_dir
+from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig, data_kind, default_data_dir
 from pcamlib.evaluate import results_table, scoring_rows, subset_rows
-from pcamlib.limits import SettingError
 from pcamlib.sources import H5_PATTERN, H5Source, PcamSplits, open_source, read_image
 from pcamlib.submission import SubmissionError, check_no_leak
 from pcamlib.train import run_split, train
@@ -88,10 +87,10 @@ def test_split_pcam_is_the_default_there_and_the_fractions_are_refused(pcam, tmp
     assert TrainConfig(data=str(root)).split == "pcam"
     assert TrainConfig(data=str(root), split="slide").split == "slide"
     assert TrainConfig(data=str(SAMPLE_DIR)).split == "stratified"
-    recipe = TrainConfig(recipe="pcam-cpu", data=str(root))  # its val_fraction is not used
+    recipe = TrainConfig.from_recipe("pcam-cpu", data=str(root))  # its val_fraction is not used
     assert (recipe.split, recipe.val_fraction) == ("pcam", 0.25)
     assert TrainConfig.from_json(recipe.to_json()) == recipe
-    with pytest.raises(SettingError, match=r"^val_fraction=0.1: not used with split='pcam' \(the"):
+    with pytest.raises(SettingError, match=r"^val_fraction=0.1: not used with split pcam \(the"):
         TrainConfig(data=str(root), val_fraction=0.1)
     out = tmp_path / "run"
     argv = ["train", "--data", str(root), "--out", str(out), "--split", "pcam"]
@@ -110,7 +109,7 @@ def test_cli_refusal_is_one_line_naming_the_flag(pcam, tmp_path, capsys):
     argv = ["train", "--data", str(root), "--out", str(tmp_path / "r"), "--val-fraction", "0.1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "--val-fraction 0.1: not used with --split pcam" in err
+    assert len(err.splitlines()) == 1 and "--val-fraction 0.1: not used with split pcam" in err
 
 
 def test_stratified_and_slide_runs_carve_their_parts_out_of_pcam_train(pcam, tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pcamlib.cache import load_patches
-from pcamlib.config import SAMPLE_DIR, TrainConfig
+from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig
 from pcamlib.evaluate import (
     _training_facts,
     best_run,
@@ -19,7 +19,6 @@ from pcamlib.evaluate import (
     scoring_rows,
     subset_rows,
 )
-from pcamlib.limits import SettingError
 from pcamlib.metrics import youden_threshold
 from pcamlib.protocol import protocol_split, read_split
 from pcamlib.train import load_model

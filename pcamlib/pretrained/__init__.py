@@ -127,7 +127,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     from ..train import run_split
 
     run_dir = Path(run_dir)
-    defaults = TrainConfig(recipe=card()["recipe"], init=NAME, data=str(cache.path))
+    defaults = TrainConfig.from_recipe(card()["recipe"], init=NAME, data=str(cache.path))
     config = defaults.replace(out=str(run_dir), **settings)
     # The protocol's rows alone: nothing trains here (no batch to fit), and the rows it saw
     # are decided below, on the val and test rows only.
