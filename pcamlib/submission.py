@@ -1,4 +1,5 @@
-"""Write and check Kaggle submission CSVs so a bad file is caught before it costs a submission."""
+"""Write and check Kaggle submission CSVs, so a bad or leaked file is caught before it costs a
+submission: columns, ids, probabilities, and what the model behind it trained on."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .checks import few, vector
 from .io import atomic_path, atomic_write_text
+from .pretrained import is_pretrained
 from .sources import H5_PATTERN
 
 COLUMNS = ["id", "label"]
@@ -31,12 +32,8 @@ def _test_tifs(path: Path) -> tuple[Path, list[str]]:
 
 
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Every test id a submission must cover, from a dataset root, its test folder or its csv.
-
-    A dataset root (as ``pcam … --data`` takes) gives its ``sample_submission.csv`` (file
-    order) or else its ``test/`` listing; a folder of ``<id>.tif`` gives its ids (sorted); a
-    csv gives its ``id`` column (file order).
-    """
+    """Every test id a submission must cover: a dataset root's ``sample_submission.csv`` (file
+    order), else its ``test/`` listing; a folder's ``<id>.tif`` (sorted); a csv's ``id`` column."""
     p = Path(path)
     if p.is_dir():
         if (p / "sample_submission.csv").is_file():
@@ -94,8 +91,7 @@ def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> Non
 
 
 def check_submission(
-    path_or_frame: str | os.PathLike[str] | pd.DataFrame,
-    expected_ids: Iterable[str] | None,
+    path_or_frame: str | os.PathLike[str] | pd.DataFrame, expected_ids: Iterable[str] | None
 ) -> pd.DataFrame:
     """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label`` float.
 
@@ -122,62 +118,47 @@ def check_submission(
 
 def _check_columns(frame: pd.DataFrame, where: str) -> None:
     cols = [str(c) for c in frame.columns]
-    if cols == COLUMNS:
-        return
-    missing = [c for c in COLUMNS if c not in cols]
-    extra = [c for c in cols if c not in COLUMNS]
-    detail = [f"missing column(s) {missing}"] if missing else []
-    detail += [f"unexpected column(s) {few(extra)}"] if extra else []
-    detail = detail or ["columns in the wrong order"]
+    missing, extra = [c for c in COLUMNS if c not in cols], [c for c in cols if c not in COLUMNS]
+    detail = [f"missing column(s) {missing}"] * bool(missing)
+    detail += [f"unexpected column(s) {few(extra)}"] * bool(extra) or ["columns in the wrong order"]
     hint = " - is the header row 'id,label' missing?" if missing else ""
-    raise SubmissionError(
-        f"{where}: expected exactly the columns ['id', 'label'], got {cols}: "
-        + "; ".join(detail)
-        + hint
-    )
+    if cols != COLUMNS:
+        got = f"{where}: expected exactly the columns {COLUMNS}, got {cols}: "
+        raise SubmissionError(got + "; ".join(detail) + hint)
 
 
 def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str]:
-    problems = [] if len(ids) else ["no rows"]
-    empty_id = ids.str.strip() == ""
-    if empty_id.any():
-        problems.append(
-            f"{int(empty_id.sum())} empty id(s) at row(s) {few(ids.index[empty_id].tolist())}"
-        )
-    dup = ids[ids.duplicated()].unique().tolist()
-    if dup:
-        problems.append(f"{len(dup)} duplicate id(s): {few(dup)}")
-    if expected_ids is None:
-        return problems
-    expected = [str(i) for i in expected_ids]
-    expected_set, got = set(expected), set(ids)
-    missing = [i for i in expected if i not in got]
-    extra = [i for i in ids.drop_duplicates() if i not in expected_set]
-    if missing:
-        problems.append(f"{len(missing)} missing id(s) of {len(expected)}: {few(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected id(s) not in the test set: {few(extra)}")
-    return problems
+    empty, dup = ids.str.strip() == "", ids[ids.duplicated()].unique().tolist()
+    found = [
+        (not len(ids), "no rows"),
+        (empty.any(), f"{int(empty.sum())} empty id(s) at row(s) {few(ids.index[empty].tolist())}"),
+        (dup, f"{len(dup)} duplicate id(s): {few(dup)}"),
+    ]
+    if expected_ids is not None:
+        expected, got, unique = [str(i) for i in expected_ids], set(ids), ids.drop_duplicates()
+        missing = [i for i in expected if i not in got]
+        extra = unique[~unique.isin(expected)].tolist()
+        found += [
+            (missing, f"{len(missing)} missing id(s) of {len(expected)}: {few(missing)}"),
+            (extra, f"{len(extra)} unexpected id(s) not in the test set: {few(extra)}"),
+        ]
+    return [message for bad, message in found if bad]
 
 
 def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[str]:
     blank = raw.astype(str).str.strip().str.lower().isin(["nan", ""])
     non_numeric = labels.isna() & ~pd.isna(raw) & ~blank
     nan, inf = labels.isna() & ~non_numeric, np.isinf(labels)
-    finite = labels[~labels.isna() & ~inf]
-    outside = finite[(finite < 0.0) | (finite > 1.0)]
-    problems = []
-    if non_numeric.any():
-        bad = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
-        problems.append(f"{len(bad)} non-numeric label(s): {few(bad, fmt=str)}")
-    if nan.any():
-        problems.append(f"{int(nan.sum())} NaN/empty label(s) for id(s) {few(ids[nan].tolist())}")
-    if inf.any():
-        problems.append(f"{int(inf.sum())} infinite label(s) for id(s) {few(ids[inf].tolist())}")
-    if len(outside):
-        bad = [f"{ids[i]!r}: {labels[i]:g}" for i in outside.index]
-        problems.append(f"{len(bad)} label(s) outside [0, 1]: {few(bad, fmt=str)}")
-    return problems
+    outside = ~labels.isna() & ~inf & ((labels < 0.0) | (labels > 1.0))
+    odd = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
+    out = [f"{ids[i]!r}: {labels[i]:g}" for i in labels.index[outside]]
+    found = [
+        (odd, f"{len(odd)} non-numeric label(s): {few(odd, fmt=str)}"),
+        (nan.any(), f"{int(nan.sum())} NaN/empty label(s) for id(s) {few(ids[nan].tolist())}"),
+        (inf.any(), f"{int(inf.sum())} infinite label(s) for id(s) {few(ids[inf].tolist())}"),
+        (out, f"{len(out)} label(s) outside [0, 1]: {few(out, fmt=str)}"),
+    ]
+    return [message for bad, message in found if bad]
 
 
 def _check_ranking(labels: pd.Series, where: str) -> None:
@@ -186,8 +167,7 @@ def _check_ranking(labels: pd.Series, where: str) -> None:
         raise SubmissionError(
             f"{where}: all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition "
             "by ROC AUC, which only uses the ranking of the tumour probabilities; hard 0/1 labels "
-            "collapse that ranking into two ties and throw most of the AUC away (the reference "
-            "solution lost most of its score this way). Write the sigmoid probabilities instead."
+            "collapse it into two ties and throw most of the AUC away. Write the probabilities."
         )
     if len(labels) > 1 and labels.nunique() == 1:
         raise SubmissionError(
@@ -197,20 +177,19 @@ def _check_ranking(labels: pd.Series, where: str) -> None:
 
 
 def write_submission(
-    ids: Iterable[Any],
-    probs: Any,
-    path: str | os.PathLike[str],
-    *,
-    expected_ids: Iterable[str] | None = None,
-    run: str | os.PathLike[str] | None = None,
+    ids: Iterable[Any], probs: Any, path: str | os.PathLike[str], *, expected_ids=None, run=None
 ) -> Path:
     """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass checks.
 
-    Rows follow ``expected_ids`` order when given (e.g. ``expected_test_ids(sample_submission)``).
-    The CSV goes to a temp file in the target directory, is re-read and checked, then
-    ``os.replace``-d into place, so a failed write never leaves a partial or invalid file.
-    ``run`` (the run directory or .keras file that made ``probs``) is first checked by
-    :func:`check_no_leak`, then recorded beside the file (``PATH.run.json``) for ``pcam submit``.
+    Rows follow ``expected_ids`` order when given. The CSV is written to a temp file, re-read
+    and checked, then renamed into place, so a failed write leaves no partial or invalid file.
+    ``run`` (the run directory or .keras file behind ``probs``) must pass :func:`check_no_leak`;
+    it is recorded beside the file (``PATH.run.json``) for ``pcam submit``.
+
+    Examples:
+        >>> test = load_patches("data/sample", "test")
+        >>> probs = predict_cache(load_model("pretrained"), test, tta=8)
+        >>> write_submission(test.ids, probs, "submission.csv", run="pretrained")
     """
     if run is not None:
         check_no_leak(run)
@@ -236,7 +215,7 @@ def write_submission(
         note.unlink(missing_ok=True)  # an earlier run's note would name the wrong run
     else:
         model = Path(run).resolve()
-        made_by = str(run) if _pretrained(run) else str(model if model.is_dir() else model.parent)
+        made_by = str(run) if is_pretrained(run) else str(model if model.is_dir() else model.parent)
         atomic_write_text(note, json.dumps({"run": made_by}) + "\n", durable=True)
     return target
 
@@ -251,8 +230,7 @@ _PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
 _PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
 
 
-@dataclass(frozen=True)
-class TrainingSource:
+class TrainingSource(NamedTuple):
     """One dataset a model learned from: who trained on it, its path as recorded, and the PCam
     splits recognised in it (empty when it is not recognisably PCam)."""
 
@@ -261,9 +239,13 @@ class TrainingSource:
     pcam_splits: frozenset[str]
 
 
-def _splits_named(text: str) -> set[str]:
-    """PCam splits a data path names by PCam's HDF5 file names."""
-    return set(_PCAM_FILE.findall(text))
+def _json(path: Path, key: str | None = None) -> Any:
+    """A JSON file (or its ``key``), or a refusal naming the file."""
+    try:
+        data = json.loads(path.read_text())
+        return data if key is None else data[key]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SubmissionError(f"{path}: unreadable ({exc})") from None
 
 
 def _data_path(data: str, run_dir: Path) -> Path | None:
@@ -278,14 +260,12 @@ def _data_path(data: str, run_dir: Path) -> Path | None:
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
-    """What a run trained on, from its recorded data, the cache there and its split.csv ids."""
-    found = _splits_named(data)
+    """What a run trained on, by PCam's file names in its recorded data and the cache there's
+    source, the PCam HDF5 layout there, and PCam ids in its split.csv."""
+    found = set(_PCAM_FILE.findall(data))
     root = _data_path(data, run_dir)
     if root is not None and (root / "meta.json").is_file():  # a packed cache: what it packed
-        try:
-            found |= _splits_named(str(json.loads((root / "meta.json").read_text())["source"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SubmissionError(f"{root / 'meta.json'}: unreadable ({exc})") from None
+        found |= set(_PCAM_FILE.findall(str(_json(root / "meta.json", "source"))))
     if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
         found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
     if (run_dir / "split.csv").is_file():
@@ -309,56 +289,41 @@ def _run_dir(link: Path, named_by: str) -> Path:
     )
 
 
-def _pretrained(model: str | os.PathLike[str]) -> bool:
-    from .pretrained import is_pretrained
-
-    return is_pretrained(model)
-
-
 # The shipped model (``init="pretrained"``) trained on PCam's train split only.
 PRETRAINED_SOURCE = TrainingSource(
-    "pretrained", "PCam train (pcamlib.pretrained)", frozenset({"train"})
+    "pretrained", "pcamlib.pretrained: PCam train", frozenset({"train"})
 )
 
 
 def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
     """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``.
 
-    ``init`` null: the chain ends (random or ImageNet weights); ``"pretrained"``: the shipped
-    model, trained on PCam train only; a run directory or a .keras file inside one: followed.
-    A link whose data is not recorded (a bare .keras file, a missing folder) is refused.
-    PCam's splits are recognised by PCam's HDF5 file names in the recorded path, a packed
-    cache's recorded source and PCam-style ids in
-    ``split.csv`` (``valid/7``, ``valid_7``). Not recognised: PCam patches under other names,
-    e.g. class folders of renamed images, or HDF5 files renamed to the train split's names.
+    ``init`` null ends the chain (random or ImageNet weights), ``"pretrained"`` is the shipped
+    model (PCam train only), a run directory or a .keras file inside one is followed; a link
+    whose data is not recorded is refused. PCam patches under other names (renamed images or
+    HDF5 files) are not recognised.
     """
     sources: list[TrainingSource] = []
     link, named_by, seen = str(run), "the run", set()
-    while not _pretrained(link):
+    while not is_pretrained(link):
         run_dir = _run_dir(Path(link), named_by)
         if run_dir.resolve() in seen:
             raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
         seen.add(run_dir.resolve())
-        try:
-            config = json.loads((run_dir / "config.json").read_text())
-        except ValueError as exc:
-            raise SubmissionError(f"{run_dir / 'config.json'}: unreadable ({exc})") from None
+        config = _json(run_dir / "config.json")
         data = str(config.get("data") or "")
         sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))
         if config.get("init") is None:
             return sources
         init = str(config["init"])
-        found = None if _pretrained(init) else _data_path(init, run_dir)
+        found = None if is_pretrained(init) else _data_path(init, run_dir)
         link, named_by = str(found or init), f"init of {run_dir}"
     return [*sources, PRETRAINED_SOURCE]
 
 
 def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
-    """Refuse a run whose weights saw PCam valid or test data (its own or via ``init``).
-
-    Kaggle's test set is drawn from PCam's valid and test splits, so such a model's Kaggle
-    score would be leaked. Returns :func:`training_sources` when the run is clean.
-    """
+    """Refuse a run whose weights saw PCam valid or test data (its own or via ``init``): Kaggle's
+    test set is drawn from them. Returns :func:`training_sources` when the run is clean."""
     sources = training_sources(run)
     for i, source in enumerate(sources):
         leaked = sorted(source.pcam_splits & set(LEAKY_SPLITS))
@@ -378,8 +343,5 @@ def submission_run(path: str | os.PathLike[str]) -> Path | None:
     path = Path(path)
     note = path.with_name(path.name + RUN_NOTE)
     if note.is_file():
-        try:
-            return Path(json.loads(note.read_text())["run"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SubmissionError(f"{note}: unreadable ({exc})") from None
+        return Path(_json(note, "run"))
     return path.parent if (path.parent / "config.json").is_file() else None
