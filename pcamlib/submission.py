@@ -35,9 +35,9 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     """Every test id a submission must cover: a dataset root's ``sample_submission.csv`` (file
     order), else its ``test/`` listing; a folder's ``<id>.tif`` (sorted); a csv's ``id`` column."""
     p = Path(path)
+    if p.is_dir() and (p / "sample_submission.csv").is_file():
+        return expected_test_ids(p / "sample_submission.csv")
     if p.is_dir():
-        if (p / "sample_submission.csv").is_file():
-            return expected_test_ids(p / "sample_submission.csv")
         folder, ids = _test_tifs(p)
         if not ids:
             raise SubmissionError(
@@ -45,14 +45,11 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
             )
         return ids
     if not p.is_file():
-        raise FileNotFoundError(
-            f"{p}: neither a dataset folder, a test directory nor a sample_submission.csv"
-        )
+        raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a csv")
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     if "id" not in frame.columns:
         raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
-    dup = frame["id"][frame["id"].duplicated()].unique().tolist()
-    if dup:
+    if dup := frame["id"][frame["id"].duplicated()].unique().tolist():
         raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {few(dup)}")
     return frame["id"].tolist()
 
@@ -82,8 +79,7 @@ def kaggle_test_ids(data_dir: str | os.PathLike[str]) -> list[str] | None:
 def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> None:
     """Refuse to predict a submission that could not cover every expected test id."""
     have = set(have)
-    missing = [str(i) for i in expected if str(i) not in have]
-    if missing:
+    if missing := [str(i) for i in expected if str(i) not in have]:
         raise SubmissionError(
             f"{where} lacks {len(missing)} test id(s) a submission must cover: {few(missing)} "
             "(packed with --exclude-bad? fix or restore those files and pack again)"
@@ -109,8 +105,7 @@ def check_submission(
     _check_columns(frame, where)
     ids = frame["id"].astype(str)
     labels = pd.to_numeric(frame["label"], errors="coerce").astype(np.float64)
-    problems = _id_problems(ids, expected_ids) + _label_problems(ids, frame["label"], labels)
-    if problems:
+    if problems := _id_problems(ids, expected_ids) + _label_problems(ids, frame["label"], labels):
         raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
     _check_ranking(labels, where)
     return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
@@ -193,16 +188,11 @@ def write_submission(
     """
     if run is not None:
         check_no_leak(run)
-    ids = [str(i) for i in ids]
-    try:
-        p = vector(probs, "probs")
-    except ValueError as err:
-        raise SubmissionError(str(err)) from None
+    ids, p = [str(i) for i in ids], vector(probs, "probs")
     if len(ids) != len(p):
         raise SubmissionError(f"{len(ids)} ids but {len(p)} probabilities")
-    frame = pd.DataFrame({"id": ids, "label": p})
     expected = None if expected_ids is None else [str(i) for i in expected_ids]
-    frame = check_submission(frame, expected)
+    frame = check_submission(pd.DataFrame({"id": ids, "label": p}), expected)
     if expected is not None:
         frame = frame.set_index("id").loc[expected].reset_index()
     target = Path(path)
@@ -269,7 +259,7 @@ def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
     if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
         found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
     if (run_dir / "split.csv").is_file():
-        from .protocol import read_split
+        from .protocol import read_split  # lazily: it imports TensorFlow
 
         ids = read_split(run_dir)["id"]
         found |= set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique())
@@ -326,8 +316,7 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
     test set is drawn from them. Returns :func:`training_sources` when the run is clean."""
     sources = training_sources(run)
     for i, source in enumerate(sources):
-        leaked = sorted(source.pcam_splits & set(LEAKY_SPLITS))
-        if leaked:
+        if leaked := sorted(source.pcam_splits & set(LEAKY_SPLITS)):
             how = "was trained" if i == 0 else f"was fine-tuned from {source.model}, trained"
             raise SubmissionError(
                 f"{run}: refused: it {how} on PCam's {' and '.join(leaked)} split "

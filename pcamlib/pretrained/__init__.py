@@ -1,14 +1,12 @@
 """The shipped model: ``pcam-cpu`` trained on 20,000 PCam *train* patches, usable offline.
 
-``pcam-cpu.keras`` (weights only, no optimizer state), ``card.json`` (how it was made and how
-it scores; ``MODEL_CARD.md`` is the same for people), ``train_content.txt.gz`` (the content
-hashes of its training patches) and ``sample_overlap.csv``: the ids of the
-embedded sample whose twin (a near-pixel-identical patch) is among its training patches,
-found by ``benchmarks/overlap.py``. A score of this model never counts those rows.
+Beside ``pcam-cpu.keras`` (weights only): ``card.json`` (how it was made and how it scores;
+``MODEL_CARD.md`` for people), ``train_content.txt.gz`` (its training patches' content hashes)
+and ``sample_overlap.csv`` (the embedded sample's ids whose near-identical twin it trained on,
+found by ``benchmarks/overlap.py``). No score of this model counts those rows.
 
 Examples:
-    >>> model = load_pretrained()
-    >>> probs = predict_cache(model, load_patches("data/sample", "test"), tta=8)
+    >>> probs = predict_cache(load_pretrained(), load_patches("data/sample", "test"), tta=8)
 """
 
 from __future__ import annotations
@@ -43,14 +41,19 @@ def is_pretrained(model: str | os.PathLike | None) -> bool:
     return str(model) == NAME or Path(model).resolve() == MODEL_FILE
 
 
+def _shipped(path: Path, what: str) -> Path:
+    """``path``, or a one-line refusal naming it."""
+    if not path.is_file():
+        raise PretrainedError(f"{path}: {what} missing (reinstall)")
+    return path
+
+
 def load_pretrained():
     """The shipped PCamNet (raw uint8 96×96 patches in, P(tumour) out), with no network."""
     import keras
 
-    if not MODEL_FILE.is_file():
-        raise PretrainedError(f"{MODEL_FILE}: the pretrained model file is missing (reinstall)")
     try:
-        return keras.saving.load_model(MODEL_FILE, compile=False)
+        return keras.saving.load_model(_shipped(MODEL_FILE, "the model file is"), compile=False)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PretrainedError(f"{MODEL_FILE}: not a readable .keras model ({reason})") from None
@@ -59,28 +62,22 @@ def load_pretrained():
 @cache
 def card() -> dict:
     """How the shipped model was made and how it scores (``card.json``)."""
-    if not CARD_FILE.is_file():
-        raise PretrainedError(f"{CARD_FILE}: the pretrained model's card is missing (reinstall)")
-    return json.loads(CARD_FILE.read_text())
+    return json.loads(_shipped(CARD_FILE, "the pretrained model's card is").read_text())
 
 
 @cache
 def _overlap() -> pd.DataFrame:
-    if not OVERLAP_FILE.is_file():
-        raise PretrainedError(f"{OVERLAP_FILE}: the sample's overlap list is missing (reinstall)")
-    return pd.read_csv(OVERLAP_FILE, dtype={"id": str})
+    return pd.read_csv(_shipped(OVERLAP_FILE, "the sample's overlap list is"), dtype={"id": str})
 
 
 def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on; None when that is unknown.
 
-    Exact copies of its training patches are found by content hash; the embedded sample's
-    twins (Kaggle's TIFFs of the same patches) are listed in ``sample_overlap.csv``. Kaggle's
-    test set is drawn from PCam's valid and test splits, never its train split. Unknown for
-    other Kaggle training data and PCam's own train split (HDF5 ids ``train/N``): drawn from
-    the split the model's patches came from, they hold twins of them that no list names.
-    ``rows``: only these rows are to be scored (a run's val and test rows), so only they decide
-    "unknown": PCam's valid and test splits come from other slides than its train split.
+    Exact copies are found by content hash, the embedded sample's twins (Kaggle's TIFFs of the
+    same patches) by ``sample_overlap.csv``. Unknown for other Kaggle training data and PCam's
+    train split (ids ``train/N``): they hold twins of its patches that no list names. Kaggle's
+    test set and PCam valid/test come from other slides. Only ``rows`` (those to be scored,
+    default all) decide "unknown".
     """
     from ..protocol import fingerprint
 
@@ -98,9 +95,7 @@ def seen_ids(cache, rows=None) -> set[str] | None:
 @cache
 def _train_content() -> frozenset[str]:
     """Content hashes (:func:`pcamlib.cache.content_hash`) of the patches it trained on."""
-    if not CONTENT_FILE.is_file():
-        raise PretrainedError(f"{CONTENT_FILE}: its training patches' hashes are missing")
-    with gzip.open(CONTENT_FILE, "rt") as lines:
+    with gzip.open(_shipped(CONTENT_FILE, "its training patches' hashes are"), "rt") as lines:
         return frozenset(line.strip() for line in lines if line.strip())
 
 
@@ -110,12 +105,10 @@ KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
     """A run directory for the shipped model on ``cache``, for the leaderboard and best_run.
 
-    Its ``split.csv`` holds the protocol's val and test rows of ``cache`` (``settings``: the
-    ``seed``, ``val_fraction`` and ``test_fraction`` of TrainConfig, defaults alike) with the
-    rows the model trained on (:func:`seen_ids`) moved to ``train``, so no score counts them;
-    its validation AUC is measured on those val rows. None, with a one-line warning, where the
-    model's overlap with those rows is unknown (Kaggle training data; PCam train carved up by
-    ``split="stratified"``); on PCam's own splits they are its valid and test, other slides.
+    Its ``split.csv`` holds the protocol's val and test rows of ``cache`` (``settings``: as
+    TrainConfig's ``seed``, ``val_fraction``, ``test_fraction``), those it trained on
+    (:func:`seen_ids`) moved to ``train``; its validation AUC is measured on the val rows.
+    None, after a one-line warning, where its overlap with those rows is unknown.
     """
     import shutil
     import warnings
@@ -129,8 +122,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     run_dir = Path(run_dir)
     defaults = TrainConfig(recipe=card()["recipe"], init=NAME, data=str(cache.path))
     config = defaults.replace(out=str(run_dir), **settings)
-    # The protocol's rows alone: nothing trains here (no batch to fit), and the rows it saw
-    # are decided below, on the val and test rows only.
+    # The protocol's rows alone (nothing trains here); the rows it saw are decided below.
     _, val, test, protocol = run_split(config.replace(init=None, batch_size=1), cache, 1)
     seen = seen_ids(cache, np.concatenate([val, test]))
     if seen is None:
@@ -149,15 +141,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     parts["split"], parts["protocol"] = config.split, protocol
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
     val_auc = binary_metrics(cache.labels[val], probs, operating_point=None)["roc_auc"]
-    history = card()["history"]
-    state = {
-        "epoch": len(history),
-        "best_epoch": card()["best_epoch"],
-        "best_val_auc": val_auc,
-        "history": history,
-        "train_rows": card()["data"]["train_rows"],
-        "seen_rows": len(seen),
-    }
+    state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
+    state |= {"best_val_auc": val_auc, "history": card()["history"], "seen_rows": len(seen)}
+    state["train_rows"] = card()["data"]["train_rows"]
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "best.keras") as tmp:
         shutil.copyfile(MODEL_FILE, tmp)
@@ -169,9 +155,8 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
 
 def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
     """The run under ``runs_dir`` with the best validation AUC; with none yet (a fresh clone),
-    the shipped model, so 04 can submit without training: as a scored run on ``data_dir``
-    where its overlap is known, else its file, unscored (:func:`pretrained_run` says why).
-    Kaggle's test set comes from PCam's valid and test splits, which it never trained on."""
+    the shipped model, so 04 can submit without training: a scored run on ``data_dir`` where
+    its overlap is known, else its file, unscored (:func:`pretrained_run` says why)."""
     from ..cache import load_patches
     from ..evaluate import best_run
 
