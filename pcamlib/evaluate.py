@@ -142,8 +142,7 @@ def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool
     mask = _isin(cache.ids, seen)
     rows = np.arange(len(cache)) if include_train else np.flatnonzero(~mask)
     left_out = 0 if include_train else int(mask.sum())
-    info = {"subset": "all", "train_rows": int(mask[rows].sum()), "seen_left_out": left_out}
-    return rows, info
+    return rows, {"subset": "all", "train_rows": int(mask[rows].sum()), "seen_left_out": left_out}
 
 
 def predict_cache(
@@ -177,11 +176,8 @@ def evaluate(
         raise ValueError(f"{cache.path}: evaluation needs labelled data")
     rows = np.arange(len(cache)) if rows is None else np.asarray(rows)
     probs = predict_cache(model, cache, rows, tta=tta, batch_size=batch_size, progress=progress)
-    metrics = binary_metrics(
-        cache.labels[rows], probs, threshold=threshold, operating_point=operating_point
-    )
-    metrics["tta"] = tta
-    return metrics, probs
+    metrics = binary_metrics(cache.labels[rows], probs, threshold, operating_point)
+    return metrics | {"tta": tta}, probs
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict:
@@ -279,18 +275,16 @@ def results_table(
         # The protocol's test ids, with those its model had seen before (runs from another
         # model keep their part in the protocol column), so the leaderboard stays one.
         part = split["protocol"] if "protocol" in split else split["subset"]
-        protocol_test = split.loc[part == "test", "id"].tolist()
-        test_set = fingerprint(protocol_test)
+        test_set = fingerprint(split.loc[part == "test", "id"].tolist())
         if rows and test_set != rows[0]["test_set"]:
             raise ValueError(
                 f"{run_dir} and {run_dirs[0]} have different test rows (another test_fraction, "
                 "split or data): a leaderboard compares runs on one test set"
             )
-        model = load_model(run_dir)
+        model, y = load_model(run_dir), cache.labels[test]
         row = {"run": run_dir.name, **_training_facts(run_dir), "params": model.count_params()}
         row["n_test"] = len(test)
-        row["test_seen"] = len(protocol_test) - int((split.subset == "test").sum())
-        y = cache.labels[test]
+        row["test_seen"] = int((part == "test").sum() - (split.subset == "test").sum())
         views = predict_cache(model, cache, test, tta=8, progress=progress, per_view=True)
         probs = {1: views[:, 0], 8: views.mean(axis=1, dtype=np.float64).astype(np.float32)}
         for t, p in probs.items():
@@ -298,15 +292,14 @@ def results_table(
             row[f"auc_tta{t} [95% CI]"] = f"{auc:.3f} [{lo:.3f}, {hi:.3f}]"
             row.update({f"auc_tta{t}": auc, f"auc_tta{t}_lo": lo, f"auc_tta{t}_hi": hi})
         # Figures name the run as tables do: a transfer run without ImageNet weights says so.
-        label = run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")
-        curves[label] = (y, probs[8])
+        curves[run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")] = (y, probs[8])
         val = subset_rows(cache, run_dir, "val", limit)
         val_probs = predict_cache(model, cache, val, tta=8, progress=progress)
         row["threshold"] = youden_threshold(cache.labels[val], val_probs)
         at = binary_metrics(y, probs[8], threshold=row["threshold"])
-        row.update({k: at[k] for k in ("accuracy", "sensitivity", "specificity")})
-        row["acc@0.5"] = binary_metrics(y, probs[8])["accuracy"]
-        row.update(ece=at["ece"], test_set=test_set, **kaggle_scores(run_dir))
+        row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity")}
+        row |= {"acc@0.5": binary_metrics(y, probs[8])["accuracy"], "ece": at["ece"]}
+        row |= {"test_set": test_set, **kaggle_scores(run_dir)}
         rows.append(row)
     table = pd.DataFrame(rows)
     if csv is not None:
@@ -351,14 +344,10 @@ def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict
     """
     import keras
 
-    rows = np.asarray(rows)
-    aucs = {}
+    rows, aucs = np.asarray(rows), {}
     for name, training in (("moving averages", False), ("batch statistics", True)):
-        probs = [
-            keras.ops.convert_to_numpy(
-                model(np.asarray(cache.images[rows[i : i + batch_size]]), training=training)
-            )[:, 0]
-            for i in range(0, len(rows), batch_size)
-        ]
-        aucs[name] = float(skm.roc_auc_score(cache.labels[rows], np.concatenate(probs)))
+        batches = (cache.images[rows[i : i + batch_size]] for i in range(0, len(rows), batch_size))
+        probs = [model(np.asarray(x), training=training) for x in batches]
+        probs = np.concatenate([keras.ops.convert_to_numpy(p)[:, 0] for p in probs])
+        aucs[name] = float(skm.roc_auc_score(cache.labels[rows], probs))
     return aucs
