@@ -23,19 +23,6 @@ from .pretrained import NAME, card, is_pretrained, seen_ids
 from .protocol import SUBSETS, fingerprint, read_split
 
 
-class _Rows:
-    """A lazy row view (``images[rows]``) so predict_proba streams from the memmap in batches."""
-
-    def __init__(self, images: np.ndarray, rows: np.ndarray):
-        self.images, self.rows = images, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, item: slice) -> np.ndarray:
-        return np.asarray(self.images[self.rows[item]])
-
-
 def _isin(ids, wanted) -> np.ndarray:
     """Hashed membership: a boolean mask of ``ids`` that are in ``wanted``."""
     return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
@@ -69,12 +56,9 @@ def subset_rows(
         if wanted.empty:
             hint = " (a run made before the test protocol, or with test_fraction=0): retrain it"
             hint += ", or score its validation rows (subset 'val', which also chose its best.keras)"
-            raise ValueError(
-                f"{split_csv} has no {subset!r} rows{hint if subset == 'test' else ''}"
-            )
+            raise ValueError(f"{split_csv} has no {subset!r} rows" + hint * (subset == "test"))
         rows = np.flatnonzero(_isin(keys, wanted))
-        missing = int((~_isin(wanted, keys)).sum())
-        if missing:
+        if missing := int((~_isin(wanted, keys)).sum()):
             raise ValueError(
                 f"{split_csv}: {missing} of its {len(wanted)} {subset} patches are not in "
                 f"{cache.path} (compared by {by}); evaluate on the data the run was trained "
@@ -110,8 +94,7 @@ def scoring_rows(
     split = read_split(run_dir)
     keys, split_keys, by = _keys(cache, split)
     unseen = not _isin(keys, split_keys).any()
-    if subset is None:
-        subset = "all" if unseen else "test"
+    subset = ("all" if unseen else "test") if subset is None else subset
     rows = subset_rows(cache, run_dir, subset)
     trained = split_keys[split["subset"] == "train"]
     n_train = int(_isin(keys, trained)[rows].sum())
@@ -140,7 +123,7 @@ def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool
             "sample, on Kaggle's test set or on PCam valid/test"
         )
     mask = _isin(cache.ids, seen)
-    rows = np.arange(len(cache)) if include_train else np.flatnonzero(~mask)
+    rows = np.flatnonzero(~mask | include_train)
     left_out = 0 if include_train else int(mask.sum())
     return rows, {"subset": "all", "train_rows": int(mask[rows].sum()), "seen_left_out": left_out}
 
@@ -154,10 +137,9 @@ def predict_cache(
         >>> test = load_patches("data/sample", "test")
         >>> probs = predict_cache(load_model("pretrained"), test, tta=8)  # (29,) float32
     """
-    images = _Rows(cache.images, np.arange(len(cache)) if rows is None else np.asarray(rows))
-    return predict_proba(
-        model, images, batch_size=batch_size, tta=tta, progress=progress, per_view=per_view
-    )
+    rows = None if rows is None else np.asarray(rows)
+    kwargs = {"tta": tta, "progress": progress, "per_view": per_view}
+    return predict_proba(model, cache.images, rows=rows, batch_size=batch_size, **kwargs)
 
 
 def evaluate(
@@ -244,12 +226,7 @@ SHOWN = [
 
 
 def results_table(
-    run_dirs,
-    cache: PackedCache,
-    *,
-    csv: str | os.PathLike | None = None,
-    limit=None,
-    progress=False,
+    run_dirs, cache: PackedCache, *, csv=None, limit: int | None = None, progress: bool = False
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The leaderboard: every run on the protocol's test rows (the same rows for all of them).
 

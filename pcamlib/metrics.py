@@ -46,9 +46,8 @@ def require_both_classes(yt: np.ndarray) -> None:
 
 
 def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
-    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over equal-width bins of p,
-    the right-closed bins of :func:`sklearn.calibration.calibration_curve` (the first holds 0);
-    n_b * (mean p_b - rate_b) is the bin's sum of p - y."""
+    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over the right-closed bins of
+    :func:`sklearn.calibration.calibration_curve` (the first holds 0): sum |bin's sum of p - y|."""
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
     yt, yp = validate_binary(y_true, y_prob)
@@ -189,6 +188,7 @@ def predict_proba(
     model: Any,
     images: Any,
     *,
+    rows: np.ndarray | None = None,
     batch_size: int = 256,
     tta: int = 1,
     progress: bool = True,
@@ -198,17 +198,19 @@ def predict_proba(
 
     ``tta=8`` averages the sigmoid outputs over the 8 dihedral views of each patch;
     ``per_view`` returns them unaveraged, (N, tta), the patch as it is first.
-    ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays.
+    ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays; with ``rows``,
+    only those rows, read batch by batch (a memmap takes an index array too).
     """
     if tta not in (1, N_DIHEDRAL):
         raise ValueError(f"tta must be 1 or 8; got {tta!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    n, batch_size = len(images), int(batch_size)
+    n, batch_size = len(images if rows is None else rows), int(batch_size)
     out = np.empty((n, tta), dtype=np.float32)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, disable=not progress, desc=f"predict (tta={tta})", unit="batch"):
-        x = np.asarray(images[start : start + batch_size])
+        batch = slice(start, start + batch_size)
+        x = np.asarray(images[batch] if rows is None else images[rows[batch]])
         if x.ndim != 4 or len(x) != min(batch_size, n - start):
             raise ValueError(
                 f"images[{start}:{start + batch_size}] gave {x.shape}, not (B, H, W, C)"

@@ -243,10 +243,8 @@ def _data_path(data: str, run_dir: Path) -> Path | None:
     from .config import project_root
 
     path = Path(data).expanduser()
-    for candidate in (path, project_root() / path, run_dir.parent / path):
-        if data and candidate.exists():
-            return candidate
-    return None
+    found = (p for p in (path, project_root() / path, run_dir.parent / path) if p.exists())
+    return next(found, None) if data else None
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
@@ -268,10 +266,9 @@ def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
 
 def _run_dir(link: Path, named_by: str) -> Path:
     """The run directory behind a run directory or .keras file, or a refusal naming why not."""
-    if link.is_dir() and (link / "config.json").is_file():
-        return link
-    if link.is_file() and (link.parent / "config.json").is_file():
-        return link.parent
+    run_dir = link if link.is_dir() else link.parent
+    if link.exists() and (run_dir / "config.json").is_file():
+        return run_dir
     what = "does not exist" if not link.exists() else "has no config.json beside it"
     raise SubmissionError(
         f"{link} ({named_by}) {what}, so what it was trained on cannot be checked; a "

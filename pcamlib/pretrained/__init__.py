@@ -28,6 +28,7 @@ MODEL_FILE = HERE / "pcam-cpu.keras"
 CARD_FILE = HERE / "card.json"
 OVERLAP_FILE = HERE / "sample_overlap.csv"
 CONTENT_FILE = HERE / "train_content.txt.gz"
+KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 class PretrainedError(FileNotFoundError):
@@ -36,9 +37,7 @@ class PretrainedError(FileNotFoundError):
 
 def is_pretrained(model: str | os.PathLike | None) -> bool:
     """``model`` names the shipped model: ``"pretrained"`` or the path of its file."""
-    if model is None:
-        return False
-    return str(model) == NAME or Path(model).resolve() == MODEL_FILE
+    return model is not None and (str(model) == NAME or Path(model).resolve() == MODEL_FILE)
 
 
 def _shipped(path: Path, what: str) -> Path:
@@ -52,22 +51,18 @@ def load_pretrained():
     """The shipped PCamNet (raw uint8 96×96 patches in, P(tumour) out), with no network."""
     import keras
 
+    path = _shipped(MODEL_FILE, "the pretrained model file is")
     try:
-        return keras.saving.load_model(_shipped(MODEL_FILE, "the model file is"), compile=False)
+        return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PretrainedError(f"{MODEL_FILE}: not a readable .keras model ({reason})") from None
+        raise PretrainedError(f"{path}: not a readable .keras model ({reason})") from None
 
 
 @cache
 def card() -> dict:
     """How the shipped model was made and how it scores (``card.json``)."""
     return json.loads(_shipped(CARD_FILE, "the pretrained model's card is").read_text())
-
-
-@cache
-def _overlap() -> pd.DataFrame:
-    return pd.read_csv(_shipped(OVERLAP_FILE, "the sample's overlap list is"), dtype={"id": str})
 
 
 def seen_ids(cache, rows=None) -> set[str] | None:
@@ -88,7 +83,7 @@ def seen_ids(cache, rows=None) -> set[str] | None:
         scored = ids if rows is None else [ids[i] for i in rows]
         from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in scored)
         return None if any(from_pcam_train) else seen
-    listed = _overlap()
+    listed = pd.read_csv(_shipped(OVERLAP_FILE, "the sample's overlap list is"), dtype={"id": str})
     return seen | (set(listed.loc[listed["split"] == split, "id"]) & set(ids))
 
 
@@ -97,9 +92,6 @@ def _train_content() -> frozenset[str]:
     """Content hashes (:func:`pcamlib.cache.content_hash`) of the patches it trained on."""
     with gzip.open(_shipped(CONTENT_FILE, "its training patches' hashes are"), "rt") as lines:
         return frozenset(line.strip() for line in lines if line.strip())
-
-
-KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
@@ -116,7 +108,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..io import atomic_path, atomic_write_text
-    from ..metrics import binary_metrics
+    from ..metrics import auc_ci
     from ..train import run_split
 
     run_dir = Path(run_dir)
@@ -140,10 +132,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": subset})
     parts["split"], parts["protocol"] = config.split, protocol
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
-    val_auc = binary_metrics(cache.labels[val], probs, operating_point=None)["roc_auc"]
     state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
-    state |= {"best_val_auc": val_auc, "history": card()["history"], "seen_rows": len(seen)}
-    state["train_rows"] = card()["data"]["train_rows"]
+    state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
+    state |= {"train_rows": card()["data"]["train_rows"], "seen_rows": len(seen)}
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "best.keras") as tmp:
         shutil.copyfile(MODEL_FILE, tmp)
