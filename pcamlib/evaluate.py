@@ -228,17 +228,14 @@ SHOWN = [
 def results_table(
     run_dirs, cache: PackedCache, *, csv=None, limit: int | None = None, progress: bool = False
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The leaderboard: every run on the protocol's test rows (the same rows for all of them).
+    """The leaderboard: every run on the protocol's test rows, and ``{run: (y, TTA-8 probs)}``.
 
-    Per run: training facts (``weights`` is ``random, frozen`` and ``no_imagenet`` True for a
-    transfer setup that got no ImageNet weights), test ROC AUC with its 95% DeLong interval at
-    TTA 1 and 8, and at TTA 8 accuracy/sensitivity/specificity at the Youden threshold of its
-    VALIDATION rows, ``acc@0.5`` and ECE. ``overlaps_top_ci``: its interval overlaps the best
-    run's (a conservative screen; :func:`~pcamlib.metrics.auc_difference_ci` is paired);
-    ``test_set`` hashes the protocol's test ids; ``test_seen`` counts those its model trained
-    on before (runs from the pretrained model); ``kaggle_public``/``kaggle_private`` once
-    submitted. With ``csv``, merged into that file by run (rows of another test set dropped
-    with a warning). Also returns ``{run: (y_true, y_prob)}`` at TTA 8 for ROC/PR plots.
+    Per run: training facts (``no_imagenet``: a transfer setup without ImageNet weights), test
+    ROC AUC with its 95% DeLong interval at TTA 1 and 8, and at TTA 8 the metrics at the Youden
+    threshold of its VALIDATION rows; ``overlaps_top_ci``: its interval overlaps the best run's
+    (:func:`~pcamlib.metrics.auc_difference_ci` is the paired test); ``test_seen``: test ids its
+    model trained on before; Kaggle scores once submitted. With ``csv``, merged into that file
+    by run (rows of another test set dropped with a warning).
     """
     from .kaggle import kaggle_scores
     from .train import load_model
@@ -305,10 +302,8 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
     old = old[~old["run"].isin(new["run"])]
     same = old["test_set"] == new["test_set"].iloc[0]
     if not same.all():
-        warnings.warn(
-            f"{csv}: dropping {', '.join(map(str, old['run'][~same]))}: scored on another test set",
-            stacklevel=3,
-        )
+        dropped = ", ".join(map(str, old["run"][~same]))
+        warnings.warn(f"{csv}: dropping {dropped}: scored on another test set", stacklevel=3)
     return pd.concat([old[same], new], ignore_index=True)
 
 

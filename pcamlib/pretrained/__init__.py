@@ -15,6 +15,8 @@ import gzip
 import json
 import os
 import re
+import shutil
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -68,11 +70,9 @@ def card() -> dict:
 def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on; None when that is unknown.
 
-    Exact copies are found by content hash, the embedded sample's twins (Kaggle's TIFFs of the
-    same patches) by ``sample_overlap.csv``. Unknown for other Kaggle training data and PCam's
-    train split (ids ``train/N``): they hold twins of its patches that no list names. Kaggle's
-    test set and PCam valid/test come from other slides. Only ``rows`` (those to be scored,
-    default all) decide "unknown".
+    Exact copies by content hash, the embedded sample's twins by ``sample_overlap.csv``. Unknown
+    when ``rows`` (those to be scored) hold other Kaggle training data or PCam train (``train/N``):
+    twins no list names. Kaggle's test set and PCam valid/test come from other slides.
     """
     from ..protocol import fingerprint
 
@@ -97,14 +97,9 @@ def _train_content() -> frozenset[str]:
 def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
     """A run directory for the shipped model on ``cache``, for the leaderboard and best_run.
 
-    Its ``split.csv`` holds the protocol's val and test rows of ``cache`` (``settings``: as
-    TrainConfig's ``seed``, ``val_fraction``, ``test_fraction``), those it trained on
-    (:func:`seen_ids`) moved to ``train``; its validation AUC is measured on the val rows.
-    None, after a one-line warning, where its overlap with those rows is unknown.
+    ``split.csv``: the protocol's val and test rows (``settings`` as TrainConfig's), those it
+    trained on (:func:`seen_ids`) moved to ``train``; None, after a warning, where unknown.
     """
-    import shutil
-    import warnings
-
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..io import atomic_path, atomic_write_text
