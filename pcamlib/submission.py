@@ -15,7 +15,7 @@ import pandas as pd
 
 from .checks import few, vector
 from .io import atomic_path, atomic_write_text
-from .pretrained import is_pretrained
+from .pretrained import NAME, is_pretrained
 from .sources import H5_PATTERN
 
 COLUMNS = ["id", "label"]
@@ -277,9 +277,7 @@ def _run_dir(link: Path, named_by: str) -> Path:
 
 
 # The shipped model (``init="pretrained"``) trained on PCam's train split only.
-PRETRAINED_SOURCE = TrainingSource(
-    "pretrained", "pcamlib.pretrained: PCam train", frozenset({"train"})
-)
+PRETRAINED_SOURCE = TrainingSource(NAME, "PCam train (pcamlib.pretrained)", frozenset({"train"}))
 
 
 def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
@@ -290,8 +288,7 @@ def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
     whose data is not recorded is refused. PCam patches under other names (renamed images or
     HDF5 files) are not recognised.
     """
-    sources: list[TrainingSource] = []
-    link, named_by, seen = str(run), "the run", set()
+    sources, seen, link, named_by = [], set(), str(run), "the run"
     while not is_pretrained(link):
         run_dir = _run_dir(Path(link), named_by)
         if run_dir.resolve() in seen:
