@@ -136,7 +136,7 @@ def binary_metrics(
         raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
     yt, yp = validate_binary(y_true, y_prob)
     require_both_classes(yt)
-    y_hat = yp >= threshold
+    y_hat = (yp >= threshold).astype(np.int64)
     out = dict(zip(("roc_auc", "roc_auc_lo", "roc_auc_hi"), auc_ci(yt, yp), strict=True))
     out |= {
         "pr_auc": float(skm.average_precision_score(yt, yp)),

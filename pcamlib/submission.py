@@ -45,7 +45,7 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
             )
         return ids
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a csv")
+        raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a sample csv")
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     if "id" not in frame.columns:
         raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
