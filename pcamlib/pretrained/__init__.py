@@ -121,11 +121,10 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
         return None
     ids = pd.Series(cache.ids, dtype=object)
     val = val[~ids[val].isin(seen).to_numpy()]
-    subset = pd.Series("", index=range(len(cache)), dtype=object)
-    subset[val], subset[test] = "val", "test"
-    subset[ids.isin(seen)] = "train"  # it trained on twins of these
-    parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": subset})
-    parts["split"], parts["protocol"] = config.split, protocol
+    parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": "", "split": config.split})
+    parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
+    parts.loc[ids.isin(seen), "subset"] = "train"  # it trained on twins of these
+    parts["protocol"] = protocol
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
     state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
     state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
@@ -148,7 +147,6 @@ def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike)
 
     runs_dir = Path(runs_dir)
     if not any(runs_dir.glob("*/state.json")):
-        cache = load_patches(data_dir, "train", progress=False)
-        if pretrained_run(runs_dir / NAME, cache) is None:
+        if pretrained_run(runs_dir / NAME, load_patches(data_dir, "train", progress=False)) is None:
             return MODEL_FILE
     return best_run(runs_dir)
