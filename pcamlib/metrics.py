@@ -1,11 +1,14 @@
-"""Evaluation metrics and batched, optionally test-time-augmented, tumour-probability inference."""
+"""Metrics to compare PCam models (ROC AUC with DeLong intervals, ECE, Youden threshold) and
+batched, optionally test-time-augmented, tumour-probability inference."""
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 from tqdm import tqdm
 
@@ -34,22 +37,17 @@ def validate_binary(
 
 def require_both_classes(yt: np.ndarray) -> None:
     """ROC/PR AUC are undefined with one class, so refuse instead of returning NaN."""
-    n_pos = int(yt.sum())
-    if n_pos == 0 or n_pos == len(yt):
-        only = "1 (tumour)" if n_pos else "0 (normal)"
+    if (n_pos := int(yt.sum())) in (0, len(yt)):
         raise ValueError(
-            f"y_true contains only class {only} ({len(yt)} rows); ROC AUC and PR AUC need both "
-            "classes - evaluate on a split with positives and negatives"
+            f"y_true contains only class {'1 (tumour)' if n_pos else '0 (normal)'} ({len(yt)} "
+            "rows); ROC AUC and PR AUC need both classes - evaluate on a split with positives "
+            "and negatives"
         )
 
 
 def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> float:
-    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over equal-width bins of p.
-
-    The bins are those of :func:`sklearn.calibration.calibration_curve` (``strategy="uniform"``),
-    which gives the per-bin rates but not the counts n_b: (e_i, e_i+1], the first also holding 0.
-    Summed per bin, n_b * (mean p_b - rate_b) is just the sum of (p - y) over the bin.
-    """
+    """ECE = sum_b (n_b / N) * |observed tumour rate_b - mean p_b| over the right-closed bins of
+    :func:`sklearn.calibration.calibration_curve` (the first holds 0): sum |bin's sum of p - y|."""
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
     yt, yp = validate_binary(y_true, y_prob)
@@ -59,33 +57,25 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
 
 def _placements(yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's placements: each positive's share of negatives below it, each negative's share
-    of positives above it (ties count one half); the AUC is the mean of either."""
-    from scipy.stats import rankdata
-
+    of positives above it (ties count one half, as midranks do); the AUC is the mean of either."""
     pos, neg = yp[yt == 1], yp[yt == 0]
     m = len(pos)
-    ranks = rankdata(np.concatenate([pos, neg]))  # midranks: ties count one half
-    v10 = (ranks[:m] - rankdata(pos)) / len(neg)
-    v01 = 1.0 - (ranks[m:] - rankdata(neg)) / m
-    return v10, v01
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return (ranks[:m] - rankdata(pos)) / len(neg), 1.0 - (ranks[m:] - rankdata(neg)) / m
 
 
 def _z(level: float) -> float:
     """The normal quantile of a two-sided ``level`` interval (refuses 95 for 0.95)."""
-    from scipy.stats import norm
-
     if not (0.0 < float(level) < 1.0):
         raise ValueError(f"level must be in (0, 1); got {level!r}")
-    return float(norm.ppf(0.5 + level / 2))
+    return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 def auc_ci(y_true: Any, y_prob: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """ROC AUC and its DeLong confidence interval: ``(auc, lo, hi)``, clipped to [0, 1].
+    """ROC AUC and its DeLong (1988) confidence interval: ``(auc, lo, hi)``, clipped to [0, 1].
 
-    DeLong et al. (1988): the AUC is the mean of the positives' placements among the negatives
-    (ties count one half); its variance is var(placements of positives)/n_pos +
-    var(placements of negatives)/n_neg, and the interval is auc ± z·se (normal approximation,
-    no resampling, so no seed). A perfectly separated set has se = 0 and the interval [1, 1].
+    var(AUC) = var(positives' placements)/n_pos + var(negatives' placements)/n_neg; the interval
+    is auc ± z·se (no resampling, so no seed). A perfectly separated set gives [1, 1].
     """
     z = _z(level)
     yt, yp = validate_binary(y_true, y_prob)
@@ -104,11 +94,8 @@ def auc_difference_ci(
     """Paired DeLong test of two models scored on the same patches: ``(diff, lo, hi, p)``.
 
     ``diff`` = AUC(a) − AUC(b). Two models usually err on the same hard patches, so the paired
-    variance (DeLong et al. 1988, with the covariance of the two placement vectors) is then far
-    smaller than two separate intervals suggest: runs whose CIs overlap can still differ.
+    variance is far smaller than two separate intervals suggest: overlapping CIs can differ.
     """
-    from scipy.stats import norm
-
     z = _z(level)
     yt, pa = validate_binary(y_true, prob_a, "prob_a")
     _, pb = validate_binary(y_true, prob_b, "prob_b")
@@ -117,18 +104,15 @@ def auc_difference_ci(
     if len(a10) < 2 or len(a01) < 2:
         raise ValueError("a paired AUC test needs at least two patches of each class")
     diff = float(a10.mean() - b10.mean())
-    var = (a10 - b10).var(ddof=1) / len(a10) + (a01 - b01).var(ddof=1) / len(a01)
-    se = math.sqrt(var)
+    se = math.sqrt((a10 - b10).var(ddof=1) / len(a10) + (a01 - b01).var(ddof=1) / len(a01))
     if se == 0:  # identical placements: the difference is exact
         return diff, diff, diff, 1.0 if diff == 0 else 0.0
-    return diff, diff - z * se, diff + z * se, float(2 * norm.sf(abs(diff) / se))
+    return diff, diff - z * se, diff + z * se, 2 * NormalDist().cdf(-abs(diff) / se)
 
 
 def youden_threshold(y_true: Any, y_prob: Any) -> float:
-    """The threshold that maximises Youden's J = sensitivity + specificity - 1 (ties: highest).
-
-    Meant for validation rows: the threshold is then applied, unchanged, to the test rows.
-    """
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1 (ties: highest);
+    chosen on validation rows, then applied unchanged to the test rows."""
     yt, yp = validate_binary(y_true, y_prob)
     require_both_classes(yt)
     fpr, tpr, thr = skm.roc_curve(yt, yp, drop_intermediate=False)
@@ -153,17 +137,13 @@ def binary_metrics(
     yt, yp = validate_binary(y_true, y_prob)
     require_both_classes(yt)
     y_hat = (yp >= threshold).astype(np.int64)
-    tn, fp, fn, tp = skm.confusion_matrix(yt, y_hat, labels=[0, 1]).ravel()
-    auc, lo, hi = auc_ci(yt, yp)
-    out: dict[str, float] = {
-        "roc_auc": auc,
-        "roc_auc_lo": lo,
-        "roc_auc_hi": hi,
+    out = dict(zip(("roc_auc", "roc_auc_lo", "roc_auc_hi"), auc_ci(yt, yp), strict=True))
+    out |= {
         "pr_auc": float(skm.average_precision_score(yt, yp)),
         "accuracy": float(skm.accuracy_score(yt, y_hat)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(yt, y_hat)),
-        "sensitivity": float(tp / (tp + fn)),
-        "specificity": float(tn / (tn + fp)),
+        "sensitivity": float(skm.recall_score(yt, y_hat)),
+        "specificity": float(skm.recall_score(yt, y_hat, pos_label=0)),
         "log_loss": float(skm.log_loss(yt, yp, labels=[0, 1])),
         "ece": expected_calibration_error(yt, yp, n_bins=10),
         "threshold": float(threshold),
@@ -177,10 +157,8 @@ def binary_metrics(
         fpr, tpr, thr = skm.roc_curve(yt, yp, drop_intermediate=False)
         # tpr is non-decreasing as thresholds fall, so the first hit keeps the most specificity.
         i = int(np.argmax(tpr >= target - 1e-12))
-        out["op_target_sensitivity"] = target
-        out["op_threshold"] = float(thr[i])
-        out["op_sensitivity"] = float(tpr[i])
-        out["op_specificity"] = float(1.0 - fpr[i])
+        out["op_target_sensitivity"], out["op_threshold"] = target, float(thr[i])
+        out["op_sensitivity"], out["op_specificity"] = float(tpr[i]), float(1.0 - fpr[i])
     return out
 
 
@@ -210,6 +188,7 @@ def predict_proba(
     model: Any,
     images: Any,
     *,
+    rows: np.ndarray | None = None,
     batch_size: int = 256,
     tta: int = 1,
     progress: bool = True,
@@ -219,25 +198,23 @@ def predict_proba(
 
     ``tta=8`` averages the sigmoid outputs over the 8 dihedral views of each patch;
     ``per_view`` returns them unaveraged, (N, tta), the patch as it is first.
-    ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays.
+    ``images`` only needs ``len()`` and slicing that returns uint8 NHWC arrays; with ``rows``,
+    only those rows, read batch by batch (a memmap takes an index array too).
     """
     if tta not in (1, N_DIHEDRAL):
         raise ValueError(f"tta must be 1 or 8; got {tta!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    batch_size = int(batch_size)
-    n = len(images)
+    n, batch_size = len(images if rows is None else rows), int(batch_size)
     out = np.empty((n, tta), dtype=np.float32)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, disable=not progress, desc=f"predict (tta={tta})", unit="batch"):
-        x = np.asarray(images[start : start + batch_size])
-        expected = min(batch_size, n - start)
-        if x.ndim != 4 or len(x) != expected:
+        batch = slice(start, start + batch_size)
+        x = np.asarray(images[batch] if rows is None else images[rows[batch]])
+        if x.ndim != 4 or len(x) != min(batch_size, n - start):
             raise ValueError(
-                f"images[{start}:{start + batch_size}] gave shape {x.shape}; "
-                f"expected ({expected}, H, W, C)"
+                f"images[{start}:{start + batch_size}] gave {x.shape}, not (B, H, W, C)"
             )
         views = [x] if tta == 1 else dihedral_views(x)
-        probs = [_predict_batch(model, v, start) for v in views]
-        out[start : start + len(x)] = np.stack(probs, axis=1)
+        out[start : start + len(x)] = np.stack([_predict_batch(model, v, start) for v in views], 1)
     return out if per_view else out.mean(axis=1, dtype=np.float64).astype(np.float32)

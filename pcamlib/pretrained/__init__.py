@@ -1,14 +1,12 @@
 """The shipped model: ``pcam-cpu`` trained on 20,000 PCam *train* patches, usable offline.
 
-``pcam-cpu.keras`` (weights only, no optimizer state), ``card.json`` (how it was made and how
-it scores; ``MODEL_CARD.md`` is the same for people), ``train_content.txt.gz`` (the content
-hashes of its training patches) and ``sample_overlap.csv``: the ids of the
-embedded sample whose twin (a near-pixel-identical patch) is among its training patches,
-found by ``benchmarks/overlap.py``. A score of this model never counts those rows.
+Beside ``pcam-cpu.keras`` (weights only): ``card.json`` (how it was made and how it scores;
+``MODEL_CARD.md`` for people), ``train_content.txt.gz`` (its training patches' content hashes)
+and ``sample_overlap.csv`` (the embedded sample's ids whose near-identical twin it trained on,
+found by ``benchmarks/overlap.py``). No score of this model counts those rows.
 
 Examples:
-    >>> model = load_pretrained()
-    >>> probs = predict_cache(model, load_patches("data/sample", "test"), tta=8)
+    >>> probs = predict_cache(load_pretrained(), load_patches("data/sample", "test"), tta=8)
 """
 
 from __future__ import annotations
@@ -17,6 +15,8 @@ import gzip
 import json
 import os
 import re
+import shutil
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -30,6 +30,7 @@ MODEL_FILE = HERE / "pcam-cpu.keras"
 CARD_FILE = HERE / "card.json"
 OVERLAP_FILE = HERE / "sample_overlap.csv"
 CONTENT_FILE = HERE / "train_content.txt.gz"
+KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 class PretrainedError(FileNotFoundError):
@@ -38,49 +39,40 @@ class PretrainedError(FileNotFoundError):
 
 def is_pretrained(model: str | os.PathLike | None) -> bool:
     """``model`` names the shipped model: ``"pretrained"`` or the path of its file."""
-    if model is None:
-        return False
-    return str(model) == NAME or Path(model).resolve() == MODEL_FILE
+    return model is not None and (str(model) == NAME or Path(model).resolve() == MODEL_FILE)
+
+
+def _shipped(path: Path, what: str) -> Path:
+    """``path``, or a one-line refusal naming it."""
+    if not path.is_file():
+        raise PretrainedError(f"{path}: {what} missing (reinstall)")
+    return path
 
 
 def load_pretrained():
     """The shipped PCamNet (raw uint8 96×96 patches in, P(tumour) out), with no network."""
     import keras
 
-    if not MODEL_FILE.is_file():
-        raise PretrainedError(f"{MODEL_FILE}: the pretrained model file is missing (reinstall)")
+    path = _shipped(MODEL_FILE, "the pretrained model file is")
     try:
-        return keras.saving.load_model(MODEL_FILE, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PretrainedError(f"{MODEL_FILE}: not a readable .keras model ({reason})") from None
+        raise PretrainedError(f"{path}: not a readable .keras model ({reason})") from None
 
 
 @cache
 def card() -> dict:
     """How the shipped model was made and how it scores (``card.json``)."""
-    if not CARD_FILE.is_file():
-        raise PretrainedError(f"{CARD_FILE}: the pretrained model's card is missing (reinstall)")
-    return json.loads(CARD_FILE.read_text())
-
-
-@cache
-def _overlap() -> pd.DataFrame:
-    if not OVERLAP_FILE.is_file():
-        raise PretrainedError(f"{OVERLAP_FILE}: the sample's overlap list is missing (reinstall)")
-    return pd.read_csv(OVERLAP_FILE, dtype={"id": str})
+    return json.loads(_shipped(CARD_FILE, "the pretrained model's card is").read_text())
 
 
 def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on; None when that is unknown.
 
-    Exact copies of its training patches are found by content hash; the embedded sample's
-    twins (Kaggle's TIFFs of the same patches) are listed in ``sample_overlap.csv``. Kaggle's
-    test set is drawn from PCam's valid and test splits, never its train split. Unknown for
-    other Kaggle training data and PCam's own train split (HDF5 ids ``train/N``): drawn from
-    the split the model's patches came from, they hold twins of them that no list names.
-    ``rows``: only these rows are to be scored (a run's val and test rows), so only they decide
-    "unknown": PCam's valid and test splits come from other slides than its train split.
+    Exact copies by content hash, the embedded sample's twins by ``sample_overlap.csv``. Unknown
+    when ``rows`` (those to be scored) hold other Kaggle training data or PCam train (``train/N``):
+    twins no list names. Kaggle's test set and PCam valid/test come from other slides.
     """
     from ..protocol import fingerprint
 
@@ -91,46 +83,33 @@ def seen_ids(cache, rows=None) -> set[str] | None:
         scored = ids if rows is None else [ids[i] for i in rows]
         from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in scored)
         return None if any(from_pcam_train) else seen
-    listed = _overlap()
+    listed = pd.read_csv(_shipped(OVERLAP_FILE, "the sample's overlap list is"), dtype={"id": str})
     return seen | (set(listed.loc[listed["split"] == split, "id"]) & set(ids))
 
 
 @cache
 def _train_content() -> frozenset[str]:
     """Content hashes (:func:`pcamlib.cache.content_hash`) of the patches it trained on."""
-    if not CONTENT_FILE.is_file():
-        raise PretrainedError(f"{CONTENT_FILE}: its training patches' hashes are missing")
-    with gzip.open(CONTENT_FILE, "rt") as lines:
+    with gzip.open(_shipped(CONTENT_FILE, "its training patches' hashes are"), "rt") as lines:
         return frozenset(line.strip() for line in lines if line.strip())
-
-
-KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
     """A run directory for the shipped model on ``cache``, for the leaderboard and best_run.
 
-    Its ``split.csv`` holds the protocol's val and test rows of ``cache`` (``settings``: the
-    ``seed``, ``val_fraction`` and ``test_fraction`` of TrainConfig, defaults alike) with the
-    rows the model trained on (:func:`seen_ids`) moved to ``train``, so no score counts them;
-    its validation AUC is measured on those val rows. None, with a one-line warning, where the
-    model's overlap with those rows is unknown (Kaggle training data; PCam train carved up by
-    ``split="stratified"``); on PCam's own splits they are its valid and test, other slides.
+    ``split.csv``: the protocol's val and test rows (``settings`` as TrainConfig's), those it
+    trained on (:func:`seen_ids`) moved to ``train``; None, after a warning, where unknown.
     """
-    import shutil
-    import warnings
-
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..io import atomic_path, atomic_write_text
-    from ..metrics import binary_metrics
+    from ..metrics import auc_ci
     from ..train import run_split
 
     run_dir = Path(run_dir)
     defaults = TrainConfig.from_recipe(card()["recipe"], init=NAME, data=str(cache.path))
     config = defaults.replace(out=str(run_dir), **settings)
-    # The protocol's rows alone: nothing trains here (no batch to fit), and the rows it saw
-    # are decided below, on the val and test rows only.
+    # The protocol's rows alone (nothing trains here); the rows it saw are decided below.
     _, val, test, protocol = run_split(config.replace(init=None, batch_size=1), cache, 1)
     seen = seen_ids(cache, np.concatenate([val, test]))
     if seen is None:
@@ -142,22 +121,14 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
         return None
     ids = pd.Series(cache.ids, dtype=object)
     val = val[~ids[val].isin(seen).to_numpy()]
-    subset = pd.Series("", index=range(len(cache)), dtype=object)
-    subset[val], subset[test] = "val", "test"
-    subset[ids.isin(seen)] = "train"  # it trained on twins of these
-    parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": subset})
-    parts["split"], parts["protocol"] = config.split, protocol
+    parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": "", "split": config.split})
+    parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
+    parts.loc[ids.isin(seen), "subset"] = "train"  # it trained on twins of these
+    parts["protocol"] = protocol
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
-    val_auc = binary_metrics(cache.labels[val], probs, operating_point=None)["roc_auc"]
-    history = card()["history"]
-    state = {
-        "epoch": len(history),
-        "best_epoch": card()["best_epoch"],
-        "best_val_auc": val_auc,
-        "history": history,
-        "train_rows": card()["data"]["train_rows"],
-        "seen_rows": len(seen),
-    }
+    state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
+    state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
+    state |= {"train_rows": card()["data"]["train_rows"], "seen_rows": len(seen)}
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "best.keras") as tmp:
         shutil.copyfile(MODEL_FILE, tmp)
@@ -169,15 +140,13 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
 
 def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
     """The run under ``runs_dir`` with the best validation AUC; with none yet (a fresh clone),
-    the shipped model, so 04 can submit without training: as a scored run on ``data_dir``
-    where its overlap is known, else its file, unscored (:func:`pretrained_run` says why).
-    Kaggle's test set comes from PCam's valid and test splits, which it never trained on."""
+    the shipped model, so 04 can submit without training: a scored run on ``data_dir`` where
+    its overlap is known, else its file, unscored (:func:`pretrained_run` says why)."""
     from ..cache import load_patches
     from ..evaluate import best_run
 
     runs_dir = Path(runs_dir)
     if not any(runs_dir.glob("*/state.json")):
-        cache = load_patches(data_dir, "train", progress=False)
-        if pretrained_run(runs_dir / NAME, cache) is None:
+        if pretrained_run(runs_dir / NAME, load_patches(data_dir, "train", progress=False)) is None:
             return MODEL_FILE
     return best_run(runs_dir)
