@@ -196,7 +196,7 @@ class ReinhardNormalization(keras.layers.Layer):
 
 
 def host_augmentation(config: TrainConfig) -> dict:
-    """The :class:`~pcamlib.data.PatchStream` arguments that augment on the host (numpy)."""
+    """The :class:`~pcamlib.stream.PatchStream` arguments that augment on the host (numpy)."""
     if config.augment_on != "host":
         return {}
     return {k: getattr(config, k) for k in ("augment", "shift", "color_jitter", "hed_jitter")}

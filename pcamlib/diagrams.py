@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFont
 
-from .io import atomic_path
+from .cache import atomic_path
 
 __all__ = ["draw_model"]
 MAX_BOXES = 40  # above this many layers, draw one box per stage

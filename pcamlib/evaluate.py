@@ -1,6 +1,6 @@
 """Glue between models, packed data and metrics: evaluate a model, predict a test set, rank runs.
 
-Rows come from a run's ``split.csv`` (:mod:`pcamlib.protocol`): runs are reported on the
+Rows come from a run's ``split.csv`` (:mod:`pcamlib.stream`): runs are reported on the
 protocol's test rows, the same for every run on the same data; validation rows chose each run's
 ``best.keras`` and its threshold; a model is never scored on the patches it trained on unless
 asked to (``include_train``), and then the result says how many there were.
@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import PackedCache
-from .io import atomic_write_text
+from .cache import PackedCache, atomic_write_text
 from .metrics import auc_ci, binary_metrics, predict_proba, youden_threshold
 from .pretrained import is_pretrained, seen_ids
-from .protocol import SUBSETS, fingerprint, read_split
+from .stream import SUBSETS, fingerprint, read_split
 
 
 class _Rows:

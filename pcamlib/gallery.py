@@ -16,8 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .checks import labels01
 from .metrics import validate_binary
+from .sources import labels01
 
 __all__ = ["CENTRE", "plot_confident_errors", "plot_gradcam", "plot_patch_grid"]
 

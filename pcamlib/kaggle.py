@@ -22,9 +22,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cache import atomic_write_text
 from .config import KAGGLE_INPUT
 from .download import COMPETITION, DEFAULT_OUT, HOW_TO_ADD, kaggle_credentials, resolve_out
-from .io import atomic_write_text
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 
 __all__ = ["KaggleError", "kaggle_scores", "submit", "submit_file"]

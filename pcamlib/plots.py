@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
-from .checks import labels01
 from .gallery import grid, patches_at, plot_confident_errors, plot_gradcam, plot_patch_grid
 from .metrics import expected_calibration_error, require_both_classes, validate_binary
+from .sources import labels01
 
 __all__ = [
     "CLASS_NAMES",

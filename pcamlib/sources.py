@@ -1,10 +1,10 @@
-"""Where patches come from: one reader interface over the layouts users actually have.
+"""Where patches come from: one reader over the layouts users have, and the input checks.
 
-Kaggle (``train_labels.csv`` + ``train/<id>.tif``, ``test/`` in ``sample_submission.csv``
-order), the PCam HDF5 release (+ optional meta csv giving each patch's slide; its three
-splits as one source for training), class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``.
-A source lists items and decodes one; ``cache.py`` packs them. Listing problems are collected
-by name in ``PatchSource.problems``; a bad image raises a ``DataError`` naming the file.
+Kaggle (``train_labels.csv`` + ``train/<id>.tif``; ``test/`` in ``sample_submission.csv``
+order), PCam's HDF5 release (its three splits as one source for training; slides from the meta
+csv) and class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. A source lists items and
+decodes one; ``cache.py`` packs them. Listing problems are collected by name in
+``PatchSource.problems``; a bad image raises a ``DataError`` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -13,30 +13,65 @@ import hashlib
 import io
 import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-
-from .checks import few, not01
 
 PATCH_SHAPE = (96, 96, 3)
 PATCH_BYTES = 96 * 96 * 3
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 H5_PATTERN = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
-_PIL_MODES = {
-    "L": "grayscale",
-    "LA": "grayscale with alpha",
-    "RGBA": "RGBA (has an alpha channel)",
-    "P": "palette",
-    "CMYK": "CMYK",
-    "1": "black-and-white",
-    "I;16": "16-bit grayscale",
-}
+_PIL_MODES = {"L": "grayscale", "LA": "grayscale", "RGBA": "RGBA", "P": "palette"}
+
+
+def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: str = ", ") -> str:
+    """The first ``limit`` items, formatted and joined, then ``(+N more)``: short, actionable."""
+    shown = sep.join(fmt(x) for x in items[:limit])
+    more = len(items) - limit
+    return shown + (sep if "\n" in sep else " ") + f"(+{more} more)" if more > 0 else shown
+
+
+def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
+    """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
+    rows = np.flatnonzero(mask)
+    # tolist() gives plain Python values: ``2``, not ``np.int64(2)``
+    return f"{len(rows)} {what}: " + few(
+        rows, fmt=lambda i: f"row {i}: {values[i : i + 1].tolist()[0]!r}"
+    )
+
+
+def not01(values: Any) -> np.ndarray:
+    """True where a value is not a 0/1 label (NaN, other numbers and non-numbers included)."""
+    return ~np.isin(np.asarray(values), (0, 1))
+
+
+def vector(values: Any, name: str) -> np.ndarray:
+    """``values`` as a 1-D array, an (N, 1) column flattened; any other shape is an error."""
+    v = np.asarray(values)
+    v = v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,) or (N, 1); got shape {v.shape}")
+    return v
+
+
+def labels01(values: Any, name: str = "labels") -> np.ndarray:
+    """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
+    y = vector(values, name)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty")
+    y = y.astype(np.int64) if y.dtype == bool else y
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
+    if (bad := not01(y)).any():
+        raise ValueError(f"{name} must contain only 0/1 labels; " + first_bad(bad, y, "bad labels"))
+    return y.astype(np.int64)
 
 
 class DataError(ValueError):
@@ -68,83 +103,85 @@ def check_patch(image: np.ndarray, where: str) -> np.ndarray:
     """Accept only 96×96×3 uint8 RGB: grayscale, RGBA, 16-bit or other sizes are errors."""
     if image.dtype != np.uint8:
         raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
-        raise DataError(f"{where}: grayscale image {image.shape}, expected RGB 96×96×3")
-    if image.ndim == 3 and image.shape[-1] == 4:
-        raise DataError(f"{where}: RGBA image {image.shape}, expected RGB 96×96×3")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 4)):
+        kind = "RGBA" if image.ndim == 3 and image.shape[-1] == 4 else "grayscale"
+        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
     if image.shape != PATCH_SHAPE:
         raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
     return image
 
 
-def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
-    """Pixels of an uncompressed single-page 96×96 8-bit RGB TIFF, the way Kaggle stores patches.
-
-    Reads only the tags that matter, ~10× faster than tifffile's general reader; returns None
-    for any other TIFF so that tifffile decodes (or rejects) it.
-    """
+def _tiff_tags(data: bytes) -> dict[int, tuple] | None:
+    """SHORT/LONG tags of a single-page TIFF (None for several pages); struct.error if cut."""
     bo = "<" if data[:2] == b"II" else ">"
-    try:  # a header or IFD cut short raises struct.error: let tifffile explain
-        (ifd,) = struct.unpack_from(bo + "I", data, 4)
-        (n,) = struct.unpack_from(bo + "H", data, ifd)
-        if struct.unpack_from(bo + "I", data, ifd + 2 + 12 * n)[0] != 0:
-            return None  # several pages
-        tags = {}
-        for k in range(n):
-            tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
-            if kind not in (3, 4) or count > 1024:  # only SHORT / LONG tags matter here
-                continue
+    (ifd,) = struct.unpack_from(bo + "I", data, 4)
+    (n,) = struct.unpack_from(bo + "H", data, ifd)
+    if struct.unpack_from(bo + "I", data, ifd + 2 + 12 * n)[0] != 0:
+        return None
+    tags = {}
+    for k in range(n):
+        tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
+        if kind in (3, 4) and count <= 1024:  # only SHORT / LONG tags matter here
             fmt, size = ("H", 2) if kind == 3 else ("I", 4)
             inline = count * size <= 4
             offset = 0 if inline else struct.unpack_from(bo + "I", raw)[0]
             tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", raw if inline else data, offset)
+    return tags
+
+
+def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
+    """Pixels of an uncompressed 96×96 8-bit RGB TIFF, the way Kaggle stores patches.
+
+    Reads only the tags that matter, 2× faster than ``tifffile.imread``; returns None for
+    any other TIFF so that tifffile decodes (or rejects) it.
+    """
+    try:  # a header or IFD cut short: let tifffile explain
+        tags = _tiff_tags(data)
     except struct.error:
         return None
+    want = {256: (96,), 257: (96,), 259: (1,), 262: (2,), 277: (3,), 284: (1,)}  # RGB, raw
     plain = (
-        tags.get(256) == (96,)
-        and tags.get(257) == (96,)
+        tags is not None
+        and all(tags.get(t, (1,) if t in (259, 284) else None) == v for t, v in want.items())
         and tags.get(258) in ((8, 8, 8), (8,))
-        and tags.get(259, (1,)) == (1,)  # no compression
-        and tags.get(262) == (2,)  # RGB
-        and tags.get(277) == (3,)
-        and tags.get(284, (1,)) == (1,)  # interleaved
         and 338 not in tags  # no extra (alpha) samples
         and tags.get(339, (1,)) in ((1,), (1, 1, 1))  # unsigned integers
-        and 273 in tags
-        and len(tags[273]) == len(tags.get(279, ()))
+        and len(tags.get(279, ())) == len(tags.get(273, ())) > 0
     )
     if not plain or sum(tags[279]) != PATCH_BYTES:
         return None
     strips = list(zip(tags[273], tags[279], strict=True))
-    last = max(o + c for o, c in strips)
-    if last > len(data):
+    if (last := max(o + c for o, c in strips)) > len(data):
         raise DataError(f"{where}: truncated TIFF ({len(data)} bytes, image data ends at {last})")
-    if len(strips) == 1:
-        pixels = np.frombuffer(data, np.uint8, PATCH_BYTES, strips[0][0])
-    else:
-        pixels = np.frombuffer(b"".join(data[o : o + c] for o, c in strips), np.uint8)
-    return pixels.reshape(PATCH_SHAPE)
+    pixels = b"".join(data[o : o + c] for o, c in strips) if len(strips) > 1 else data
+    offset = strips[0][0] if len(strips) == 1 else 0
+    return np.frombuffer(pixels, np.uint8, PATCH_BYTES, offset).reshape(PATCH_SHAPE)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    if data[:4] in _TIFF_MAGIC:
+        if (image := _plain_tiff(data, where)) is not None:
+            return image
+        import tifffile
+
+        image = tifffile.imread(io.BytesIO(data))
+        if image.ndim < 2 or image.size == 0:
+            raise DataError(f"{where}: unreadable TIFF (no image data)")
+        return image
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode != "RGB":
+            raise DataError(
+                f"{where}: {_PIL_MODES.get(im.mode, f'mode {im.mode}')} image, expected RGB"
+            )
+        return np.asarray(im)
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8."""
     try:
-        if data[:4] in _TIFF_MAGIC:
-            image = _plain_tiff(data, where)
-            if image is None:
-                import tifffile
-
-                image = tifffile.imread(io.BytesIO(data))
-                if image.ndim < 2 or image.size == 0:
-                    raise DataError(f"{where}: unreadable TIFF (no image data)")
-        else:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as im:
-                if im.mode != "RGB":
-                    kind = _PIL_MODES.get(im.mode, f"mode {im.mode}")
-                    raise DataError(f"{where}: {kind} image, expected RGB")
-                image = np.asarray(im)
+        image = _decode(data, where)
     except DataError:
         raise
     except Exception as exc:  # corrupt / truncated / unknown format
@@ -173,8 +210,7 @@ class PatchSource:
     groups: np.ndarray | None = None
     paths: list[Path] | None = None
     problems: list[Problem] = field(default_factory=list)
-    # True when reading consecutive rows in one call beats per-item reads (HDF5, TFDS).
-    block_reads: ClassVar[bool] = False
+    block_reads: ClassVar[bool] = False  # True: reading rows in slices beats per-item reads
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -198,8 +234,7 @@ class PatchSource:
     def fingerprint(self) -> str:
         """Cheap identity: ids, labels, groups, listing problems, file sizes and mtimes."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.name}\n{len(self.ids)}\n".encode())
-        h.update("\n".join(self.ids).encode())
+        h.update(f"{self.name}\n{len(self.ids)}\n".encode() + "\n".join(self.ids).encode())
         for extra in (self.labels, self.groups):
             h.update(b"-" if extra is None else "\n".join(map(str, extra.tolist())).encode())
         h.update(repr([(p.id, p.reason) for p in self.problems]).encode())
@@ -210,6 +245,36 @@ class PatchSource:
                 raise DataError(f"{path}: cannot stat ({exc.strerror})") from None
             h.update(struct.pack("<qq", st.st_size, st.st_mtime_ns))
         return h.hexdigest()
+
+
+@dataclass
+class H5Source(PatchSource):
+    """PCam HDF5 splits (x: (N, 96, 96, 3) uint8) one after another, read in slices."""
+
+    parts: list[tuple[Path, int]] = field(default_factory=list)  # (x file, rows)
+    extra_files: list[Path] = field(default_factory=list)  # y files: labels are content too
+    block_reads: ClassVar[bool] = True
+
+    def _starts(self) -> list[int]:
+        return np.cumsum([0] + [n for _, n in self.parts]).tolist()
+
+    def where(self, index: int) -> str:
+        starts = self._starts()
+        k = int(np.searchsorted(starts, index, side="right")) - 1
+        return f"{self.parts[k][0]}[{index - starts[k]}]"
+
+    def read_many(self, start: int, stop: int) -> np.ndarray:
+        import h5py
+
+        blocks = []
+        for (path, n), lo in zip(self.parts, self._starts(), strict=False):
+            if max(start, lo) < min(stop, lo + n):
+                with h5py.File(path, "r") as f:
+                    blocks.append(np.asarray(f["x"][max(start, lo) - lo : min(stop, lo + n) - lo]))
+        return np.concatenate(blocks).astype(np.uint8, copy=False)
+
+    def files(self) -> list[Path]:
+        return [path for path, _ in self.parts] + self.extra_files
 
 
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
@@ -224,8 +289,7 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise DataError(f"{csv_path}: cannot parse CSV ({exc})") from None
-    missing = {"id", "label"} - set(frame.columns)
-    if missing:
+    if missing := {"id", "label"} - set(frame.columns):
         raise DataError(
             f"{csv_path}: missing column(s) {sorted(missing)}; found {list(frame.columns)}"
         )
@@ -233,15 +297,15 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
     frame["row"] = np.arange(2, len(frame) + 2)  # csv line numbers (line 1 is the header)
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
-        Problem(f"line {row}", str(csv_path), "empty id")
-        if not item_id
-        else Problem(item_id, f"{csv_path}:{row}", f"label {label!r} is not 0/1")
-        for item_id, label, row in frame[bad][["id", "label", "row"]].itertuples(index=False)
+        Problem(i, f"{csv_path}:{row}", f"label {label!r} is not 0/1")
+        if i
+        else Problem(f"line {row}", str(csv_path), "empty id")
+        for i, label, row in frame[bad][["id", "label", "row"]].itertuples(index=False)
     ]
     dup = frame["id"].duplicated(keep=False) & ~bad
     for item_id, rows in frame[dup].groupby("id", sort=False)["row"]:
-        lines = ",".join(map(str, rows))
-        problems.append(Problem(item_id, f"{csv_path}:{lines}", "duplicate id (listed twice)"))
+        where = f"{csv_path}:{','.join(map(str, rows))}"
+        problems.append(Problem(item_id, where, "duplicate id (listed twice)"))
     frame = frame[~(bad | dup)].copy()
     frame["label"] = frame["label"].astype(float).astype(np.int8)
     return frame.reset_index(drop=True), problems
@@ -249,21 +313,16 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
 
 def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     """Map id (file stem) → path of the images in ``folder``; one id for two files is a problem."""
-    found: dict[str, Path] = {}
-    clashes: dict[str, list[str]] = {}
+    found: dict[str, list[Path]] = {}
     for entry in os.scandir(folder):
         if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
-            stem = entry.name.rsplit(".", 1)[0]
-            if stem in found:
-                clashes.setdefault(stem, [found[stem].name]).append(entry.name)
-            found[stem] = Path(entry.path)
+            found.setdefault(entry.name.rsplit(".", 1)[0], []).append(Path(entry.path))
     problems = [
-        Problem(stem, str(folder), f"duplicate id: files {', '.join(sorted(names))}")
-        for stem, names in sorted(clashes.items())
+        Problem(stem, str(folder), f"duplicate id: files {', '.join(sorted(p.name for p in ps))}")
+        for stem, ps in sorted(found.items())
+        if len(ps) > 1
     ]
-    for stem in clashes:
-        del found[stem]
-    return found, problems
+    return {stem: ps[0] for stem, ps in found.items() if len(ps) == 1}, problems
 
 
 def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str) -> None:
@@ -271,7 +330,7 @@ def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str)
     except for ids that already have one."""
     reported = {p.id for p in problems}
     problems += [
-        Problem(i, where, no_file(i)) for i, where in listed if i not in files and i not in reported
+        Problem(i, w, no_file(i)) for i, w in listed if i not in files and i not in reported
     ]
     names = {i for i, _ in listed} | reported
     problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in names]
@@ -282,31 +341,20 @@ def kaggle_train(
 ) -> PatchSource:
     """Kaggle layout: every label row needs a file and every file a label."""
     root = Path(root)
-    csv_path = root / "train_labels.csv"
-    labels, problems = read_labels(csv_path)
+    labels, problems = read_labels(root / "train_labels.csv")
     folder = root / "train"
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
-    files, file_problems = _images_in(folder)
-    problems += file_problems
-    rows = [(i, f"{csv_path}:{row}") for i, row in zip(labels["id"], labels["row"], strict=True)]
-    _match(
-        problems,
-        rows,
-        files,
-        lambda i: f"label row without an image file (no {folder}/{i}.tif)",
-        "image file without a row in train_labels.csv",
-    )
+    files, more = _images_in(folder)
+    rows = [(i, f"{root / 'train_labels.csv'}:{r}") for i, r in zip(labels["id"], labels["row"])]
+    no_file = lambda i: f"label row without an image file (no {folder}/{i}.tif)"  # noqa: E731
+    problems += more
+    _match(problems, rows, files, no_file, "image file without a row in train_labels.csv")
     labels = labels[labels["id"].isin(files.keys())]
     ids = labels["id"].tolist()
-    return PatchSource(
-        name=f"kaggle-train:{root.resolve()}",
-        ids=ids,
-        labels=labels["label"].to_numpy(np.int8),
-        groups=_read_groups(groups_csv, ids) if groups_csv else None,
-        paths=[files[i] for i in ids],
-        problems=problems,
-    )
+    groups = _read_groups(groups_csv, ids) if groups_csv else None
+    return PatchSource(f"kaggle-train:{root.resolve()}", ids, labels["label"].to_numpy(np.int8),
+                       groups, [files[i] for i in ids], problems)  # fmt: skip
 
 
 def kaggle_test(root: str | os.PathLike) -> PatchSource:
@@ -316,31 +364,20 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
     files, problems = _images_in(folder) if folder.is_dir() else ({}, [])
     if not files and not problems:
         raise DataError(f"{folder}: no test images (*.tif) found")
-    sample = root / "sample_submission.csv"
-    ids = sorted(files)
+    sample, ids = root / "sample_submission.csv", sorted(files)
     if sample.is_file():
         order = pd.read_csv(sample, dtype=str, keep_default_na=False)
         if "id" not in order.columns:
             raise DataError(f"{sample}: no 'id' column")
         ids = order["id"].str.strip()
-        for item_id in sorted(set(ids[ids.duplicated()])):
-            problems.append(Problem(item_id, str(sample), "duplicate id (listed twice)"))
-        _match(
-            problems,
-            [(i, str(sample)) for i in ids],
-            files,
-            lambda i: f"no image file {folder}/{i}.tif",
-            "test image not in sample_submission.csv",
-        )
-        bad = {p.id for p in problems}
-        ids = [i for i in ids if i not in bad]
-    return PatchSource(
-        name=f"kaggle-test:{folder.resolve()}",
-        ids=ids,
-        labels=None,
-        paths=[files[i] for i in ids],
-        problems=problems,
-    )
+        twice = sorted(set(ids[ids.duplicated()]))
+        problems += [Problem(i, str(sample), "duplicate id (listed twice)") for i in twice]
+        no_file = lambda i: f"no image file {folder}/{i}.tif"  # noqa: E731
+        listed = [(i, str(sample)) for i in ids]
+        _match(problems, listed, files, no_file, "test image not in sample_submission.csv")
+        ids = [i for i in ids if i not in {p.id for p in problems}]
+    return PatchSource(f"kaggle-test:{folder.resolve()}", ids, None, None,
+                       [files[i] for i in ids], problems)  # fmt: skip
 
 
 def class_folders(root: str | os.PathLike) -> PatchSource:
@@ -348,167 +385,94 @@ def class_folders(root: str | os.PathLike) -> PatchSource:
     root = Path(root)
     listed, problems = {}, []
     for label in (0, 1):
-        folder = root / str(label)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: class folder missing (expected {root}/0 and {root}/1)")
-        listed[label], found = _images_in(folder)
+        if not (root / str(label)).is_dir():
+            raise DataError(
+                f"{root / str(label)}: class folder missing (expected {root}/0 and {root}/1)"
+            )
+        listed[label], found = _images_in(root / str(label))
         problems += found
     both = sorted(set(listed[0]) & set(listed[1]))
     problems += [
         Problem(s, str(root), f"in both class folders: {listed[0][s].name} has label 0 and 1")
         for s in both
     ]
-    ids, labels, paths = [], [], []
-    for label in (0, 1):
-        for stem, path in sorted(listed[label].items()):
-            if stem not in both:
-                ids.append(f"{label}/{stem}")
-                labels.append(label)
-                paths.append(path)
-    if not ids and not problems:
+    items = [(y, s, p) for y in (0, 1) for s, p in sorted(listed[y].items()) if s not in both]
+    if not items and not problems:
         raise DataError(f"{root}: class folders 0/ and 1/ contain no images")
-    return PatchSource(
-        name=f"folders:{root.resolve()}",
-        ids=ids,
-        labels=np.asarray(labels, np.int8),
-        paths=paths,
-        problems=problems,
-    )
+    return PatchSource(f"folders:{root.resolve()}", [f"{y}/{s}" for y, s, _ in items],
+                       np.asarray([y for y, _, _ in items], np.int8), None,
+                       [p for _, _, p in items], problems)  # fmt: skip
 
 
-@dataclass
-class H5Source(PatchSource):
-    """PCam's official HDF5 split: x (N,96,96,3) uint8 and y (N,1,1,1), read in slices."""
-
-    x_path: Path | None = None
-    y_path: Path | None = None
-    block_reads: ClassVar[bool] = True
-
-    def where(self, index: int) -> str:
-        return f"{self.x_path}[{index}]"
-
-    def read_many(self, start: int, stop: int) -> np.ndarray:
-        import h5py
-
-        with h5py.File(self.x_path, "r") as f:
-            return np.asarray(f["x"][start:stop], dtype=np.uint8)
-
-    def files(self) -> list[Path]:
-        return [p for p in (self.x_path, self.y_path) if p is not None and p.is_file()]
-
-
-def _read_h5(path: Path, read):
-    """``read(h5py.File)``, with an error naming ``path`` when it is not readable HDF5."""
+def _read_h5(path: Path, name: str) -> Any:
+    """Dataset ``name`` of ``path`` (a h5py Dataset's shape/dtype for x, the array for y)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return read(f)
+            d = f[name]
+            return (d.shape, d.dtype) if name == "x" else np.asarray(d).reshape(-1)
     except Exception as exc:
         raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
+
+
+def _h5_labels(y_path: Path, n: int, ids: list[str], x_name: str):
+    """(labels, -1 where not 0/1; a problem per such row) of a PCam y file."""
+    y = _read_h5(y_path, "y")
+    if len(y) != n:
+        raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_name}")
+    bad = not01(y)
+    problems = [
+        Problem(ids[i], f"{y_path}[{i}]", f"label {y[i].item()!r} is not 0/1")
+        for i in np.flatnonzero(bad)
+    ]
+    return np.where(bad, -1, y).astype(np.int8), problems
 
 
 def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
     """PCam HDF5 files of one split; slide groups come from the meta csv when it is there."""
     root = Path(root)
-    x_path = root / H5_PATTERN.format(split=split, xy="x")
-    y_path = root / H5_PATTERN.format(split=split, xy="y")
+    x_path, y_path = (root / H5_PATTERN.format(split=split, xy=xy) for xy in "xy")
     if not x_path.is_file():
         raise DataError(f"{x_path}: PCam HDF5 file not found")
-    shape, dtype = _read_h5(x_path, lambda f: (f["x"].shape, f["x"].dtype))
+    shape, dtype = _read_h5(x_path, "x")
     if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
         raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
-    ids = [f"{split}/{i}" for i in range(shape[0])]
-    labels, problems = None, []
-    if y_path.is_file():
-        y = _read_h5(y_path, lambda f: np.asarray(f["y"]).reshape(-1))
-        if len(y) != shape[0]:
-            raise DataError(f"{y_path}: {len(y)} labels for {shape[0]} images in {x_path.name}")
-        bad = not01(y)
-        problems = [
-            Problem(ids[i], f"{y_path}[{i}]", f"label {y[i].item()!r} is not 0/1")
-            for i in np.flatnonzero(bad)
-        ]
-        labels = np.where(bad, -1, y).astype(np.int8)
-    groups = None
-    meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
-    if meta.is_file():
-        frame = pd.read_csv(meta)
-        if "wsi" in frame.columns:
-            if len(frame) != shape[0]:
-                raise DataError(f"{meta}: {len(frame)} rows for {shape[0]} images")
-            groups = frame["wsi"].astype(str).to_numpy()
-    return H5Source(
-        name=f"pcam-h5:{x_path.resolve()}",
-        ids=ids,
-        labels=labels,
-        groups=groups,
-        problems=problems,
-        x_path=x_path,
-        y_path=y_path if y_path.is_file() else None,
-    )
-
-
-PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
+    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
+    labels, problems = _h5_labels(y_path, n, ids, x_path.name) if y_path.is_file() else (None, [])
+    groups, meta = None, root / f"camelyonpatch_level_2_split_{split}_meta.csv"
+    if meta.is_file() and "wsi" in (frame := pd.read_csv(meta)).columns:
+        if len(frame) != n:
+            raise DataError(f"{meta}: {len(frame)} rows for {n} images")
+        groups = frame["wsi"].astype(str).to_numpy()
+    extra = [y_path] if y_path.is_file() else []
+    return H5Source(f"pcam-h5:{x_path.resolve()}", ids, labels, groups, None, problems,
+                    [(x_path, n)], extra)  # fmt: skip
 
 
 def is_pcam_layout(root: str | os.PathLike) -> bool:
     """Does ``root`` hold PCam's six HDF5 files (x and y of train, valid and test)?"""
-    root = Path(root)
-    return all(
-        (root / H5_PATTERN.format(split=split, xy=xy)).is_file() for split in SPLITS for xy in "xy"
-    )
+    names = [H5_PATTERN.format(split=s, xy=xy) for s in SPLITS for xy in "xy"]
+    return all((Path(root) / name).is_file() for name in names)
 
 
-@dataclass
-class PcamSplits(PatchSource):
-    """PCam's train, valid and test HDF5 splits as one labelled source, in that order.
-
-    Ids are those of :func:`pcam_h5` (``train/7``, ``valid/7``, ``test/7``), so a row's PCam
-    split is in its id; reads go to each split's file in slices, never a split whole.
-    """
-
-    splits: list[H5Source] = field(default_factory=list)
-    block_reads: ClassVar[bool] = True
-
-    def _starts(self) -> list[int]:
-        return np.cumsum([0] + [len(s) for s in self.splits]).tolist()
-
-    def where(self, index: int) -> str:
-        starts = self._starts()
-        k = int(np.searchsorted(starts, index, side="right")) - 1
-        return self.splits[k].where(index - starts[k])
-
-    def read_many(self, start: int, stop: int) -> np.ndarray:
-        blocks = []
-        for split, lo in zip(self.splits, self._starts(), strict=False):
-            a, b = max(start, lo), min(stop, lo + len(split))
-            if a < b:
-                blocks.append(split.read_many(a - lo, b - lo))
-        return np.concatenate(blocks)
-
-    def files(self) -> list[Path]:
-        return [path for split in self.splits for path in split.files()]
-
-
-def pcam_splits(root: str | os.PathLike) -> PcamSplits:
-    """All of PCam's labelled patches: its train, valid and test splits (slide groups when
-    every meta csv is there). What ``split="pcam"`` trains, chooses and reports on."""
-    root = Path(root)
+def pcam_splits(root: str | os.PathLike) -> H5Source:
+    """All of PCam's labelled patches: train, valid and test in that order (ids ``valid/7``),
+    with slide groups when every meta csv is there. What ``split="pcam"`` runs on."""
     splits = [pcam_h5(root, split) for split in SPLITS]
-    for split in splits:
-        if split.labels is None:
-            raise DataError(f"{split.x_path}: no labels (its _y.h5 file is missing)")
-    groups = None
-    if all(split.groups is not None for split in splits):
-        groups = np.concatenate([split.groups for split in splits])
-    return PcamSplits(
-        name=f"{PCAM_SPLITS}:{root.resolve()}",
-        ids=[i for split in splits for i in split.ids],
-        labels=np.concatenate([split.labels for split in splits]),
-        groups=groups,
-        problems=[p for split in splits for p in split.problems],
-        splits=splits,
+    for s in splits:
+        if s.labels is None:
+            raise DataError(f"{s.parts[0][0]}: no labels (its _y.h5 file is missing)")
+    groups = [s.groups for s in splits]
+    return H5Source(
+        f"{PCAM_SPLITS}:{Path(root).resolve()}",
+        [i for s in splits for i in s.ids],
+        np.concatenate([s.labels for s in splits]),
+        None if any(g is None for g in groups) else np.concatenate(groups),
+        None,
+        [p for s in splits for p in s.problems],
+        [part for s in splits for part in s.parts],
+        [f for s in splits for f in s.extra_files],
     )
 
 
@@ -523,22 +487,17 @@ def _read_groups(csv_path: str | os.PathLike, ids: list[str]) -> np.ndarray:
     if group_col is None:
         raise DataError(f"{csv_path}: needs a slide column named wsi, slide or group")
     mapping = dict(zip(frame[id_col], frame[group_col], strict=True))
-    missing = [i for i in ids if i not in mapping]
-    if missing:
+    if missing := [i for i in ids if i not in mapping]:
         raise DataError(f"{csv_path}: no slide for {len(missing)} id(s), e.g. {missing[:5]}")
     return np.asarray([mapping[i] for i in ids])
 
 
 def open_source(
-    spec: str | os.PathLike,
-    split: str = "train",
-    groups_csv: str | os.PathLike | None = None,
+    spec: str | os.PathLike, split: str = "train", groups_csv: str | os.PathLike | None = None
 ) -> PatchSource:
     """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
 
-    On PCam's HDF5 layout with all three splits, 'train' is every labelled patch there
-    (:func:`pcam_splits`: ids ``train/N``, ``valid/N``, ``test/N``), the data runs are made
-    from; 'valid' and 'test' are those splits alone.
+    On PCam's full HDF5 layout 'train' is every labelled patch (:func:`pcam_splits`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
