@@ -1,10 +1,10 @@
 """Where patches come from: one reader over the layouts users have, and the input checks.
 
 Kaggle (``train_labels.csv`` + ``train/<id>.tif``; ``test/`` in ``sample_submission.csv``
-order), PCam's HDF5 release (its three splits as one source for training; slides from the meta
-csv) and class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. A source lists items and
-decodes one; ``cache.py`` packs them. Listing problems are collected by name in
-``PatchSource.problems``; a bad image raises a ``DataError`` naming the file and the reason.
+order), PCam's HDF5 release (slides from its meta csv) and class folders ``DIR/{0,1}/*`` or
+``DIR/<split>/{0,1}/*``. A source lists items and decodes one; ``cache.py`` packs them. Listing
+problems are collected in ``PatchSource.problems``; a bad image raises a ``DataError`` naming
+the file and the reason, so nothing is dropped without a word.
 """
 
 from __future__ import annotations
@@ -27,24 +27,20 @@ SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 H5_PATTERN = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
-_PIL_MODES = {"L": "grayscale", "LA": "grayscale", "RGBA": "RGBA", "P": "palette"}
+# TIFF tags a Kaggle patch has: 96×96, no compression, RGB, 3 samples, interleaved
+_PLAIN_TAGS = {256: (96,), 257: (96,), 259: (1,), 262: (2,), 277: (3,), 284: (1,)}
 
 
 def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: str = ", ") -> str:
     """The first ``limit`` items, formatted and joined, then ``(+N more)``: short, actionable."""
-    shown = sep.join(fmt(x) for x in items[:limit])
-    more = len(items) - limit
+    shown, more = sep.join(fmt(x) for x in items[:limit]), len(items) - limit
     return shown + (sep if "\n" in sep else " ") + f"(+{more} more)" if more > 0 else shown
 
 
 def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
     """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
-    rows = np.flatnonzero(mask)
-    # tolist() gives plain Python values: ``2``, not ``np.int64(2)``
-    return f"{len(rows)} {what}: " + few(
-        rows, fmt=lambda i: f"row {i}: {values[i : i + 1].tolist()[0]!r}"
-    )
+    rows, values = np.flatnonzero(mask), np.asarray(values).tolist()  # plain 2, not np.int64(2)
+    return f"{len(rows)} {what}: " + few(rows, fmt=lambda i: f"row {i}: {values[i]!r}")
 
 
 def not01(values: Any) -> np.ndarray:
@@ -64,9 +60,9 @@ def vector(values: Any, name: str) -> np.ndarray:
 def labels01(values: Any, name: str = "labels") -> np.ndarray:
     """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
     y = vector(values, name)
+    y = y.astype(np.int64) if y.dtype == bool else y
     if len(y) == 0:
         raise ValueError(f"{name} is empty")
-    y = y.astype(np.int64) if y.dtype == bool else y
     if not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
     if (bad := not01(y)).any():
@@ -104,7 +100,7 @@ def check_patch(image: np.ndarray, where: str) -> np.ndarray:
     if image.dtype != np.uint8:
         raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 4)):
-        kind = "RGBA" if image.ndim == 3 and image.shape[-1] == 4 else "grayscale"
+        kind = "RGBA" if image.shape[-1] == 4 and image.ndim == 3 else "grayscale"
         raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
     if image.shape != PATCH_SHAPE:
         raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
@@ -112,81 +108,68 @@ def check_patch(image: np.ndarray, where: str) -> np.ndarray:
 
 
 def _tiff_tags(data: bytes) -> dict[int, tuple] | None:
-    """SHORT/LONG tags of a single-page TIFF (None for several pages); struct.error if cut."""
+    """SHORT/LONG tags of a one-page TIFF (None for several pages); struct.error when cut."""
     bo = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack_from(bo + "I", data, 4)
     (n,) = struct.unpack_from(bo + "H", data, ifd)
-    if struct.unpack_from(bo + "I", data, ifd + 2 + 12 * n)[0] != 0:
-        return None
-    tags = {}
-    for k in range(n):
+    tags = {} if struct.unpack_from(bo + "I", data, ifd + 2 + 12 * n)[0] == 0 else None
+    for k in range(n if tags is not None else 0):
         tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
         if kind in (3, 4) and count <= 1024:  # only SHORT / LONG tags matter here
-            fmt, size = ("H", 2) if kind == 3 else ("I", 4)
-            inline = count * size <= 4
+            fmt, inline = ("H" if kind == 3 else "I"), count * (2 if kind == 3 else 4) <= 4
             offset = 0 if inline else struct.unpack_from(bo + "I", raw)[0]
             tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", raw if inline else data, offset)
     return tags
 
 
 def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
-    """Pixels of an uncompressed 96×96 8-bit RGB TIFF, the way Kaggle stores patches.
-
-    Reads only the tags that matter, 2× faster than ``tifffile.imread``; returns None for
-    any other TIFF so that tifffile decodes (or rejects) it.
-    """
+    """Pixels of an uncompressed 96×96 8-bit RGB TIFF, the way Kaggle stores patches: 2× faster
+    than ``tifffile.imread``. None for any other TIFF, which tifffile then reads or rejects."""
     try:  # a header or IFD cut short: let tifffile explain
-        tags = _tiff_tags(data)
+        tags = _tiff_tags(data) or {}
     except struct.error:
         return None
-    want = {256: (96,), 257: (96,), 259: (1,), 262: (2,), 277: (3,), 284: (1,)}  # RGB, raw
-    plain = (
-        tags is not None
-        and all(tags.get(t, (1,) if t in (259, 284) else None) == v for t, v in want.items())
-        and tags.get(258) in ((8, 8, 8), (8,))
-        and 338 not in tags  # no extra (alpha) samples
+    defaults = {259: (1,), 284: (1,)}
+    strips = list(zip(tags.get(273, ()), tags.get(279, ()), strict=False))
+    if not (
+        all(tags.get(t, defaults.get(t)) == v for t, v in _PLAIN_TAGS.items())
+        and tags.get(258) in ((8, 8, 8), (8,)) and 338 not in tags  # no alpha samples
         and tags.get(339, (1,)) in ((1,), (1, 1, 1))  # unsigned integers
-        and len(tags.get(279, ())) == len(tags.get(273, ())) > 0
-    )
-    if not plain or sum(tags[279]) != PATCH_BYTES:
+        and strips and len(tags[273]) == len(tags[279]) and sum(tags[279]) == PATCH_BYTES
+    ):  # fmt: skip
         return None
-    strips = list(zip(tags[273], tags[279], strict=True))
     if (last := max(o + c for o, c in strips)) > len(data):
         raise DataError(f"{where}: truncated TIFF ({len(data)} bytes, image data ends at {last})")
     pixels = b"".join(data[o : o + c] for o, c in strips) if len(strips) > 1 else data
-    offset = strips[0][0] if len(strips) == 1 else 0
-    return np.frombuffer(pixels, np.uint8, PATCH_BYTES, offset).reshape(PATCH_SHAPE)
+    start = strips[0][0] if len(strips) == 1 else 0
+    return np.frombuffer(pixels, np.uint8, PATCH_BYTES, start).reshape(PATCH_SHAPE)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    if data[:4] in _TIFF_MAGIC:
-        if (image := _plain_tiff(data, where)) is not None:
-            return image
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode != "RGB":
+                kind = {"L": "grayscale", "LA": "grayscale", "RGBA": "RGBA"}.get(im.mode, im.mode)
+                raise DataError(f"{where}: {kind} image, expected RGB")
+            return np.asarray(im)
+    if (image := _plain_tiff(data, where)) is None:
         import tifffile
 
-        image = tifffile.imread(io.BytesIO(data))
-        if image.ndim < 2 or image.size == 0:
+        if (image := tifffile.imread(io.BytesIO(data))).ndim < 2 or image.size == 0:
             raise DataError(f"{where}: unreadable TIFF (no image data)")
-        return image
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode != "RGB":
-            raise DataError(
-                f"{where}: {_PIL_MODES.get(im.mode, f'mode {im.mode}')} image, expected RGB"
-            )
-        return np.asarray(im)
+    return image
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8."""
     try:
-        image = _decode(data, where)
+        return check_patch(_decode(data, where), where)
     except DataError:
         raise
     except Exception as exc:  # corrupt / truncated / unknown format
         raise DataError(f"{where}: unreadable image ({type(exc).__name__}: {exc})") from None
-    return check_patch(image, where)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -233,8 +216,8 @@ class PatchSource:
 
     def fingerprint(self) -> str:
         """Cheap identity: ids, labels, groups, listing problems, file sizes and mtimes."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.name}\n{len(self.ids)}\n".encode() + "\n".join(self.ids).encode())
+        h = hashlib.blake2b(f"{self.name}\n{len(self)}\n".encode(), digest_size=16)
+        h.update("\n".join(self.ids).encode())
         for extra in (self.labels, self.groups):
             h.update(b"-" if extra is None else "\n".join(map(str, extra.tolist())).encode())
         h.update(repr([(p.id, p.reason) for p in self.problems]).encode())
@@ -255,23 +238,26 @@ class H5Source(PatchSource):
     extra_files: list[Path] = field(default_factory=list)  # y files: labels are content too
     block_reads: ClassVar[bool] = True
 
-    def _starts(self) -> list[int]:
-        return np.cumsum([0] + [n for _, n in self.parts]).tolist()
+    def _spans(self, start: int, stop: int):
+        """(x file, first, last row in it, offset of its row 0) of each part within start:stop."""
+        lo = 0
+        for path, n in self.parts:
+            if max(start, lo) < min(stop, lo + n):
+                yield path, max(start, lo) - lo, min(stop, lo + n) - lo, lo
+            lo += n
 
     def where(self, index: int) -> str:
-        starts = self._starts()
-        k = int(np.searchsorted(starts, index, side="right")) - 1
-        return f"{self.parts[k][0]}[{index - starts[k]}]"
+        path, first, _, _ = next(self._spans(index, index + 1))
+        return f"{path}[{first}]"
 
     def read_many(self, start: int, stop: int) -> np.ndarray:
         import h5py
 
-        blocks = []
-        for (path, n), lo in zip(self.parts, self._starts(), strict=False):
-            if max(start, lo) < min(stop, lo + n):
-                with h5py.File(path, "r") as f:
-                    blocks.append(np.asarray(f["x"][max(start, lo) - lo : min(stop, lo + n) - lo]))
-        return np.concatenate(blocks).astype(np.uint8, copy=False)
+        def rows(path, a, b):
+            with h5py.File(path, "r") as f:
+                return np.asarray(f["x"][a:b], np.uint8)
+
+        return np.concatenate([rows(p, a, b) for p, a, b, _ in self._spans(start, stop)])
 
     def files(self) -> list[Path]:
         return [path for path, _ in self.parts] + self.extra_files
@@ -283,32 +269,33 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
     Rows with an empty id, a label other than 0/1, or an id listed twice are left out.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: labels file not found")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DataError(f"{csv_path}: cannot parse CSV ({exc})") from None
+    frame = _read_csv(csv_path, "labels file")
     if missing := {"id", "label"} - set(frame.columns):
-        raise DataError(
-            f"{csv_path}: missing column(s) {sorted(missing)}; found {list(frame.columns)}"
-        )
-    frame["id"] = frame["id"].str.strip()
-    frame["row"] = np.arange(2, len(frame) + 2)  # csv line numbers (line 1 is the header)
+        found = list(frame.columns)
+        raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}; found {found}")
+    frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
-        Problem(i, f"{csv_path}:{row}", f"label {label!r} is not 0/1")
-        if i
+        Problem(i, f"{csv_path}:{row}", f"label {label!r} is not 0/1") if i
         else Problem(f"line {row}", str(csv_path), "empty id")
         for i, label, row in frame[bad][["id", "label", "row"]].itertuples(index=False)
-    ]
+    ]  # fmt: skip
     dup = frame["id"].duplicated(keep=False) & ~bad
-    for item_id, rows in frame[dup].groupby("id", sort=False)["row"]:
-        where = f"{csv_path}:{','.join(map(str, rows))}"
-        problems.append(Problem(item_id, where, "duplicate id (listed twice)"))
-    frame = frame[~(bad | dup)].copy()
-    frame["label"] = frame["label"].astype(float).astype(np.int8)
-    return frame.reset_index(drop=True), problems
+    problems += [
+        Problem(i, f"{csv_path}:{','.join(map(str, rows))}", "duplicate id (listed twice)")
+        for i, rows in frame[dup].groupby("id", sort=False)["row"]
+    ]
+    frame = frame[~(bad | dup)].reset_index(drop=True)
+    return frame.assign(label=frame["label"].astype(float).astype(np.int8)), problems
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot parse CSV ({exc})") from None
 
 
 def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
@@ -319,9 +306,8 @@ def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
             found.setdefault(entry.name.rsplit(".", 1)[0], []).append(Path(entry.path))
     problems = [
         Problem(stem, str(folder), f"duplicate id: files {', '.join(sorted(p.name for p in ps))}")
-        for stem, ps in sorted(found.items())
-        if len(ps) > 1
-    ]
+        for stem, ps in sorted(found.items()) if len(ps) > 1
+    ]  # fmt: skip
     return {stem: ps[0] for stem, ps in found.items() if len(ps) == 1}, problems
 
 
@@ -329,32 +315,30 @@ def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str)
     """Add a problem for each listed ``(id, where)`` without a file and each file not listed,
     except for ids that already have one."""
     reported = {p.id for p in problems}
-    problems += [
-        Problem(i, w, no_file(i)) for i, w in listed if i not in files and i not in reported
-    ]
+    known = files.keys() | reported
+    problems += [Problem(i, w, no_file(i)) for i, w in listed if i not in known]
     names = {i for i, _ in listed} | reported
     problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in names]
 
 
-def kaggle_train(
-    root: str | os.PathLike, groups_csv: str | os.PathLike | None = None
-) -> PatchSource:
+def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
     """Kaggle layout: every label row needs a file and every file a label."""
-    root = Path(root)
-    labels, problems = read_labels(root / "train_labels.csv")
-    folder = root / "train"
+    root, folder = Path(root), Path(root) / "train"
+    csv_path = root / "train_labels.csv"
+    labels, problems = read_labels(csv_path)
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
     files, more = _images_in(folder)
-    rows = [(i, f"{root / 'train_labels.csv'}:{r}") for i, r in zip(labels["id"], labels["row"])]
-    no_file = lambda i: f"label row without an image file (no {folder}/{i}.tif)"  # noqa: E731
     problems += more
+    rows = [(i, f"{csv_path}:{r}") for i, r in zip(labels["id"], labels["row"], strict=True)]
+    no_file = f"label row without an image file (no {folder}/{{}}.tif)".format
     _match(problems, rows, files, no_file, "image file without a row in train_labels.csv")
     labels = labels[labels["id"].isin(files.keys())]
     ids = labels["id"].tolist()
-    groups = _read_groups(groups_csv, ids) if groups_csv else None
-    return PatchSource(f"kaggle-train:{root.resolve()}", ids, labels["label"].to_numpy(np.int8),
-                       groups, [files[i] for i in ids], problems)  # fmt: skip
+    groups = _read_groups(Path(groups_csv), ids) if groups_csv else None
+    paths = [files[i] for i in ids]
+    y = labels["label"].to_numpy(np.int8)
+    return PatchSource(f"kaggle-train:{root.resolve()}", ids, y, groups, paths, problems)
 
 
 def kaggle_test(root: str | os.PathLike) -> PatchSource:
@@ -366,46 +350,40 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
         raise DataError(f"{folder}: no test images (*.tif) found")
     sample, ids = root / "sample_submission.csv", sorted(files)
     if sample.is_file():
-        order = pd.read_csv(sample, dtype=str, keep_default_na=False)
-        if "id" not in order.columns:
+        if "id" not in (order := _read_csv(sample, "sample submission")).columns:
             raise DataError(f"{sample}: no 'id' column")
         ids = order["id"].str.strip()
         twice = sorted(set(ids[ids.duplicated()]))
         problems += [Problem(i, str(sample), "duplicate id (listed twice)") for i in twice]
-        no_file = lambda i: f"no image file {folder}/{i}.tif"  # noqa: E731
-        listed = [(i, str(sample)) for i in ids]
+        listed, no_file = [(i, str(sample)) for i in ids], f"no image file {folder}/{{}}.tif".format
         _match(problems, listed, files, no_file, "test image not in sample_submission.csv")
         ids = [i for i in ids if i not in {p.id for p in problems}]
-    return PatchSource(f"kaggle-test:{folder.resolve()}", ids, None, None,
-                       [files[i] for i in ids], problems)  # fmt: skip
+    paths = [files[i] for i in ids]
+    return PatchSource(f"kaggle-test:{folder.resolve()}", ids, None, None, paths, problems)
 
 
 def class_folders(root: str | os.PathLike) -> PatchSource:
     """``DIR/0/*`` and ``DIR/1/*``: the label is the folder name (e.g. PCam exported as JPEG)."""
-    root = Path(root)
-    listed, problems = {}, []
-    for label in (0, 1):
-        if not (root / str(label)).is_dir():
-            raise DataError(
-                f"{root / str(label)}: class folder missing (expected {root}/0 and {root}/1)"
-            )
-        listed[label], found = _images_in(root / str(label))
+    root, listed, problems = Path(root), {}, []
+    for y in (0, 1):
+        if not (root / str(y)).is_dir():
+            expected = f"expected {root}/0 and {root}/1"
+            raise DataError(f"{root / str(y)}: class folder missing ({expected})")
+        listed[y], found = _images_in(root / str(y))
         problems += found
     both = sorted(set(listed[0]) & set(listed[1]))
-    problems += [
-        Problem(s, str(root), f"in both class folders: {listed[0][s].name} has label 0 and 1")
-        for s in both
-    ]
+    why = "in both class folders: {} has label 0 and 1".format
+    problems += [Problem(s, str(root), why(listed[0][s].name)) for s in both]
     items = [(y, s, p) for y in (0, 1) for s, p in sorted(listed[y].items()) if s not in both]
     if not items and not problems:
         raise DataError(f"{root}: class folders 0/ and 1/ contain no images")
-    return PatchSource(f"folders:{root.resolve()}", [f"{y}/{s}" for y, s, _ in items],
-                       np.asarray([y for y, _, _ in items], np.int8), None,
-                       [p for _, _, p in items], problems)  # fmt: skip
+    ids, paths = [f"{y}/{s}" for y, s, _ in items], [p for _, _, p in items]
+    labels = np.asarray([y for y, _, _ in items], np.int8)
+    return PatchSource(f"folders:{root.resolve()}", ids, labels, None, paths, problems)
 
 
 def _read_h5(path: Path, name: str) -> Any:
-    """Dataset ``name`` of ``path`` (a h5py Dataset's shape/dtype for x, the array for y)."""
+    """x's (shape, dtype), or y's labels, with an error naming ``path`` when it is not HDF5."""
     import h5py
 
     try:
@@ -416,72 +394,63 @@ def _read_h5(path: Path, name: str) -> Any:
         raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
 
 
-def _h5_labels(y_path: Path, n: int, ids: list[str], x_name: str):
-    """(labels, -1 where not 0/1; a problem per such row) of a PCam y file."""
-    y = _read_h5(y_path, "y")
-    if len(y) != n:
-        raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_name}")
-    bad = not01(y)
-    problems = [
-        Problem(ids[i], f"{y_path}[{i}]", f"label {y[i].item()!r} is not 0/1")
-        for i in np.flatnonzero(bad)
-    ]
-    return np.where(bad, -1, y).astype(np.int8), problems
-
-
-def pcam_h5(root: str | os.PathLike, split: str = "train") -> H5Source:
-    """PCam HDF5 files of one split; slide groups come from the meta csv when it is there."""
-    root = Path(root)
+def _h5_split(root: Path, split: str, need_labels: bool) -> H5Source:
+    """One PCam split: its x file in slices, labels from its y file, slides from its meta csv."""
     x_path, y_path = (root / H5_PATTERN.format(split=split, xy=xy) for xy in "xy")
     if not x_path.is_file():
         raise DataError(f"{x_path}: PCam HDF5 file not found")
     shape, dtype = _read_h5(x_path, "x")
     if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
         raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
-    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
-    labels, problems = _h5_labels(y_path, n, ids, x_path.name) if y_path.is_file() else (None, [])
-    groups, meta = None, root / f"camelyonpatch_level_2_split_{split}_meta.csv"
+    n = shape[0]
+    source = H5Source(f"pcam-h5:{x_path.resolve()}", [f"{split}/{i}" for i in range(n)], None)
+    source.parts = [(x_path, n)]
+    if y_path.is_file():
+        if len(y := _read_h5(y_path, "y")) != n:
+            raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_path.name}")
+        bad, why = not01(y), "label {!r} is not 0/1".format
+        source.problems = [
+            Problem(f"{split}/{i}", f"{y_path}[{i}]", why(y[i].item())) for i in np.flatnonzero(bad)
+        ]
+        source.labels, source.extra_files = np.where(bad, -1, y).astype(np.int8), [y_path]
+    elif need_labels:
+        raise DataError(f"{x_path}: no labels (its _y.h5 file is missing)")
+    meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
     if meta.is_file() and "wsi" in (frame := pd.read_csv(meta)).columns:
         if len(frame) != n:
             raise DataError(f"{meta}: {len(frame)} rows for {n} images")
-        groups = frame["wsi"].astype(str).to_numpy()
-    extra = [y_path] if y_path.is_file() else []
-    return H5Source(f"pcam-h5:{x_path.resolve()}", ids, labels, groups, None, problems,
-                    [(x_path, n)], extra)  # fmt: skip
+        source.groups = frame["wsi"].astype(str).to_numpy()
+    return source
+
+
+def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> H5Source:
+    """PCam HDF5 files of one split, or of several one after another (``SPLITS``: all of PCam's
+    labelled patches, ids ``valid/7``); slide groups when every meta csv is there."""
+    if isinstance(split, str):
+        return _h5_split(Path(root), split, need_labels=False)
+    splits = [_h5_split(Path(root), s, need_labels=True) for s in split]
+    groups = [s.groups for s in splits]
+    return H5Source(
+        f"{PCAM_SPLITS}:{Path(root).resolve()}",
+        sum((s.ids for s in splits), []),
+        np.concatenate([s.labels for s in splits]),
+        None if any(g is None for g in groups) else np.concatenate(groups),
+        None,
+        sum((s.problems for s in splits), []),
+        sum((s.parts for s in splits), []),
+        sum((s.extra_files for s in splits), []),
+    )
 
 
 def is_pcam_layout(root: str | os.PathLike) -> bool:
     """Does ``root`` hold PCam's six HDF5 files (x and y of train, valid and test)?"""
-    names = [H5_PATTERN.format(split=s, xy=xy) for s in SPLITS for xy in "xy"]
+    names = (H5_PATTERN.format(split=s, xy=xy) for s in SPLITS for xy in "xy")
     return all((Path(root) / name).is_file() for name in names)
 
 
-def pcam_splits(root: str | os.PathLike) -> H5Source:
-    """All of PCam's labelled patches: train, valid and test in that order (ids ``valid/7``),
-    with slide groups when every meta csv is there. What ``split="pcam"`` runs on."""
-    splits = [pcam_h5(root, split) for split in SPLITS]
-    for s in splits:
-        if s.labels is None:
-            raise DataError(f"{s.parts[0][0]}: no labels (its _y.h5 file is missing)")
-    groups = [s.groups for s in splits]
-    return H5Source(
-        f"{PCAM_SPLITS}:{Path(root).resolve()}",
-        [i for s in splits for i in s.ids],
-        np.concatenate([s.labels for s in splits]),
-        None if any(g is None for g in groups) else np.concatenate(groups),
-        None,
-        [p for s in splits for p in s.problems],
-        [part for s in splits for part in s.parts],
-        [f for s in splits for f in s.extra_files],
-    )
-
-
-def _read_groups(csv_path: str | os.PathLike, ids: list[str]) -> np.ndarray:
+def _read_groups(csv_path: Path, ids: list[str]) -> np.ndarray:
     """Patch→slide map (``id,wsi`` csv, e.g. the community patch_id_wsi file) for ``ids``."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: slide map not found")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame = _read_csv(csv_path, "slide map")
     id_col = "id" if "id" in frame.columns else frame.columns[0]
     group_col = next((c for c in ("wsi", "slide", "group") if c in frame.columns), None)
     if group_col is None:
@@ -492,28 +461,23 @@ def _read_groups(csv_path: str | os.PathLike, ids: list[str]) -> np.ndarray:
     return np.asarray([mapping[i] for i in ids])
 
 
-def open_source(
-    spec: str | os.PathLike, split: str = "train", groups_csv: str | os.PathLike | None = None
-) -> PatchSource:
+def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) -> PatchSource:
     """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
 
-    On PCam's full HDF5 layout 'train' is every labelled patch (:func:`pcam_splits`).
+    On PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(spec)
-    if not root.exists():
+    if not (root := Path(spec)).exists():
         raise DataError(f"{root}: data path does not exist")
     if split == "train" and is_pcam_layout(root):
-        return pcam_splits(root)
+        return pcam_h5(root, SPLITS)
     if (root / H5_PATTERN.format(split=split, xy="x")).is_file():
         return pcam_h5(root, split)
     if (root / "train_labels.csv").is_file() or (root / "sample_submission.csv").is_file():
         return kaggle_test(root) if split == "test" else kaggle_train(root, groups_csv)
-    if (root / split / "0").is_dir():
-        return class_folders(root / split)
-    if (root / "0").is_dir() and (root / "1").is_dir():
-        return class_folders(root)
+    if (root / split / "0").is_dir() or ((root / "0").is_dir() and (root / "1").is_dir()):
+        return class_folders(root / split if (root / split / "0").is_dir() else root)
     if split == "test" and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
         return kaggle_test(root)
     raise DataError(
