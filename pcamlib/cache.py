@@ -313,7 +313,7 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
     n, workers = len(source), workers or min(8, 2 * (os.cpu_count() or 1))
     content = _hashes(images[: len(state["digests"]) * CHUNK])
     block = np.zeros((min(CHUNK, n), *PATCH_SHAPE), np.uint8)  # decoded in RAM: no page faults
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, open(work / "images.npy", "r+b") as f:
         for lo in range(len(content), n, CHUNK):
             hi = min(lo + CHUNK, n)
             hashes, bad = [""] * (hi - lo), []
@@ -325,7 +325,8 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
                 spans = [range(a, min(a + step, hi)) for a in range(lo, hi, step)]
                 for part in pool.map(partial(_decode_slice, source, block, hashes, lo), spans):
                     bad += part
-            images[lo:hi] = block[: hi - lo]  # data first, then the state that records it
+            # pwrite, not memmap assignment: no page faults; data first, then the state
+            os.pwrite(f.fileno(), block[: hi - lo].data, images.offset + lo * block[0].nbytes)
             content += hashes
             state["digests"].append(_digest(hashes))
             state["bad"] += bad
@@ -333,7 +334,7 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
             bar.update(hi - lo)
             if state["bad"]:
                 bar.set_postfix(bad=len(state["bad"]), refresh=False)
-    images.flush()  # a finished cache is on disk before its meta.json says so
+        os.fsync(f.fileno())  # a finished cache is on disk before its meta.json says so
     return content
 
 

@@ -51,17 +51,14 @@ def split_indices(
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if groups is None:
-        train, val = train_test_split(
-            index, test_size=val_fraction, stratify=labels, random_state=seed
-        )
-    else:
-        n_splits = max(2, round(1 / val_fraction))
-        if (n_groups := len(np.unique(groups))) < n_splits:
-            raise DataError(
-                f"only {n_groups} slide group(s): cannot hold out {val_fraction:.0%} by slide"
-            )
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        train, val = next(folds.split(index, labels, groups))
+        split = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+        return np.sort(split[0]), np.sort(split[1])
+    n_splits = max(2, round(1 / val_fraction))
+    if (n_groups := len(np.unique(groups))) < n_splits:
+        held = f"cannot hold out {val_fraction:.0%} by slide"
+        raise DataError(f"only {n_groups} slide group(s): {held}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train, val = next(folds.split(index, labels, groups))
     return np.sort(train), np.sort(val)
 
 
@@ -70,7 +67,6 @@ def protocol_split(
     test_fraction: float = 0.2,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty.
-
     Both fractions are shares of all labelled rows.
 
     Examples:
@@ -170,8 +166,7 @@ class PatchStream(keras.utils.PyDataset):
         shuffle: a new order every epoch (see :meth:`set_epoch`).
         augment: a random dihedral view per image (tissue has no orientation).
         shift: random translation of up to ``shift`` pixels per axis, the border mirrored in.
-        color_jitter: strength c of brightness (±c·128), contrast (×1±c) and per-channel gain
-            (×1±c/2) jitter.
+        color_jitter: strength c of brightness (±c·128), contrast (×1±c), channel gain (×1±c/2).
         hed_jitter: HED stain jitter strength σ, for slides from other centres.
         crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
         workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
