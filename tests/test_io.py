@@ -93,7 +93,7 @@ def _imports(path: Path) -> set[str]:
 
 # Modules of this change's scope; the lead widens this to every module once the others are
 # free of cycles (today limits <-> recipes import each other inside functions).
-CHECKED = {"cache", "checks", "diagrams", "gallery", "gradcam", "io", "metrics"}
+CHECKED = {"cache", "diagrams", "gallery", "gradcam", "metrics", "stream"}
 CHECKED |= {"models", "plots", "sources"}
 
 

@@ -82,7 +82,7 @@ def seen_ids(cache, rows=None) -> set[str] | None:
     ``rows``: only these rows are to be scored (a run's val and test rows), so only they decide
     "unknown": PCam's valid and test splits come from other slides than its train split.
     """
-    from ..protocol import fingerprint
+    from ..stream import fingerprint
 
     ids = [str(i) for i in cache.ids]
     seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
@@ -122,7 +122,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
 
     from ..config import TrainConfig
     from ..evaluate import predict_cache
-    from ..io import atomic_path, atomic_write_text
+    from ..cache import atomic_path, atomic_write_text
     from ..metrics import binary_metrics
     from ..train import run_split
 
