@@ -120,9 +120,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     import shutil
     import warnings
 
+    from ..cache import atomic_path, atomic_write_text
     from ..config import TrainConfig
     from ..evaluate import predict_cache
-    from ..cache import atomic_path, atomic_write_text
     from ..metrics import binary_metrics
     from ..train import run_split
 
