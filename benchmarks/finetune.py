@@ -31,10 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from pcamlib.cache import load_patches
+    from pcamlib.cache import atomic_write_text, load_patches
     from pcamlib.config import TrainConfig
     from pcamlib.evaluate import predict_cache, subset_rows
-    from pcamlib.io import atomic_write_text
     from pcamlib.metrics import auc_ci, auc_difference_ci
     from pcamlib.pretrained import pretrained_run
     from pcamlib.train import load_model, train

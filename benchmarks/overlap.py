@@ -42,10 +42,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pcamlib.io import atomic_write_text  # noqa: E402
+from pcamlib.cache import atomic_write_text  # noqa: E402
 from pcamlib.sources import PatchSource, open_source  # noqa: E402
 
-# What pcamlib.protocol.read_overlap reads (not imported from there: it would load Keras).
+# What pcamlib.stream.read_overlap reads (not imported from there: it would load Keras).
 OVERLAP_COLUMNS = ["id", "split", "label", "match", "match_label", "distance"]
 BLOCK = 8  # 96 / 8 = 12 thumbnail cells a side
 TOLERANCE = 10.0  # see the module docstring for how the data chose it

@@ -158,7 +158,7 @@ def recipe_feed(cache: PackedCache, name: str):
 
     from pcamlib.augment import host_augmentation
     from pcamlib.config import TrainConfig
-    from pcamlib.data import PatchStream
+    from pcamlib.stream import PatchStream
 
     config = TrainConfig.from_recipe(name)
     s = PatchStream(cache.images, cache.labels, batch_size=config.batch_size, shuffle=True,
@@ -185,7 +185,7 @@ def recipe_feed(cache: PackedCache, name: str):
 def bench_feed(source: PatchSource, cache: PackedCache, rounds: int) -> None:
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    from pcamlib.data import PatchStream
+    from pcamlib.stream import PatchStream
 
     frame = pd.DataFrame({"path": [str(p) for p in source.paths], "label": source.labels})
     frame["label"] = frame["label"].astype(str)
@@ -275,8 +275,8 @@ def bench_model_augment(cache: PackedCache, rounds: int) -> None:
 def bench_train(cache: PackedCache, epochs: int, rounds: int, limit: int, batch: int) -> None:
     import keras
 
-    from pcamlib.data import PatchStream
     from pcamlib.models import build_model
+    from pcamlib.stream import PatchStream
     from pcamlib.train import compile_model
 
     n = min(limit, len(cache))

@@ -68,9 +68,8 @@ def main() -> None:
 
     import keras
 
-    from pcamlib.cache import load_patches
+    from pcamlib.cache import atomic_write_text, load_patches
     from pcamlib.evaluate import evaluate
-    from pcamlib.io import atomic_write_text
     from pcamlib.metrics import auc_ci, auc_difference_ci
     from pcamlib.train import load_model, train
 

@@ -54,8 +54,8 @@ def machine() -> str:
 
 def build_card(args, run: Path) -> dict:
     from pcamlib.config import SAMPLE_DIR
-    from pcamlib.protocol import fingerprint, read_split
     from pcamlib.sources import read_labels
+    from pcamlib.stream import fingerprint, read_split
 
     config = json.loads((run / "config.json").read_text())
     state = json.loads((run / "state.json").read_text())
@@ -101,7 +101,7 @@ def build_card(args, run: Path) -> dict:
 def training_content(run: Path, train: str) -> list[str]:
     """Sorted content hashes of the patches the run trained on (not those it held out)."""
     from pcamlib.cache import load_patches
-    from pcamlib.protocol import read_split
+    from pcamlib.stream import read_split
 
     cache = load_patches(train, "train", progress=False)
     split = read_split(run)
@@ -161,7 +161,7 @@ calibration error.
 
 def main() -> None:
     args = parse_args()
-    from pcamlib.io import atomic_path, atomic_write_text
+    from pcamlib.cache import atomic_path, atomic_write_text
     from pcamlib.train import load_model
 
     run, out = Path(args.run), Path(args.out)

@@ -90,7 +90,7 @@ def host_batches(config, cache, steps: int) -> tuple[float, float]:
     import numpy as np
 
     from pcamlib.augment import host_augmentation
-    from pcamlib.data import PatchStream
+    from pcamlib.stream import PatchStream
 
     rows = np.arange(len(cache))
     stream = PatchStream(

@@ -1,7 +1,7 @@
 """pcamlib: metastasis detection in histopathology patches (PCam / Kaggle HCD).
 
 Modules, one job each (the README's library map), imports flowing one way: ``sources`` →
-``cache`` → ``data``/``protocol`` → ``models`` → ``train`` → ``metrics``/``evaluate`` →
+``cache`` → ``stream`` → ``models`` → ``train`` → ``metrics``/``evaluate`` →
 ``submission``. Import what you need from the modules; this package imports nothing heavy.
 """
 

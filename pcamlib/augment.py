@@ -255,7 +255,7 @@ for _layer in (RandomDihedral, RandomShift, HEDJitter, RandomColour, ReinhardNor
 
 
 def host_augmentation(config) -> dict:
-    """The :class:`~pcamlib.data.PatchStream` arguments that augment on the host (numpy)."""
+    """The :class:`~pcamlib.stream.PatchStream` arguments that augment on the host (numpy)."""
     keys = ("augment", "shift", "color_jitter", "hed_jitter")
     return {k: getattr(config, k) for k in keys} if config.augment_on == "host" else {}
 

@@ -1,8 +1,9 @@
 """Score models on packed data: the rows a run may be scored on, its metrics, the leaderboard.
 
-Rows come from a run's ``split.csv`` (:mod:`pcamlib.protocol`): every run on the same data is
-reported on the same test rows; its validation rows chose its ``best.keras`` and threshold; a
-model is scored on patches it trained on only when asked (``include_train``), and says so.
+Rows come from a run's ``split.csv`` (:mod:`pcamlib.stream`): runs are reported on the
+protocol's test rows, the same for every run on the same data; validation rows chose each run's
+``best.keras`` and its threshold; a model is never scored on the patches it trained on unless
+asked to (``include_train``), and then the result says how many there were.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from .cache import PackedCache
-from .io import atomic_write_text
+from .cache import PackedCache, atomic_write_text
 from .metrics import auc_ci, binary_metrics, predict_proba, youden_threshold
 from .pretrained import NAME, card, is_pretrained, seen_ids
-from .protocol import SUBSETS, fingerprint, read_split
+from .stream import SUBSETS, fingerprint, read_split
 
 
 def _isin(ids, wanted) -> np.ndarray:

@@ -20,9 +20,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .checks import labels01
 from .metrics import validate_binary
 from .plots import grid
+from .sources import labels01
 
 CENTRE = 32  # PCam labels only the centre 32x32 px of each 96x96 patch.
 BATCH = 32  # Grad-CAM images per gradient step

@@ -19,8 +19,8 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cache import atomic_write_text
 from .config import KAGGLE_INPUT, project_root
-from .io import atomic_write_text
 from .sources import DataError
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 

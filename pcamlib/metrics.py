@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from tqdm import tqdm
 
 from .augment import N_DIHEDRAL, dihedral_views
-from .checks import first_bad, labels01, vector
+from .sources import first_bad, labels01, vector
 
 
 def validate_binary(

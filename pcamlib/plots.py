@@ -27,9 +27,9 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from .augment import hed_jitter, reinhard_normalise, reinhard_target
-from .checks import labels01
-from .io import atomic_path
+from .cache import atomic_path
 from .metrics import expected_calibration_error, require_both_classes, validate_binary
+from .sources import labels01
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class

@@ -13,10 +13,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .checks import few, vector
-from .io import atomic_path, atomic_write_text
+from .cache import atomic_path, atomic_write_text
 from .pretrained import NAME, is_pretrained
-from .sources import H5_PATTERN
+from .sources import H5_PATTERN, few, vector
 
 COLUMNS = ["id", "label"]
 
@@ -257,7 +256,7 @@ def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
     if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
         found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
     if (run_dir / "split.csv").is_file():
-        from .protocol import read_split  # lazily: it imports TensorFlow
+        from .stream import read_split  # lazily: it imports Keras
 
         ids = read_split(run_dir)["id"]
         found |= set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique())

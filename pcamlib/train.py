@@ -1,6 +1,6 @@
 """Training runs that leave a complete, resumable run directory behind.
 
-``RUN_DIR/`` holds ``config.json``, ``split.csv`` (see :mod:`pcamlib.protocol`), ``history.csv``
+``RUN_DIR/`` holds ``config.json``, ``split.csv`` (see :mod:`pcamlib.stream`), ``history.csv``
 (one row per finished epoch), ``best.keras`` (best val AUC so far), ``last.keras``,
 ``final.keras`` (the last epoch run, not the best) and ``tensorboard/`` when asked for.
 ``last.keras`` is the one authority to resume from: the run state (epoch, best, patience,
@@ -28,16 +28,14 @@ import numpy as np
 import pandas as pd
 
 from .augment import host_augmentation, model_front, with_input_layers
-from .cache import PackedCache, load_patches
+from .cache import PackedCache, atomic_path, atomic_write_text, load_patches
 from .config import SettingError, TrainConfig, check_paths
-from .data import PatchStream
 from .devices import distribution, precision
-from .io import atomic_path, atomic_write_text
 from .models import build_model, fetch_imagenet_weights
 from .pretrained import NAME as PRETRAINED
 from .pretrained import load_pretrained, seen_ids
-from .protocol import pcam_parts, protocol_split
 from .sources import H5_PATTERN, SPLITS, is_pcam_layout
+from .stream import PatchStream, pcam_parts, protocol_split
 
 # Config fields that may change between an interrupted run and its resumption. A longer
 # ``epochs`` extends a finished run; the LR schedule keeps the length it was built with.

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import h5py
@@ -97,22 +96,19 @@ def test_pcam_cache_dir_overrides_location(tmp_path, monkeypatch):
     assert not (root / ".pcam-cache").exists()
 
 
-def test_verify_full_detects_a_corrupt_chunk_and_pack_repairs_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "CHUNK", 100)
+def test_verify_detects_a_corrupt_row_and_pack_repairs_it(tmp_path):
     out = tmp_path / "c"
     pack(SAMPLE_DIR, out, progress=False)
     images = np.load(out / "images.npy", mmap_mode="r+")
     images[250, 10, 10, 0] ^= 0xFF
     images.flush()
     del images
-    with pytest.raises(DataError, match=r"checksum mismatch in chunk 2 \(images 200–299\)"):
+    with pytest.raises(DataError, match=r"row 250 does not match its content hash.*corrupt"):
         PackedCache.open(out, verify="full")
+    with pytest.raises(DataError, match="row 250"):  # a small cache is checked whole
+        PackedCache.open(out)
     PackedCache.open(out, verify="none")  # shape/count checks only
-    images = np.load(out / "images.npy", mmap_mode="r+")
-    images[50, 0, 0, 1] ^= 0xFF  # chunk 0: the quick check always looks at first and last
-    images.flush()
-    del images
-    with pytest.warns(UserWarning, match="checksum mismatch in chunk 0"):
+    with pytest.warns(UserWarning, match="row 250 does not match"):
         pack(SAMPLE_DIR, out, progress=False)  # packs again rather than trust it
     PackedCache.open(out, verify="full")
 
@@ -122,10 +118,29 @@ def test_verify_full_detects_a_corrupt_chunk_and_pack_repairs_it(tmp_path, monke
         PackedCache.open(out)
 
 
-def test_unfinished_pack_is_not_a_cache(tmp_path):
+def test_a_big_cache_is_sampled_and_always_checked_at_both_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "QUICK_ROWS", 10)
+    out = tmp_path / "c"
+    pack(SAMPLE_DIR, out, progress=False)
+    images = np.load(out / "images.npy", mmap_mode="r+")
+    images[1599, 0, 0, 1] ^= 0xFF
+    images.flush()
+    del images
+    with pytest.raises(DataError, match="row 1599"):
+        PackedCache.open(out)
+
+
+def test_unfinished_pack_is_not_a_cache_and_another_format_is_packed_again(tmp_path):
     (tmp_path / "c" / ".partial").mkdir(parents=True)
     with pytest.raises(DataError, match="not a finished pcamlib cache"):
         PackedCache.open(tmp_path / "c")
+    cache = pack(SAMPLE_DIR, tmp_path / "c", progress=False)
+    meta = json.loads((cache.path / "meta.json").read_text())
+    (cache.path / "meta.json").write_text(json.dumps({**meta, "format": 3}))
+    with pytest.raises(DataError, match="cache format 3, expected 4"):
+        PackedCache.open(cache.path)
+    with pytest.warns(UserWarning, match="cache format 3"):
+        assert pack(SAMPLE_DIR, tmp_path / "c", progress=False).meta["format"] == 4
 
 
 KILLABLE_PACK = """
@@ -150,7 +165,7 @@ def test_killed_pack_resumes_and_equals_a_fresh_pack(tmp_path, monkeypatch, read
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if state_path.is_file() and json.loads(state_path.read_text())["done_chunks"] >= 3:
+            if state_path.is_file() and len(json.loads(state_path.read_text())["digests"]) >= 3:
                 break
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
@@ -158,7 +173,7 @@ def test_killed_pack_resumes_and_equals_a_fresh_pack(tmp_path, monkeypatch, read
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "pack finished before it could be killed"
     assert not (out / "meta.json").exists()
-    done = json.loads(state_path.read_text())["done_chunks"]
+    done = len(json.loads(state_path.read_text())["digests"])
     assert 3 <= done < 16
 
     monkeypatch.setattr(cache_mod, "CHUNK", 100)
@@ -167,7 +182,7 @@ def test_killed_pack_resumes_and_equals_a_fresh_pack(tmp_path, monkeypatch, read
     fresh = pack(SAMPLE_DIR, tmp_path / "fresh", progress=False)
     for name in ("images.npy", "index.csv"):
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
-    assert resumed.meta["chunk_digests"] == fresh.meta["chunk_digests"]
+    assert resumed.meta["content_digest"] == fresh.meta["content_digest"]
     PackedCache.open(out, verify="full")
 
 
@@ -185,7 +200,7 @@ def test_resume_redoes_chunks_whose_data_was_lost(tmp_path, monkeypatch, reads):
     with pytest.raises(KeyboardInterrupt):
         pack(source, tmp_path / "c", workers=1, progress=False)
     state = json.loads((tmp_path / "c" / ".partial" / "state.json").read_text())
-    assert state["done_chunks"] == 4
+    assert len(state["digests"]) == 4
     partial = np.load(tmp_path / "c" / ".partial" / "images.npy", mmap_mode="r+")
     partial[150] = 0  # as if chunk 1 never reached the disk
     partial.flush()
@@ -282,21 +297,6 @@ def test_hdf5_source_packs_with_groups_and_excludes_a_bad_label(tmp_path):
     assert cache.labels.tolist() == y[keep].tolist()
 
 
-def test_concurrent_packers_share_one_pack(tmp_path, reads):
-    root = make_kaggle(tmp_path / "data", 40)
-    results = []
-
-    def job():
-        results.append(load_patches(root, progress=False).meta["created"])
-
-    threads = [threading.Thread(target=job) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 3 and len(set(results)) == 1 and len(reads) == 40
-
-
 def test_content_hash_is_the_pixels_not_the_name(tmp_path):
     """Class folders repeat names across exports (0/patch0000081.jpg): the hash tells them apart."""
     x, y = tifffile.imread(sample_tiff(0)), tifffile.imread(sample_tiff(1))
@@ -320,47 +320,9 @@ def test_content_hash_is_the_pixels_not_the_name(tmp_path):
 
     index.loc[1, "content"] = "not-a-hash"
     index.to_csv(tmp_path / "cache-a" / "index.csv", index=False)
-    with pytest.raises(DataError, match=r"index.csv: row 3 has content 'not-a-hash'"):
-        PackedCache.open(tmp_path / "cache-a")
+    with pytest.raises(DataError, match="index.csv: content hashes do not match meta.json"):
+        PackedCache.open(tmp_path / "cache-a", verify="none")
     index.loc[1, "content"] = content_hash(x)  # well-formed, but not these pixels
     index.to_csv(tmp_path / "cache-a" / "index.csv", index=False)
-    with pytest.raises(DataError, match="content hashes of chunk 0 do not match meta.json"):
+    with pytest.raises(DataError, match="content hashes do not match meta.json"):
         PackedCache.open(tmp_path / "cache-a", verify="none")
-
-
-def _as_format_2(out: Path) -> None:
-    """Turn a cache into one packed before content hashes: format 2, no content column, and
-    a CRC32 of each chunk's pixels as its checksum."""
-    meta = json.loads((out / "meta.json").read_text())
-    images, chunk = np.load(out / "images.npy"), meta["chunk"]
-    crcs = [
-        f"{zlib.crc32(images[lo : lo + chunk].data):08x}" for lo in range(0, len(images), chunk)
-    ]
-    (out / "meta.json").write_text(json.dumps({**meta, "format": 2, "chunk_digests": crcs}))
-    index = pd.read_csv(out / "index.csv", dtype=str)
-    index.drop(columns="content").to_csv(out / "index.csv", index=False)
-
-
-def test_format_2_cache_gains_hashes_in_place_never_used_without(tmp_path, reads):
-    root = make_kaggle(tmp_path / "data", 30)
-    first = load_patches(root, progress=False)
-    _as_format_2(first.path)
-    with pytest.raises(DataError, match="format 2 has no content hashes"):
-        PackedCache.open(first.path)
-    reads.clear()
-    upgraded = load_patches(root, progress=False)
-    assert reads == [] and upgraded.meta["created"] == first.meta["created"]  # not repacked
-    assert upgraded.content == first.content and upgraded.meta["format"] == 3
-    assert pd.read_csv(first.path / "index.csv").columns.tolist() == ["id", "label", "content"]
-
-    _as_format_2(first.path)  # opened by its path, as `pcam evaluate --data CACHE` does
-    assert load_patches(first.path).content == first.content
-
-    _as_format_2(first.path)
-    images = np.load(first.path / "images.npy", mmap_mode="r+")
-    images[3, 0, 0, 0] ^= 0xFF  # never hash a corrupt array: pack it again instead
-    images.flush()
-    del images
-    with pytest.warns(UserWarning, match="checksum mismatch"):
-        repacked = load_patches(root, progress=False)
-    assert len(reads) == 30 and repacked.content == first.content

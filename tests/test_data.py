@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from pcamlib.augment import dihedral
 from pcamlib.cache import pack
 from pcamlib.config import SAMPLE_DIR
-from pcamlib.data import PatchStream, dihedral, split_indices
 from pcamlib.sources import DataError
+from pcamlib.stream import PatchStream, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_stream_rejects_bad_arguments(sample_cache):
 
 
 def test_shift_moves_each_image_within_the_limit_and_jitter_stays_mild(sample_cache):
-    from pcamlib.data import jitter_colour, random_shift
+    from pcamlib.augment import jitter_colour, random_shift
 
     x = np.asarray(sample_cache.images[:16])
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import tifffile
 from pcamlib.cache import load_patches
 from pcamlib.config import SAMPLE_DIR, TrainConfig
 from pcamlib.evaluate import best_run, results_table, run_summary, scoring_rows, subset_rows
-from pcamlib.protocol import read_overlap, read_split, seen_rows
+from pcamlib.stream import read_overlap, read_split, seen_rows
 from pcamlib.train import train
 
 

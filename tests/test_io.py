@@ -1,4 +1,4 @@
-"""Atomic writes (pcamlib.io) and the shared input checks (pcamlib.checks)."""
+"""Atomic writes (pcamlib.cache) and the shared input checks (pcamlib.sources)."""
 
 import ast
 import os
@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcamlib.checks import few, first_bad, labels01, not01
-from pcamlib.io import atomic_path, atomic_write_text
-from pcamlib.sources import Problem, format_problems
+from pcamlib.cache import atomic_path, atomic_write_text
+from pcamlib.sources import Problem, few, first_bad, format_problems, labels01, not01
 
 
 def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
@@ -94,7 +93,7 @@ def _imports(path: Path) -> set[str]:
 
 # Modules of this change's scope; the lead widens this to every module once the others are
 # free of cycles.
-CHECKED = {"cache", "checks", "gallery", "io", "metrics"}
+CHECKED = {"cache", "gallery", "metrics", "stream"}
 CHECKED |= {"models", "plots", "sources"}
 
 

@@ -1,5 +1,5 @@
 """The evaluation protocol: train / val / test parts, the same test rows for every run, and the
-leaderboard that reports every run on them (pcamlib.protocol, pcamlib.evaluate)."""
+leaderboard that reports every run on them (pcamlib.stream, pcamlib.evaluate)."""
 
 import json
 import shutil
@@ -20,7 +20,7 @@ from pcamlib.evaluate import (
     subset_rows,
 )
 from pcamlib.metrics import youden_threshold
-from pcamlib.protocol import protocol_split, read_split
+from pcamlib.stream import protocol_split, read_split
 from pcamlib.train import load_model
 
 

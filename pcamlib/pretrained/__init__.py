@@ -74,7 +74,7 @@ def seen_ids(cache, rows=None) -> set[str] | None:
     when ``rows`` (those to be scored) hold other Kaggle training data or PCam train (``train/N``):
     twins no list names. Kaggle's test set and PCam valid/test come from other slides.
     """
-    from ..protocol import fingerprint
+    from ..stream import fingerprint
 
     ids = [str(i) for i in cache.ids]
     seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
@@ -100,9 +100,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     ``split.csv``: the protocol's val and test rows (``settings`` as TrainConfig's), those it
     trained on (:func:`seen_ids`) moved to ``train``; None, after a warning, where unknown.
     """
+    from ..cache import atomic_path, atomic_write_text
     from ..config import TrainConfig
     from ..evaluate import predict_cache
-    from ..io import atomic_path, atomic_write_text
     from ..metrics import auc_ci
     from ..train import run_split
 

@@ -1,0 +1,230 @@
+"""Which rows a run trains, chooses and reports on, and the batch stream that feeds it.
+
+The protocol cuts the labelled data into three disjoint parts, recorded in every run's
+``split.csv`` (``id,label,subset,split,content``): **test**, only reported, drawn from the data
+alone (labels, slide groups, ``test_fraction``, the fixed :data:`PROTOCOL_SEED`), so every run
+on the same data is reported on the same rows; **val**, which picks the epoch, drawn from the
+rest with the run's seed; **train**, what is left. With a patch→slide map the parts are
+slide-grouped; ``split="pcam"`` takes PCam's own splits (:func:`pcam_parts`). ``content`` is
+each patch's pixel hash, so which patches a run saw is decided by content, not by file names.
+
+``PatchStream`` is a ``keras.utils.PyDataset``, so one class feeds every backend. A batch is
+one fancy-index read of sorted memmap rows; the order depends only on (seed, epoch), so a
+resumed run sees the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from .augment import dihedral, jitter_colour, random_shift
+from .augment import hed_jitter as jitter_hed
+from .cache import PackedCache, first_bad_hash
+from .sources import DataError
+
+PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
+SUBSETS = ("train", "val", "test")
+PCAM_ID = r"(train|valid|test)/\d+"  # the ids pcamlib.sources.pcam_h5 gives
+OVERLAP_COLUMNS = ["id", "split", "label", "match", "match_label", "distance"]
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float = 0.25, seed: int = 42, groups=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (default) or slide-grouped train/validation split of row indices.
+
+    With ``groups`` (slide per patch) no slide lands on both sides: patches of one slide are
+    strongly correlated, and a random split inflates validation AUC.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels, index = np.asarray(labels), np.arange(len(labels))
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if groups is None:
+        split = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+        return np.sort(split[0]), np.sort(split[1])
+    n_splits = max(2, round(1 / val_fraction))
+    if (n_groups := len(np.unique(groups))) < n_splits:
+        held = f"cannot hold out {val_fraction:.0%} by slide"
+        raise DataError(f"only {n_groups} slide group(s): {held}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train, val = next(folds.split(index, labels, groups))
+    return np.sort(train), np.sort(val)
+
+
+def protocol_split(
+    labels: np.ndarray, groups=None, *, seed: int = 42, val_fraction: float = 0.25,
+    test_fraction: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty.
+    Both fractions are shares of all labelled rows.
+
+    Examples:
+        >>> train, val, test = protocol_split(cache.labels, seed=1, val_fraction=0.25)
+        >>> len(train), len(val), len(test)  # 1,600 sample patches; test is seed-independent
+        (880, 400, 320)
+    """
+    labels = np.asarray(labels)
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not (0 < val_fraction and val_fraction + test_fraction < 1):
+        rows = f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside"
+        raise ValueError(f"{rows} test_fraction ({test_fraction}): their sum must be < 1")
+    rest, test = np.arange(len(labels)), np.arange(0)
+    if test_fraction:
+        rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
+    inner = None if groups is None else np.asarray(groups)[rest]
+    train, val = split_indices(labels[rest], val_fraction / (1 - test_fraction), seed, inner)
+    return rest[train], rest[val], test
+
+
+def pcam_parts(ids: Iterable[str]) -> np.ndarray | None:
+    """Each row's PCam split ('train', 'valid' or 'test') when every id is one that
+    :func:`pcamlib.sources.pcam_h5` gives (``valid/7``), else None (not PCam's HDF5 data)."""
+    parts = pd.Series(list(ids), dtype=object).str.extract(f"^{PCAM_ID}$", expand=False)
+    return None if parts.empty or parts.isna().any() else parts.to_numpy(dtype=object)
+
+
+def _first_not_in(path: Path, frame: pd.DataFrame, column: str, allowed) -> None:
+    """An error naming the csv row of the first value of ``column`` outside ``allowed``."""
+    bad = ~frame[column].isin(allowed)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{path}: row {i + 2} has {column} {frame[column].iloc[i]!r}; "
+                         f"expected one of {', '.join(allowed)}")  # fmt: skip
+
+
+def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice, hashes.
+
+    Runs made before the protocol have no ``test`` rows, and runs made before content hashes
+    no ``content`` column; both are still read.
+    """
+    path = Path(run_dir) / "split.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")
+    split = pd.read_csv(path, dtype={"id": str, "content": str}, keep_default_na=False)
+    if missing := {"id", "subset"} - set(split.columns):
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    _first_not_in(path, split, "subset", SUBSETS)
+    if (twice := split["id"].duplicated()).any():
+        raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
+    if "content" in split and (i := first_bad_hash(split["content"])) is not None:
+        raise ValueError(f"{path}: row {i + 2} has content {split['content'].iloc[i]!r}; "
+                         "expected 16 hex digits (pcamlib.cache.content_hash)")  # fmt: skip
+    return split
+
+
+def seen_rows(cache: PackedCache, *, ids: Iterable[str] = (), content: Iterable[str] = ()):
+    """Mask of the rows of ``cache`` whose id is in ``ids`` or whose pixel hash is in ``content``.
+
+    For the leaderboard: ``content=`` a run's training hashes (split.csv), ``ids=`` the sample
+    ids with a twin in a model's training data (:func:`read_overlap`).
+    """
+    by_id = pd.Series(cache.ids, dtype=object).isin(set(ids))
+    return (by_id | pd.Series(cache.content, dtype=object).isin(set(content))).to_numpy()
+
+
+def read_overlap(path: str | os.PathLike, split: str | None = None) -> set[str]:
+    """Sample ids listed in an overlap CSV (``benchmarks/overlap.py``), of one ``split`` or all.
+
+    Each listed patch has a near-identical twin (the same tissue, re-encoded) in a model's
+    training data, so scores of that model leave them out.
+    """
+    path = Path(path)
+    frame = pd.read_csv(path, dtype={"id": str, "split": str}, keep_default_na=False)
+    if missing := [c for c in OVERLAP_COLUMNS if c not in frame.columns]:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)} (see benchmarks/overlap.py)"
+        )
+    _first_not_in(path, frame, "split", ("train", "test"))
+    return set(frame["id"] if split is None else frame["id"][frame["split"] == split])
+
+
+def fingerprint(ids) -> str:
+    """A short hash of a set of ids: equal fingerprints, same rows (the leaderboard checks it)."""
+    return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:12]
+
+
+class PatchStream(keras.utils.PyDataset):
+    """Batches ``(uint8 images, float32 labels)`` read from the rows ``indices`` of a memmap.
+
+    Args:
+        images: (N, 96, 96, 3) uint8 array or memmap (``PackedCache.images``).
+        labels: (N,) 0/1 labels, or None for prediction (batches are then ``(images,)``).
+        indices: rows to use (default all), e.g. from :func:`split_indices`.
+        shuffle: a new order every epoch (see :meth:`set_epoch`).
+        augment: a random dihedral view per image (tissue has no orientation).
+        shift: random translation of up to ``shift`` pixels per axis, the border mirrored in.
+        color_jitter: strength c of brightness (±c·128), contrast (×1±c), channel gain (×1±c/2).
+        hed_jitter: HED stain jitter strength σ, for slides from other centres.
+        crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
+        workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray | None = None, indices=None, *,
+        batch_size: int = 128, shuffle: bool = False, augment: bool = False, shift: int = 0,
+        color_jitter: float = 0.0, hed_jitter: float = 0.0, crop: int | None = None,
+        seed: int = 0, workers: int = 1,
+    ):  # fmt: skip
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+        _check_stream(images, labels, self.indices, batch_size, crop)
+        if shift < 0 or not 0 <= color_jitter < 1 or not 0 <= hed_jitter < 1:
+            raise ValueError("need shift ≥ 0, 0 ≤ color_jitter < 1, 0 ≤ hed_jitter < 1; "
+                             f"got {shift}, {color_jitter}, {hed_jitter}")  # fmt: skip
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.shuffle, self.augment, self.shift = shuffle, augment, shift
+        self.color_jitter, self.hed_jitter = color_jitter, hed_jitter
+        offset = (images.shape[1] - crop) // 2 if crop else 0
+        self._window = slice(offset, offset + crop) if crop else slice(None)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to ``epoch``'s order (used when resuming); it depends on (seed, epoch) only."""
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        self._order = rng.permutation(self.indices) if self.shuffle else self.indices
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)  # Keras calls this after every epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        # Sorted rows read the memmap front to back; order inside a batch does not matter.
+        rows = np.sort(self._order[i * self.batch_size : (i + 1) * self.batch_size])
+        x = self.images[rows, self._window, self._window]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        x = dihedral(x, rng.integers(0, 8, len(x))) if self.augment else x
+        x = random_shift(x, self.shift, rng) if self.shift else x
+        x = jitter_hed(x, self.hed_jitter, rng) if self.hed_jitter else x
+        x = jitter_colour(x, self.color_jitter, rng) if self.color_jitter else x
+        return (x,) if self.labels is None else (x, np.asarray(self.labels[rows], np.float32))
+
+
+def _check_stream(images, labels, indices: np.ndarray, batch_size: int, crop) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images")
+    if crop is not None and not 0 < crop <= images.shape[1]:
+        raise ValueError(f"crop must be in 1..{images.shape[1]}, got {crop}")
+    if len(indices) == 0:
+        raise DataError("no images to stream (empty index)")
+    if indices.min() < 0 or indices.max() >= len(images):
+        raise IndexError(f"indices outside 0..{len(images) - 1}")
