@@ -105,7 +105,7 @@ def status_line(s: Settings) -> str:
     uses."""
     import keras
 
-    from .devices import describe_device, precision_policy
+    from .train import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
     labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"
