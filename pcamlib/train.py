@@ -1,12 +1,9 @@
-"""Training runs on this machine's device that leave a complete, resumable run directory.
+"""Training runs on this machine's GPUs (or CPU) that leave a resumable run directory.
 
-``RUN_DIR/`` holds ``config.json``, ``split.csv``, ``history.csv`` (a row per finished epoch),
-``best.keras`` (best val AUC), ``last.keras``, ``final.keras`` and ``tensorboard/`` if asked.
-``last.keras`` carries the run state in its zip, so one rename commits weights, optimizer and
-state; ``state.json`` and ``history.csv`` are readable copies a kill can leave an epoch behind.
-A resumed run replays each epoch's batch order and host augmentation (they follow the seed and
-epoch). Mixed precision follows the device (it pays only on GPUs); data parallelism spans one
-machine's GPUs.
+``RUN_DIR/`` holds ``config.json``, ``split.csv``, ``history.csv``, ``best.keras`` (best val
+AUC), ``last.keras`` (with the run state in its zip: one rename commits weights, optimizer and
+state), ``final.keras``, ``state.json`` (a readable copy) and ``tensorboard/`` if asked. A
+resumed run replays each epoch's batch order and host augmentation (they follow seed and epoch).
 """
 
 from __future__ import annotations
@@ -45,8 +42,6 @@ SCHEDULES = {"constant": (10, 1.0), "cosine": (10, 0.01), "onecycle": (25, 1e-3)
 # ROC AUC thresholds spaced in logit space, sigmoid(-40…16): Keras' 200 in [0, 1] cannot rank
 # probabilities all below 0.005, where stale BatchNorm statistics put a short run's patches.
 AUC_THRESHOLDS = (1 / (1 + np.exp(-np.linspace(-40, 16, 999)))).tolist()
-NEEDS_PCAM = "needs PCam's train, valid and test splits ({}, as pcam download --source pcam "
-NEEDS_PCAM += "writes them); {} {}"
 
 
 def forced_mode() -> str | None:
@@ -59,15 +54,9 @@ def forced_mode() -> str | None:
 
 
 def accelerator() -> tuple[str, int]:
-    """('gpu'|'cpu', count) for the active Keras backend (no TensorFlow import under JAX)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return ("gpu" if jax.devices()[0].platform == "gpu" else "cpu"), jax.device_count()
-    import tensorflow as tf
-
-    gpus = tf.config.list_logical_devices("GPU")
-    return ("gpu", len(gpus)) if gpus else ("cpu", len(tf.config.list_logical_devices("CPU")))
+    """('gpu'|'cpu', count): the GPUs when there are any, else the (logical) CPUs."""
+    devices = keras.distribution.list_devices()  # 'gpu:0', …
+    return ("gpu" if devices[0].startswith("gpu") else "cpu"), len(devices)
 
 
 def _device_details() -> tuple[str, int]:
@@ -185,11 +174,9 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, replicas: int = 1):
-    """Optimizer and LR schedule; the peak LR scales with replicas (a bigger global batch).
-
-    A linear warm-up (from peak/10, peak/25 for one-cycle) over ``warmup_epochs``, then
-    'constant' holds, 'cosine' decays to 1% and 'onecycle' (30% warm-up by default) to 0.1%.
-    """
+    """Optimizer and LR schedule, the peak LR scaled by replicas (a bigger global batch): a
+    linear warm-up (from peak/10, peak/25 for one-cycle) over ``warmup_epochs``, then 'constant'
+    holds, 'cosine' decays to 1% and 'onecycle' (30% warm-up by default) to 0.1%."""
     if config.optimizer not in ("adam", "adamw", "sgd"):
         raise ValueError(f"optimizer must be adam, adamw or sgd; got {config.optimizer!r}")
     peak, total = config.lr * replicas, max(1, config.epochs * steps_per_epoch)
@@ -291,18 +278,27 @@ def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> Non
     """Refuse what the files, the network or the packages cannot honour."""
     check_paths(config, need_data=cache is None)
     data = str(config.data)
-    pcam = is_pcam_layout(data) or (Path(data) / "meta.json").is_file()  # a cache: ids tell
-    if config.split == "pcam" and cache is None and not pcam:
+    if config.split == "pcam" and cache is None and not _pcam_data(data):
         raise SettingError("split", "pcam", _needs_pcam(data, "is not that layout"))
     if config.weights == "imagenet":
         fetch_imagenet_weights(config.model)
-    missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-    if config.tensorboard and missing:  # Keras' TensorBoard callback writes through tf.summary
-        raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
+    if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
+        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
+
+
+def _pcam_data(data: str) -> bool:
+    """PCam's HDF5 layout, or a packed cache (its ids tell later)."""
+    return is_pcam_layout(data) or (Path(data) / "meta.json").is_file()
 
 
 def _needs_pcam(data: str, what: str) -> str:
-    return NEEDS_PCAM.format(H5_PATTERN.format(split="{train,valid,test}", xy="{x,y}"), data, what)
+    files = H5_PATTERN.format(split="{train,valid,test}", xy="{x,y}")
+    return (
+        f"needs PCam's train, valid and test splits ({files}, as pcam download --source pcam "
+        f"writes them); {data} {what}"
+    )
 
 
 def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCache:
@@ -319,10 +315,8 @@ def _training_data(config: TrainConfig, cache: PackedCache | None) -> PackedCach
 
 def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
     """Rows (train, val, test) of the protocol for this run, and each row's protocol part.
-
-    Rows the init model trained on move from val/test to train; validation is trimmed to
-    ``val_limit`` and to a multiple of the replicas (each needs an equal share of a batch).
-    """
+    Rows the init model trained on move to train; validation is trimmed to ``val_limit`` and
+    to a multiple of the replicas (each needs an equal share of a batch)."""
     train_idx, val_idx, test_idx = _protocol_rows(config, cache)
     protocol = np.full(len(cache), "", dtype=object)
     protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
@@ -400,17 +394,6 @@ def init_weights(config: TrainConfig) -> list | None:
     return source.get_weights()
 
 
-def _model(config, state, run_dir, cache, train_idx, steps, replicas, init) -> keras.Model:
-    """The resumed model (weights and optimizer), or a new, compiled one (from ``init``)."""
-    if state["epoch"]:  # last.keras exists once an epoch has finished
-        return keras.saving.load_model(run_dir / "last.keras")
-    model = _build(config, weights=config.weights)
-    if init is not None:
-        model.set_weights(init)
-    model = with_input_layers(model, model_front(config, cache.images, train_idx))
-    return compile_model(model, make_optimizer(config, steps, replicas), config.label_smoothing)
-
-
 def _write_split(run_dir: Path, config: TrainConfig, cache: PackedCache, rows, protocol) -> None:
     """``split.csv``: the used rows' ids, labels, subsets, protocol parts and content hashes
     (what a run saw is pixels, not file names)."""
@@ -428,15 +411,11 @@ def train(
     verbose: int | str = "auto",
     callbacks: list | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``config.out``; resumes an interrupted run of the same config.
+    """Train ``config`` into ``config.out``, resuming an interrupted run of the same config.
 
-    Under a distribution strategy ``batch_size`` is per replica and the peak LR is
-    ``lr × replicas``. An epoch is the training split's full batches, or the first
-    ``steps_per_epoch``. Nothing is written before every check has passed.
-
-    Examples:
-        >>> result = train(TrainConfig(recipe="pcam-cpu", data="data/sample", out="runs/r"))
-        >>> result.history[["epoch", "val_auc"]]
+    ``batch_size`` is per replica and the peak LR is ``lr × replicas``; an epoch is the train
+    split's full batches, or the first ``steps_per_epoch``. Nothing is written before every
+    check has passed. ``train(TrainConfig(recipe="pcam-cpu", out="runs/r")).history``
     """
     _check_before_writing(config, cache)
     run_dir = Path(config.out)
@@ -463,24 +442,26 @@ def train(
 
 
 def _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks):
-    """Fit the (resumed) model from its saved epoch on; save ``final.keras``."""
+    """Fit the resumed (or a new, compiled) model from its saved epoch on; save it as final."""
     (train_idx, val_idx, _), batch = rows, config.batch_size * replicas
-    order = dict(shuffle=True, seed=config.seed, workers=config.workers)
-    stream = PatchStream(
-        cache.images,
-        cache.labels,
-        train_idx,
-        batch_size=batch,
-        **order,
-        **host_augmentation(config),
+    order = dict(
+        shuffle=True, seed=config.seed, workers=config.workers, **host_augmentation(config)
     )
+    stream = PatchStream(cache.images, cache.labels, train_idx, batch_size=batch, **order)
     steps = min(config.steps_per_epoch or len(train_idx), len(train_idx) // batch)
     train_data = EpochBatches(stream, steps)
     val_data = PatchStream(cache.images, cache.labels, val_idx, batch_size=max(batch, 128))
     keras.utils.set_random_seed(config.seed)
-    model = _model(config, state, run_dir, cache, train_idx, steps, replicas, init)
-    if state["epoch"]:  # a kill may have left them behind
+    if state["epoch"]:  # resume: weights and optimizer; a kill may have left the copies behind
+        model = keras.saving.load_model(run_dir / "last.keras")
         write_readable_copies(run_dir, state)
+    else:
+        model = _build(config, weights=config.weights)
+        if init is not None:
+            model.set_weights(init)
+        model = with_input_layers(model, model_front(config, cache.images, train_idx))
+        optimizer = make_optimizer(config, steps, replicas)
+        model = compile_model(model, optimizer, config.label_smoothing)
     callbacks = [RunCheckpoint(run_dir, state, config, train_data), *callbacks]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
