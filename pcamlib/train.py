@@ -322,9 +322,8 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
     protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
     seen = _seen_by_init(config, cache, np.concatenate([val_idx, test_idx]))
     if seen.any():  # never validate or test on them
-        train_idx = np.sort(
-            np.concatenate([train_idx, np.flatnonzero(seen & (protocol != "train"))])
-        )
+        moved = np.flatnonzero(seen & (protocol != "train"))
+        train_idx = np.sort(np.concatenate([train_idx, moved]))
         val_idx, test_idx = val_idx[~seen[val_idx]], test_idx[~seen[test_idx]]
     if config.val_limit is not None:
         per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
@@ -415,7 +414,9 @@ def train(
 
     ``batch_size`` is per replica and the peak LR is ``lr × replicas``; an epoch is the train
     split's full batches, or the first ``steps_per_epoch``. Nothing is written before every
-    check has passed. ``train(TrainConfig(recipe="pcam-cpu", out="runs/r")).history``
+    check has passed.
+
+    Example: ``train(TrainConfig(recipe="pcam-cpu", data="data/sample", out="runs/r")).history``
     """
     _check_before_writing(config, cache)
     run_dir = Path(config.out)
@@ -444,9 +445,8 @@ def train(
 def _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks):
     """Fit the resumed (or a new, compiled) model from its saved epoch on; save it as final."""
     (train_idx, val_idx, _), batch = rows, config.batch_size * replicas
-    order = dict(
-        shuffle=True, seed=config.seed, workers=config.workers, **host_augmentation(config)
-    )
+    host = host_augmentation(config)  # nothing when augment_on == "model"
+    order = dict(shuffle=True, seed=config.seed, workers=config.workers, **host)
     stream = PatchStream(cache.images, cache.labels, train_idx, batch_size=batch, **order)
     steps = min(config.steps_per_epoch or len(train_idx), len(train_idx) // batch)
     train_data = EpochBatches(stream, steps)
