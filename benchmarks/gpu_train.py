@@ -68,11 +68,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pcamlib.cache import PackedCache, load_patches, pack  # noqa: E402
 from pcamlib.config import SAMPLE_DIR, TrainConfig  # noqa: E402
-from pcamlib.devices import accelerator, distribution, precision, precision_policy  # noqa: E402
 from pcamlib.models import build_model  # noqa: E402
 from pcamlib.sources import PatchSource  # noqa: E402
 from pcamlib.stream import split_indices  # noqa: E402
-from pcamlib.train import compile_model, make_optimizer, train  # noqa: E402
+from pcamlib.train import (  # noqa: E402
+    accelerator,
+    compile_model,
+    distribution,
+    make_optimizer,
+    precision,
+    precision_policy,
+    train,
+)
 
 MODELS = {"cnn1": 64, "vgg19": 96, "resnet50": 96}  # model → input size
 VAL_FRACTION = 0.02  # pcamlib validates after the timed steps; keep that short

@@ -414,7 +414,7 @@ def data_kind(data_dir: Path) -> str:
 
 def settings() -> Settings:
     """Read the environment once: smoke switch, data location, pretrained weights on or off."""
-    from .devices import accelerator, forced_mode
+    from .train import accelerator, forced_mode
 
     is_smoke, forced = smoke(), forced_mode()
     return Settings(

@@ -122,7 +122,7 @@ def status_line(s) -> str:
     import keras
 
     from .config import data_kind
-    from .devices import describe_device, precision_policy
+    from .train import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
     labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,8 +27,11 @@ import pandas as pd
 
 from .augment import dihedral, jitter_colour, random_shift
 from .augment import hed_jitter as jitter_hed
-from .cache import PackedCache, first_bad_hash
-from .sources import DataError
+from .cache import PackedCache, atomic_write_text, first_bad_hash, load_patches
+from .config import SettingError, TrainConfig
+from .pretrained import NAME as PRETRAINED
+from .pretrained import seen_ids
+from .sources import H5_PATTERN, SPLITS, DataError, is_pcam_layout
 
 PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
 SUBSETS = ("train", "val", "test")
@@ -156,6 +160,99 @@ def fingerprint(ids) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:12]
 
 
+def check_pcam_data(data: str) -> None:
+    """Refuse split pcam on data that is neither PCam's HDF5 layout nor a packed cache (whose
+    ids tell later)."""
+    if not (is_pcam_layout(data) or (Path(data) / "meta.json").is_file()):
+        raise SettingError("split", "pcam", _needs_pcam(data, "is not that layout"))
+
+
+def _needs_pcam(data: str, what: str) -> str:
+    files = H5_PATTERN.format(split="{train,valid,test}", xy="{x,y}")
+    return (
+        f"needs PCam's train, valid and test splits ({files}, as pcam download --source pcam "
+        f"writes them); {data} {what}"
+    )
+
+
+def training_cache(config: TrainConfig, cache: PackedCache | None = None) -> PackedCache:
+    """``cache``, else ``config.data`` packed: labelled, with slides for split slide."""
+    if cache is None:
+        on_error = "exclude" if config.exclude_bad else "raise"
+        where = dict(cache_dir=config.cache_dir, groups_csv=config.groups_csv)
+        cache = load_patches(config.data, "train", on_error=on_error, **where)
+    if cache.labels is None:
+        raise ValueError(f"{config.data}: training needs labelled data")
+    if config.split == "slide" and cache.groups is None:
+        raise ValueError("split='slide' needs a patch→slide map (groups_csv, or PCam HDF5 meta)")
+    return cache
+
+
+def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
+    """Rows (train, val, test) of the protocol for this run, and each row's protocol part.
+    Rows the init model trained on move to train; validation is trimmed to ``val_limit`` and
+    to a multiple of the replicas (each needs an equal share of a batch)."""
+    train_idx, val_idx, test_idx = _protocol_rows(config, cache)
+    protocol = np.full(len(cache), "", dtype=object)
+    protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
+    seen = _seen_by_init(config, cache, np.concatenate([val_idx, test_idx]))
+    if seen.any():  # never validate or test on them
+        moved = np.flatnonzero(seen & (protocol != "train"))
+        train_idx = np.sort(np.concatenate([train_idx, moved]))
+        val_idx, test_idx = val_idx[~seen[val_idx]], test_idx[~seen[test_idx]]
+    if config.val_limit is not None:
+        per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
+        val_idx = np.sort(np.concatenate(per_class))
+    val_idx = val_idx[: len(val_idx) - len(val_idx) % replicas]
+    if config.batch_size * replicas > len(train_idx):
+        rows = f"must be ≤ the {len(train_idx)} training rows"
+        rows += f" / {replicas} replicas" if replicas > 1 else ""
+        raise SettingError("batch_size", config.batch_size, rows)
+    return train_idx, val_idx, test_idx, protocol
+
+
+def _protocol_rows(config: TrainConfig, cache: PackedCache):
+    """PCam's own splits with ``split="pcam"``, else :func:`protocol_split`'s (of the PCam
+    train rows where several PCam splits are there)."""
+    parts = pcam_parts(cache.ids)
+    found = set() if parts is None else set(parts)
+    if config.split == "pcam" and found != set(SPLITS):
+        what = f"holds only PCam's {' and '.join(sorted(found))} split"
+        what = what if found else "has no PCam HDF5 ids (train/N, valid/N, test/N)"
+        raise SettingError("split", "pcam", _needs_pcam(str(cache.path), what))
+    if config.split == "pcam":
+        return tuple(np.flatnonzero(parts == part) for part in SPLITS)
+    pool = np.flatnonzero(parts == "train") if len(found) > 1 else np.arange(len(cache))
+    groups = cache.groups[pool] if config.split == "slide" else None
+    fractions = dict(val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+    rows = protocol_split(cache.labels[pool], groups, seed=config.seed, **fractions)
+    return tuple(pool[r] for r in rows)  # test: the same rows for every run
+
+
+def _seen_by_init(config: TrainConfig, cache: PackedCache, scored: np.ndarray) -> np.ndarray:
+    """Rows the shipped model trained on, when the run starts from it (``scored``: the rows
+    whose overlap must be known)."""
+    seen = seen_ids(cache, scored) if config.init == PRETRAINED else set()
+    if seen is None:
+        warnings.warn(
+            f"{config.data}: which patches the pretrained model trained on is unknown (Kaggle "
+            "training data holds twins of PCam's train split): this run's test score may "
+            "count some of them",
+            stacklevel=3,
+        )
+    return pd.Series(cache.ids, dtype=object).isin(seen or set()).to_numpy()
+
+
+def write_split(run_dir: Path, config: TrainConfig, cache: PackedCache, rows, protocol) -> None:
+    """``split.csv``: the used rows' ids, labels, subsets, protocol parts and content hashes
+    (what a run saw is pixels, not file names)."""
+    subset = np.full(len(cache), "", dtype=object)
+    subset[rows[0]], subset[rows[1]], subset[rows[2]] = "train", "val", "test"
+    split = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": subset})
+    split["split"], split["protocol"], split["content"] = config.split, protocol, cache.content
+    atomic_write_text(run_dir / "split.csv", split[split.subset != ""].to_csv(index=False))
+
+
 class PatchStream(keras.utils.PyDataset):
     """Batches ``(uint8 images, float32 labels)`` read from the rows ``indices`` of a memmap.
 
@@ -228,3 +325,18 @@ def _check_stream(images, labels, indices: np.ndarray, batch_size: int, crop) ->
         raise DataError("no images to stream (empty index)")
     if indices.min() < 0 or indices.max() >= len(images):
         raise IndexError(f"indices outside 0..{len(images) - 1}")
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """The first ``steps`` batches of each epoch of ``stream``, from batch 0 (with
+    ``steps_per_epoch`` Keras carries one iterator across epochs: no resume could replay it)."""
+
+    def __init__(self, stream: PatchStream, steps: int):
+        super().__init__(workers=stream.workers)
+        self.stream, self.steps = stream, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int):
+        return self.stream[i]

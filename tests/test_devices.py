@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcamlib import devices
+import pcamlib.train as train_module
 from pcamlib.cache import pack
 from pcamlib.config import REPO_ROOT, SAMPLE_DIR, TrainConfig
 from pcamlib.models import build_model
@@ -31,19 +31,19 @@ from pcamlib.train import compile_model, make_optimizer
     ],
 )
 def test_precision_policy_follows_the_device(monkeypatch, mode, kind, bf16, expected):
-    monkeypatch.setattr(devices, "accelerator", lambda: (kind, 1))
-    monkeypatch.setattr(devices, "_device_details", lambda: ("GPU", 8 if bf16 else 7))
-    assert devices.precision_policy(mode) == expected
+    monkeypatch.setattr(train_module, "accelerator", lambda: (kind, 1))
+    monkeypatch.setattr(train_module, "_device_details", lambda: ("GPU", 8 if bf16 else 7))
+    assert train_module.precision_policy(mode) == expected
 
 
 def test_precision_policy_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mixed_precision"):
-        devices.precision_policy("fp8")
+        train_module.precision_policy("fp8")
 
 
 @pytest.mark.parametrize("mode", ["float16", "bfloat16"])
 def test_mixed_model_keeps_a_float32_output_and_the_policy_is_restored(mode):
-    with devices.precision(mode) as policy:
+    with train_module.precision(mode) as policy:
         model = build_model("cnn1")
         compile_model(model, make_optimizer(TrainConfig(schedule="cosine"), 10))
     assert policy == f"mixed_{mode}" and keras.config.dtype_policy().name == "float32"
@@ -57,10 +57,10 @@ def test_mixed_model_keeps_a_float32_output_and_the_policy_is_restored(mode):
 
 
 def test_no_strategy_on_one_cpu():
-    scope, replicas = devices.distribution("auto")
+    scope, replicas = train_module.distribution("auto")
     assert replicas == 1
     with pytest.raises(ValueError, match="strategy"):
-        devices.distribution("horovod")
+        train_module.distribution("horovod")
 
 
 # Scale-out needs a fresh process: logical devices must be set before the backend starts.

@@ -15,8 +15,9 @@ from pcamlib.cli import main
 from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig, data_kind, default_data_dir
 from pcamlib.evaluate import results_table, scoring_rows, subset_rows
 from pcamlib.sources import H5_PATTERN, H5Source, open_source, read_image
+from pcamlib.stream import run_split
 from pcamlib.submission import SubmissionError, check_no_leak
-from pcamlib.train import run_split, train
+from pcamlib.train import train
 
 SIZES = {"train": 24, "valid": 8, "test": 8}
 TINY = dict(model="pcamnet", model_kwargs={"widths": [8, 16]}, epochs=1, steps_per_epoch=2)

@@ -104,7 +104,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..metrics import auc_ci
-    from ..train import run_split
+    from ..stream import run_split
 
     run_dir = Path(run_dir)
     defaults = TrainConfig.from_recipe(card()["recipe"], init=NAME, data=str(cache.path))
