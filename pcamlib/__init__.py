@@ -1,8 +1,47 @@
 """pcamlib: metastasis detection in histopathology patches (PCam / Kaggle HCD).
 
-Modules, one job each (the README's library map), imports flowing one way: ``sources`` →
-``cache`` → ``stream`` → ``models`` → ``train`` → ``metrics``/``evaluate`` →
-``submission``. Import what you need from the modules; this package imports nothing heavy.
+One job per module, imports flowing down this list:
+
+- ``sources``: the layouts users have (Kaggle TIFFs, PCam HDF5, class folders), bad items named
+- ``cache``: decode once into a verified uint8 memmap; ``load_patches`` is the one call
+- ``augment``: host (numpy) and in-model (Keras) transforms, HED jitter, Reinhard
+- ``config``: ``TrainConfig``, its checks and the recipes
+- ``stream``: the protocol's train / val / test rows of a run, and its batches
+- ``models``: CNNModel1/2, the VGG16/VGG19/ResNet50 heads, PCamNet, ImageNet weights
+- ``train``: resumable runs, precision and distribution on this machine
+- ``metrics``, ``evaluate``: AUC with DeLong intervals, TTA×8, the leaderboard
+- ``submission``, ``kaggle``: Kaggle CSVs checked before they cost a submission; submit, score
+- ``plots``, ``gallery``: charts and diagrams; patch pictures and Grad-CAM
+- ``notebook``, ``download``, ``cli``: each notebook's ``start()``, the full data, ``pcam``
+- ``pretrained``: the shipped PCamNet
+
+The one-call functions are importable from here (``from pcamlib import load_patches``); each
+name imports only its own module, so ``import pcamlib`` stays instant. (``train`` and
+``evaluate`` are modules: ``from pcamlib.train import train``.)
 """
 
 __version__ = "0.1.0"
+
+_HOME = {
+    "load_patches": "cache",
+    "TrainConfig": "config",
+    "build_model": "models",
+    "load_model": "train",
+    "predict_proba": "metrics",
+    "results_table": "evaluate",
+    "write_submission": "submission",
+    "check_submission": "submission",
+    "start": "notebook",
+    "get_full_data": "download",
+    "pretrained_run": "pretrained",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'pcamlib' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f"{__name__}.{_HOME[name]}")
+    return getattr(module, name)
