@@ -50,7 +50,7 @@ def test_pcamnet_stem_sees_the_whole_patch_at_half_resolution():
     assert recipe["image_size"] == 96 and "centre_crop" not in [x.name for x in model.layers]
     assert model.get_layer("stem_conv").output.shape == (None, 48, 48, 24)
     assert model.get_layer("s1_conv1").output.shape == (None, 48, 48, 24)
-    assert model.count_params() == 667_369  # the model measured in pcamlib/recipes.py
+    assert model.count_params() == 667_369  # the pcam-cpu model (pcamlib/config.py RECIPES)
 
 
 def test_frozen_backbone_trains_only_the_head():
