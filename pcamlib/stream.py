@@ -160,7 +160,7 @@ def fingerprint(ids) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:12]
 
 
-def check_pcam_data(data: str) -> None:
+def _check_pcam_data(data: str) -> None:
     """Refuse split pcam on data that is neither PCam's HDF5 layout nor a packed cache (whose
     ids tell later)."""
     if not (is_pcam_layout(data) or (Path(data) / "meta.json").is_file()):
@@ -177,6 +177,8 @@ def _needs_pcam(data: str, what: str) -> str:
 
 def training_cache(config: TrainConfig, cache: PackedCache | None = None) -> PackedCache:
     """``cache``, else ``config.data`` packed: labelled, with slides for split slide."""
+    if cache is None and config.split == "pcam":
+        _check_pcam_data(str(config.data))  # before packing a layout that cannot be split so
     if cache is None:
         on_error = "exclude" if config.exclude_bad else "raise"
         where = dict(cache_dir=config.cache_dir, groups_csv=config.groups_csv)

@@ -28,14 +28,7 @@ from .config import PRECISION_MODES, STRATEGIES, SettingError, TrainConfig, chec
 from .models import build_model, fetch_imagenet_weights
 from .pretrained import NAME as PRETRAINED
 from .pretrained import load_pretrained
-from .stream import (
-    EpochBatches,
-    PatchStream,
-    check_pcam_data,
-    run_split,
-    training_cache,
-    write_split,
-)
+from .stream import EpochBatches, PatchStream, run_split, training_cache, write_split
 
 # Config fields that may change before a run resumes; the LR schedule keeps its first length.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "cache_dir", "data", "out", "tta"}
@@ -165,12 +158,10 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     ``"pretrained"``: the PCamNet shipped with pcamlib."""
     if str(path) == PRETRAINED:
         return load_pretrained()
-    path = Path(path)
+    path, names = Path(path), ("best.keras", "final.keras", "last.keras")
+    path = next((path / n for n in names if (path / n).is_file()), path)
     if path.is_dir():
-        found = [path / n for n in ("best.keras", "final.keras", "last.keras")]
-        path = next((p for p in found if p.is_file()), path)
-        if path.is_dir():
-            raise FileNotFoundError(f"{path}: run directory has no best/final/last .keras model")
+        raise FileNotFoundError(f"{path}: run directory has no best/final/last .keras model")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     return keras.saving.load_model(path, compile=False)
@@ -263,9 +254,6 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict:
 def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> None:
     """Refuse what the files, the network or the packages cannot honour."""
     check_paths(config, need_data=cache is None)
-    data = str(config.data)
-    if config.split == "pcam" and cache is None:
-        check_pcam_data(data)
     if config.weights == "imagenet":
         fetch_imagenet_weights(config.model)
     if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
@@ -290,12 +278,9 @@ def init_weights(config: TrainConfig) -> list | None:
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise SettingError("init", config.init, str(exc).splitlines()[0]) from None
     if [w.shape for w in source.weights] != [w.shape for w in _build(config).weights]:
-        raise SettingError(
-            "init",
-            config.init,
-            f"its layers differ from model {config.model} with image_size {config.image_size} "
-            f"and model_kwargs {config.model_kwargs} (for 'pretrained': recipe pcam-cpu)",
-        )
+        why = f"its layers differ from model {config.model} with image_size {config.image_size} "
+        why += f"and model_kwargs {config.model_kwargs} (for 'pretrained': recipe pcam-cpu)"
+        raise SettingError("init", config.init, why)
     return source.get_weights()
 
 
@@ -306,14 +291,10 @@ def train(
     verbose: int | str = "auto",
     callbacks: list | None = None,
 ) -> TrainResult:
-    """Train ``config`` into ``config.out``, resuming an interrupted run of the same config.
-
-    ``batch_size`` is per replica and the peak LR is ``lr × replicas``; an epoch is the train
-    split's full batches, or the first ``steps_per_epoch``. Nothing is written before every
-    check has passed.
-
-    Example: ``train(TrainConfig.from_recipe("pcam-cpu", data="data/sample", out="runs/r"))``
-    """
+    """Train ``config`` into ``config.out``, resuming an interrupted run of the same config;
+    nothing is written before every check has passed. ``batch_size`` is per replica, the peak
+    LR ``lr × replicas``; an epoch is the train split's full batches (or ``steps_per_epoch``).
+    ``train(TrainConfig.from_recipe("pcam-cpu", data="data/sample", out="runs/r"))``"""
     _check_before_writing(config, cache)
     run_dir = Path(config.out)
     init = None if (run_dir / "last.keras").is_file() else init_weights(config)
@@ -356,14 +337,14 @@ def _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks
         if init is not None:
             model.set_weights(init)
         model = with_input_layers(model, model_front(config, cache.images, train_idx))
-        optimizer = make_optimizer(config, steps, replicas)
-        model = compile_model(model, optimizer, config.label_smoothing)
+        model = compile_model(
+            model, make_optimizer(config, steps, replicas), config.label_smoothing
+        )
     callbacks = [RunCheckpoint(run_dir, state, config, train_data), *callbacks]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     if not _stops(state, config):
-        epochs, initial = config.epochs, state["epoch"]
         fit = dict(validation_data=val_data, callbacks=callbacks, verbose=verbose)
-        model.fit(train_data, epochs=epochs, initial_epoch=initial, **fit)
+        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], **fit)
     save_model_atomic(model, run_dir / "final.keras")
     return model
