@@ -1,7 +1,7 @@
-"""Run settings: TrainConfig and its checks, the recipes, where data and outputs go.
+"""A run's settings: TrainConfig and its checks, the named recipes, the paths a run reads.
 
 A bad setting is refused in one line before anything is written; nothing heavy is imported, so
-``pcam --help`` answers at once. ``PCAM_SMOKE=1`` (the tests') means "prove the code path, fast".
+``pcam --help`` answers at once. The notebook session's settings live in ``pcamlib.notebook``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ MODEL_KWARGS["pcamnet"] = ("widths", "drop_rate", "stem")
 KWARG_RANGES = {"drop_rate": FRACTION, "stem": "≥ 0 and ≤ 1024", "widths": "≥ 1"}
 _OPS = {"≥": operator.ge, ">": operator.gt, "≤": operator.le, "<": operator.lt}
 KAGGLE_INPUT = Path("/kaggle/input/histopathologic-cancer-detection")  # Kaggle Notebooks
-KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
 
 class SettingError(ValueError):
@@ -99,49 +98,26 @@ def on_kaggle() -> bool:
     return (KAGGLE_INPUT / "train_labels.csv").is_file()
 
 
-def output_dir() -> Path:
-    """Where runs, figures and submission.csv go: $PCAM_OUT, else the project's ``outputs/``
-    (on Kaggle, whose project folder may be read-only, /kaggle/working/outputs)."""
-    default = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
-    path = Path(os.environ.get("PCAM_OUT") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def smoke() -> bool:
-    """True when ``PCAM_SMOKE`` is set to 1/true/yes."""
+    """True when ``PCAM_SMOKE`` (the tests') is 1/true/yes: prove the code path, fast."""
     return os.environ.get("PCAM_SMOKE", "").strip().lower() in ("1", "true", "yes")
 
 
 def default_data_dir() -> Path:
-    """$PCAM_DATA, else full data (``data/full``, complete ``data/pcam``, Kaggle's), else the
-    sample."""
-    override = os.environ.get("PCAM_DATA")
-    if override:
-        return Path(override)
-    if not smoke():
-        from .sources import is_pcam_layout
+    """$PCAM_DATA, else full data (``data/full``, a complete ``data/pcam``, Kaggle's input),
+    else the sample."""
+    from .sources import is_pcam_layout
 
-        full, pcam = project_root() / "data" / "full", project_root() / "data" / "pcam"
-        if (full / "train_labels.csv").is_file():
-            return full
-        if is_pcam_layout(pcam):  # what pcam download --source pcam leaves when complete
-            return pcam
-        if on_kaggle():
-            return KAGGLE_INPUT
-    return project_root() / "data" / "sample"
-
-
-def default_cache_root() -> Path | None:
-    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
-    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
-    if os.environ.get("PCAM_CACHE_DIR"):
-        return Path(os.environ["PCAM_CACHE_DIR"])
-    if on_kaggle():
-        return KAGGLE_WORKING / ".pcam-cache"
-    if os.environ.get("PCAM_OUT") and not smoke():
-        return Path(os.environ["PCAM_OUT"]) / "cache"
-    return None
+    if os.environ.get("PCAM_DATA"):
+        return Path(os.environ["PCAM_DATA"])
+    root = project_root() / "data"
+    if smoke():
+        return root / "sample"
+    if (root / "full" / "train_labels.csv").is_file():
+        return root / "full"
+    if is_pcam_layout(root / "pcam"):  # what pcam download --source pcam leaves when complete
+        return root / "pcam"
+    return KAGGLE_INPUT if on_kaggle() else root / "sample"
 
 
 def pcam_data(data: str | os.PathLike) -> bool:
@@ -344,87 +320,3 @@ def check_paths(config: TrainConfig, need_data: bool = True) -> None:
         raise SettingError("groups_csv", config.groups_csv, "no such file")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise SettingError("out", config.out, "is a file; give a run directory")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What 'small' means for this session, and where things are: the notebooks' one source."""
-
-    smoke: bool
-    data_dir: Path
-    out_dir: Path
-    weights: str | None
-    steps_per_epoch: int | None
-    eval_limit: int | None
-    accelerator: str
-    cache_dir: Path | None = None  # packed caches (None: beside the data); see start()
-    forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
-
-    @property
-    def recipe(self) -> str:
-        """The recipe that fits this device: ``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
-        return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
-
-    @property
-    def init(self) -> str | None:
-        """The shipped weights for ``pcam-cpu`` on the sample (whose overlap with their training
-        patches is known and left out of every score), else None (random)."""
-        on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
-        return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
-
-    @property
-    def mode(self) -> str:
-        """'smoke' (a few batches), 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
-        size = "smoke" if self.smoke else self.accelerator.upper()
-        forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
-        return size + forced
-
-    def train_config(self, **fields) -> TrainConfig:
-        """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
-        fields.setdefault("data", str(self.data_dir))
-        recipe = fields.pop("recipe", None)
-        config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
-        if self.smoke:
-            config = config.replace(
-                epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit
-            )
-        return config
-
-    def cpu_budget(self, value: int) -> int | None:
-        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
-        return value if self.accelerator == "cpu" else None
-
-    def epochs(self, full: int, cpu: int | None = None) -> int:
-        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
-        if self.smoke:
-            return 1
-        return cpu if cpu is not None and self.accelerator == "cpu" else full
-
-
-def data_kind(data_dir: Path) -> str:
-    """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
-    from .sources import is_pcam_layout
-
-    if data_dir.resolve() == KAGGLE_INPUT.resolve():
-        return "Kaggle input"
-    if data_dir.name == "pcam" or is_pcam_layout(data_dir):
-        return "pcam"
-    return {"sample": "sample", "full": "full"}.get(data_dir.name, str(data_dir))
-
-
-def settings() -> Settings:
-    """Read the environment once: smoke switch, data location, pretrained weights on or off."""
-    from .devices import accelerator, forced_mode
-
-    is_smoke, forced = smoke(), forced_mode()
-    return Settings(
-        smoke=is_smoke,
-        data_dir=default_data_dir(),
-        out_dir=output_dir(),
-        weights=None if is_smoke or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
-        steps_per_epoch=3 if is_smoke else None,
-        eval_limit=32 if is_smoke else None,
-        accelerator=forced or accelerator()[0],
-        cache_dir=default_cache_root(),
-        forced=forced is not None,
-    )

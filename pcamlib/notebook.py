@@ -1,9 +1,9 @@
-"""The notebook series: each notebook's set-up (``S = start(…)``), and running them in order.
+"""The notebook session: its Settings, each notebook's set-up (``S = start(…)``), the series.
 
-``python -m pcamlib.notebook [PATH]`` (``make run``) runs each notebook in a fresh kernel and
-stores its outputs; ``--sync`` (``make sync``) rewrites every set-up cell and badge from
-:data:`SETUP_CELL` and pyproject's ``Repository`` URL, the one place a fork edits. The set-up
-cell runs this file before pcamlib may be importable: module level imports the stdlib only.
+``python -m pcamlib.notebook [--sync] [PATH]`` (``make run``, ``make sync``) runs the notebooks in
+place, or rewrites their set-up cells and badges from pyproject's ``Repository`` URL (the one
+place a fork edits). The set-up cell runs this file before pcamlib may be importable, so module
+level imports the standard library only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 # Every notebook's first code cell (at most 8 lines): it finds the enclosing clone or clones REPO
@@ -42,18 +43,120 @@ BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
 # TensorFlow's native start-up lines (absl info/warnings, CPU advice; cuInit without a driver).
 CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |To enable the following)")
 NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
+KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder on Kaggle
+
+
+def default_cache_root() -> Path | None:
+    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
+    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
+    from .config import on_kaggle, smoke
+
+    if os.environ.get("PCAM_CACHE_DIR"):
+        return Path(os.environ["PCAM_CACHE_DIR"])
+    if on_kaggle():
+        return KAGGLE_WORKING / ".pcam-cache"
+    if os.environ.get("PCAM_OUT") and not smoke():
+        return Path(os.environ["PCAM_OUT"]) / "cache"
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What 'small' means for this session, and where things are: the notebooks' one source."""
+
+    smoke: bool
+    data_dir: Path
+    out_dir: Path  # runs, figures, submission.csv
+    weights: str | None
+    steps_per_epoch: int | None
+    eval_limit: int | None
+    accelerator: str
+    cache_dir: Path | None = None  # packed caches (None: beside the data)
+    forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
+
+    @property
+    def recipe(self) -> str:
+        """``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
+        return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
+
+    @property
+    def init(self) -> str | None:
+        """The shipped weights for ``pcam-cpu`` on the sample (their overlap with its patches is
+        known and left out of every score), else None (random)."""
+        from .config import project_root
+
+        on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
+        return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
+
+    @property
+    def mode(self) -> str:
+        """'smoke', 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
+        forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
+        return ("smoke" if self.smoke else self.accelerator.upper()) + forced
+
+    def train_config(self, **fields):
+        """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
+        from .config import TrainConfig
+
+        fields.setdefault("data", str(self.data_dir))
+        recipe = fields.pop("recipe", None)
+        config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
+        if self.smoke:
+            small = dict(steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit)
+            config = config.replace(epochs=1, **small)
+        return config
+
+    def cpu_budget(self, value: int) -> int | None:
+        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
+        return value if self.accelerator == "cpu" else None
+
+    def epochs(self, full: int, cpu: int | None = None) -> int:
+        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
+        if self.smoke:
+            return 1
+        return cpu if cpu is not None and self.accelerator == "cpu" else full
+
+
+def data_kind(data_dir: Path) -> str:
+    """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
+    from .config import KAGGLE_INPUT
+    from .sources import is_pcam_layout
+
+    if data_dir.resolve() == KAGGLE_INPUT.resolve():
+        return "Kaggle input"
+    if data_dir.name == "pcam" or is_pcam_layout(data_dir):
+        return "pcam"
+    return {"sample": "sample", "full": "full"}.get(data_dir.name, str(data_dir))
+
+
+def settings() -> Settings:
+    """Read the environment once: smoke switch, data and output folders, pretrained weights on
+    or off. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle, whose project folder
+    may be read-only, /kaggle/working/outputs)."""
+    from .config import default_data_dir, on_kaggle, project_root, smoke
+    from .devices import accelerator, forced_mode
+
+    small, forced = smoke(), forced_mode()
+    out = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
+    out = Path(os.environ.get("PCAM_OUT") or out)
+    out.mkdir(parents=True, exist_ok=True)
+    return Settings(
+        smoke=small,
+        data_dir=default_data_dir(),
+        out_dir=out,
+        weights=None if small or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
+        steps_per_epoch=3 if small else None,
+        eval_limit=32 if small else None,
+        accelerator=forced or accelerator()[0],
+        cache_dir=default_cache_root(),
+        forced=forced is not None,
+    )
 
 
 def start(home=None, outputs: str = "", mode: str | None = None, backend: str = ""):
-    """Point the library at the clone and the outputs, quiet known noise, print one status line.
-
-    ``home``: the clone (``$PCAM_HOME``). ``outputs``: where runs, the cache and submissions go:
-    ``""`` keeps ``$PCAM_OUT`` or the default; ``"drive"`` is Google Drive on Colab (a
-    disconnect loses nothing); else a folder. ``mode``: ``"gpu"``/``"cpu"`` forces that path
-    (``$PCAM_MODE``). ``backend``: ``"jax"``/``"tensorflow"``; ``""`` keeps ``$KERAS_BACKEND``.
-    Returns the session's :class:`pcamlib.config.Settings`."""
-    from .config import settings
-
+    """Point pcamlib at the clone (``home``) and ``outputs`` ("drive": Google Drive on Colab,
+    which a disconnect does not lose; "": $PCAM_OUT or the default), force a ``mode`` ("gpu",
+    "cpu") or Keras ``backend``, quiet known noise, print one status line; the :class:`Settings`."""
     _use_backend(backend)
     if home is not None:
         os.environ["PCAM_HOME"] = str(Path(home).resolve())
@@ -99,7 +202,8 @@ def _quiet_noise() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
     # TensorFlow logs each retrace, which notebooks that train several models do by design.
-    logging.getLogger("tensorflow").addFilter(_not_retracing)
+    retrace = "triggered tf.function retracing"
+    logging.getLogger("tensorflow").addFilter(lambda record: retrace not in record.getMessage())
     # No machine-specific source paths in stored outputs.
     warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
     # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
@@ -113,15 +217,10 @@ def _quiet_noise() -> None:
     quiet_keras()
 
 
-def _not_retracing(record: logging.LogRecord) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
-
-
 def status_line(s) -> str:
     """One line: the session's data (with counts), device, backend, precision and mode."""
     import keras
 
-    from .config import data_kind
     from .devices import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
@@ -221,8 +320,8 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
 
 
 def quiet_kernels() -> Path:
-    """Keep TensorFlow's C++ log lines out of stored outputs (and ``--nbval`` comparisons):
-    ipykernel forwards fd output into cells unless told not to. Returns the IPython dir used."""
+    """An IPython dir whose kernels keep TensorFlow's C++ log lines out of stored outputs (and
+    ``--nbval`` comparisons): ipykernel forwards fd output into cells unless told not to."""
     profile = Path(tempfile.mkdtemp(prefix="pcam-ipython-")) / "profile_default"
     profile.mkdir()
     (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
@@ -231,7 +330,7 @@ def quiet_kernels() -> Path:
 
 
 def run_series(folder: str | Path, timeout: int = 3600) -> None:
-    """Execute the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
+    """Run the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
     failing cell stops the series, naming notebook and cell."""
     import nbformat
     from nbclient import NotebookClient
@@ -240,15 +339,13 @@ def run_series(folder: str | Path, timeout: int = 3600) -> None:
     quiet_kernels()
     sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
     for path in notebook_paths(folder):
-        notebook = nbformat.read(path, as_version=4)
-        began = time.perf_counter()
+        notebook, began = nbformat.read(path, as_version=4), time.perf_counter()
         print(f"running {path} …", flush=True)
+        where = {"metadata": {"path": str(path.parent)}}
         # No per-cell timestamps: a rerun leaves only real changes.
         options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
         try:
-            NotebookClient(
-                notebook, resources={"metadata": {"path": str(path.parent)}}, **options
-            ).execute()
+            NotebookClient(notebook, resources=where, **options).execute()
         except CellExecutionError as exc:
             raise SystemExit(
                 f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
@@ -261,9 +358,8 @@ def run_series(folder: str | Path, timeout: int = 3600) -> None:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pcamlib.notebook", description="Run the notebook series in order, in place."
-    )
+    about = "Run the notebook series in order, in place."
+    parser = argparse.ArgumentParser("python -m pcamlib.notebook", description=about)
     parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")
     parser.add_argument("--sync", action="store_true", help="only rewrite set-up cells and badges")
     args = parser.parse_args(argv)
