@@ -1,9 +1,8 @@
 """The notebook session: its Settings, each notebook's set-up (``S = start(…)``), the series.
 
-``python -m pcamlib.notebook [--sync] [PATH]`` (``make run``, ``make sync``) runs the notebooks in
-place, or rewrites their set-up cells and badges from pyproject's ``Repository`` URL (the one
-place a fork edits). The set-up cell runs this file before pcamlib may be importable, so module
-level imports the standard library only.
+``python -m pcamlib.notebook [--sync] [PATH]`` (``make run``/``sync``) runs the notebooks in place
+or rewrites their set-up cells and badges from pyproject's ``Repository`` URL, the one place a
+fork edits. The set-up cell runs this file before pcamlib is importable: stdlib imports only.
 """
 
 from __future__ import annotations
@@ -130,9 +129,8 @@ def data_kind(data_dir: Path) -> str:
 
 
 def settings() -> Settings:
-    """Read the environment once: smoke switch, data and output folders, pretrained weights on
-    or off. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle, whose project folder
-    may be read-only, /kaggle/working/outputs)."""
+    """Read the environment once. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle,
+    whose project folder may be read-only, /kaggle/working/outputs)."""
     from .config import default_data_dir, on_kaggle, project_root, smoke
     from .devices import accelerator, forced_mode
 
@@ -188,10 +186,8 @@ def _use_backend(name: str) -> None:
         raise ValueError(f'backend="{name}": must be one of {", ".join(BACKENDS)} (or "")')
     running = sys.modules["keras"].backend.backend() if "keras" in sys.modules else name
     if name and running != name:
-        raise RuntimeError(
-            f'backend="{name}": Keras already runs on {running} in this kernel; restart it and '
-            "run the set-up cell first"
-        )
+        again = "in this kernel; restart it and run the set-up cell first"
+        raise RuntimeError(f'backend="{name}": Keras already runs on {running} {again}')
     if name:
         os.environ["KERAS_BACKEND"] = name
 
@@ -224,15 +220,14 @@ def status_line(s) -> str:
     from .devices import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
-    labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"
+    labels = s.data_dir / "train_labels.csv"
     if labels.is_file():  # the Kaggle layout; other layouts are not counted
         n_train = max(0, len(labels.read_bytes().splitlines()) - 1)  # minus the header
-        n_test = sum(1 for e in os.scandir(test) if e.name.endswith(".tif")) if test.is_dir() else 0
+        n_test = len(list((s.data_dir / "test").glob("*.tif")))
         data += f" ({n_train:,} train / {n_test:,} test patches)"
-    return (
-        f"data: {data} · device: {describe_device()} · backend: {keras.backend.backend()} · "
-        f"precision: {precision_policy('auto')} · mode: {s.mode}"
-    )
+    parts = [("data", data), ("device", describe_device()), ("backend", keras.backend.backend())]
+    parts += [("precision", precision_policy("auto")), ("mode", s.mode)]
+    return " · ".join(f"{name}: {value}" for name, value in parts)
 
 
 def quiet_keras() -> None:
@@ -266,7 +261,6 @@ def quiet_keras() -> None:
 def importable_start(home: str | Path):
     """``start``, after a plain ``pip install home`` where pcamlib is missing (importable at
     once, no restart; a clone folder named ``pcamlib`` is a namespace package and not it)."""
-    import importlib
     import importlib.util
     import subprocess
 
@@ -299,14 +293,13 @@ def notebook_paths(folder: str | Path) -> list[Path]:
     return paths
 
 
-def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None = None) -> list[str]:
-    """Rewrite the set-up cell and badges of every notebook in ``folder``; the changed names."""
+def sync_series(folder: str | Path = "notebooks") -> list[str]:
+    """Rewrite the set-up cell and badges of every notebook in ``folder`` from the Repository
+    URL of the pyproject.toml beside it; the names of those that changed."""
     import nbformat
 
-    folder = Path(folder)
-    repo = repository_url(pyproject or folder.resolve().parent / "pyproject.toml")
+    repo, changed = repository_url(Path(folder).resolve().parent / "pyproject.toml"), []
     slug = repo.removeprefix("https://github.com/")
-    changed = []
     for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)
         title, setup = notebook.cells[0], notebook.cells[1]
@@ -319,34 +312,30 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
     return changed
 
 
-def quiet_kernels() -> Path:
-    """An IPython dir whose kernels keep TensorFlow's C++ log lines out of stored outputs (and
-    ``--nbval`` comparisons): ipykernel forwards fd output into cells unless told not to."""
-    profile = Path(tempfile.mkdtemp(prefix="pcam-ipython-")) / "profile_default"
+def quiet_kernels() -> None:
+    """Point $IPYTHONDIR at kernels that keep TensorFlow's C++ log lines out of stored outputs
+    (and ``--nbval`` comparisons): ipykernel forwards fd output into cells unless told not to."""
+    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="pcam-ipython-")
+    profile = Path(os.environ["IPYTHONDIR"], "profile_default")
     profile.mkdir()
     (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
-    os.environ["IPYTHONDIR"] = str(profile.parent)
-    return profile.parent
 
 
 def run_series(folder: str | Path, timeout: int = 3600) -> None:
     """Run the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
     failing cell stops the series, naming notebook and cell."""
+    import nbclient
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     quiet_kernels()
     sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
     for path in notebook_paths(folder):
         notebook, began = nbformat.read(path, as_version=4), time.perf_counter()
         print(f"running {path} …", flush=True)
-        where = {"metadata": {"path": str(path.parent)}}
-        # No per-cell timestamps: a rerun leaves only real changes.
-        options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
-        try:
-            NotebookClient(notebook, resources=where, **options).execute()
-        except CellExecutionError as exc:
+        try:  # no per-cell timestamps: a rerun leaves only real changes
+            options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
+            nbclient.execute(notebook, cwd=str(path.parent), **options)
+        except nbclient.exceptions.CellExecutionError as exc:
             raise SystemExit(
                 f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
             ) from None
