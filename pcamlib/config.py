@@ -31,6 +31,7 @@ MODEL_KWARGS["pcamnet"] = ("widths", "drop_rate", "stem")
 KWARG_RANGES = {"drop_rate": FRACTION, "stem": "≥ 0 and ≤ 1024", "widths": "≥ 1"}
 _OPS = {"≥": operator.ge, ">": operator.gt, "≤": operator.le, "<": operator.lt}
 KAGGLE_INPUT = Path("/kaggle/input/histopathologic-cancer-detection")  # Kaggle Notebooks
+KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
 
 class SettingError(ValueError):
@@ -118,6 +119,18 @@ def default_data_dir() -> Path:
     if is_pcam_layout(root / "pcam"):  # what pcam download --source pcam leaves when complete
         return root / "pcam"
     return KAGGLE_INPUT if on_kaggle() else root / "sample"
+
+
+def default_cache_root() -> Path | None:
+    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
+    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
+    if os.environ.get("PCAM_CACHE_DIR"):
+        return Path(os.environ["PCAM_CACHE_DIR"])
+    if on_kaggle():
+        return KAGGLE_WORKING / ".pcam-cache"
+    if os.environ.get("PCAM_OUT") and not smoke():
+        return Path(os.environ["PCAM_OUT"]) / "cache"
+    return None
 
 
 def pcam_data(data: str | os.PathLike) -> bool:

@@ -1,16 +1,18 @@
-"""The notebook session: its Settings, each notebook's set-up (``S = start(…)``), the series.
-
-``python -m pcamlib.notebook [--sync] [PATH]`` (``make run``/``sync``) runs the notebooks in place
-or rewrites their set-up cells and badges from pyproject's ``Repository`` URL, the one place a
-fork edits. The set-up cell runs this file before pcamlib is importable: stdlib imports only.
+"""The notebook session (Settings, ``S = start(…)``) and the series: ``python -m pcamlib.notebook
+[--sync] [PATH]`` runs the notebooks in place, or rewrites their set-up cells and badges from
+pyproject's ``Repository`` URL, the one place a fork edits. The set-up cell runs this file before
+pcamlib is importable, so module level imports the standard library only.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,21 +44,6 @@ BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
 # TensorFlow's native start-up lines (absl info/warnings, CPU advice; cuInit without a driver).
 CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |To enable the following)")
 NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
-KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder on Kaggle
-
-
-def default_cache_root() -> Path | None:
-    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR; on Kaggle (read-only
-    input) /kaggle/working; with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
-    from .config import on_kaggle, smoke
-
-    if os.environ.get("PCAM_CACHE_DIR"):
-        return Path(os.environ["PCAM_CACHE_DIR"])
-    if on_kaggle():
-        return KAGGLE_WORKING / ".pcam-cache"
-    if os.environ.get("PCAM_OUT") and not smoke():
-        return Path(os.environ["PCAM_OUT"]) / "cache"
-    return None
 
 
 @dataclass(frozen=True)
@@ -80,8 +67,8 @@ class Settings:
 
     @property
     def init(self) -> str | None:
-        """The shipped weights for ``pcam-cpu`` on the sample (their overlap with its patches is
-        known and left out of every score), else None (random)."""
+        """``"pretrained"`` for pcam-cpu on the sample (scores leave out the shipped weights'
+        training patches), else None (random)."""
         from .config import project_root
 
         on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
@@ -100,10 +87,8 @@ class Settings:
         fields.setdefault("data", str(self.data_dir))
         recipe = fields.pop("recipe", None)
         config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
-        if self.smoke:
-            small = dict(steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit)
-            config = config.replace(epochs=1, **small)
-        return config
+        small = dict(epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit)
+        return config.replace(**small) if self.smoke else config
 
     def cpu_budget(self, value: int) -> int | None:
         """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
@@ -111,9 +96,8 @@ class Settings:
 
     def epochs(self, full: int, cpu: int | None = None) -> int:
         """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
-        if self.smoke:
-            return 1
-        return cpu if cpu is not None and self.accelerator == "cpu" else full
+        by_device = cpu if cpu is not None and self.accelerator == "cpu" else full
+        return 1 if self.smoke else by_device
 
 
 def data_kind(data_dir: Path) -> str:
@@ -123,30 +107,29 @@ def data_kind(data_dir: Path) -> str:
 
     if data_dir.resolve() == KAGGLE_INPUT.resolve():
         return "Kaggle input"
-    if data_dir.name == "pcam" or is_pcam_layout(data_dir):
-        return "pcam"
-    return {"sample": "sample", "full": "full"}.get(data_dir.name, str(data_dir))
+    named = data_dir.name in ("sample", "full", "pcam")
+    return "pcam" if is_pcam_layout(data_dir) else data_dir.name if named else str(data_dir)
 
 
 def settings() -> Settings:
     """Read the environment once. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle,
     whose project folder may be read-only, /kaggle/working/outputs)."""
-    from .config import default_data_dir, on_kaggle, project_root, smoke
+    from . import config
     from .devices import accelerator, forced_mode
 
-    small, forced = smoke(), forced_mode()
-    out = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
-    out = Path(os.environ.get("PCAM_OUT") or out)
+    small, forced = config.smoke(), forced_mode()
+    root = config.KAGGLE_WORKING if config.on_kaggle() else config.project_root()
+    out = Path(os.environ.get("PCAM_OUT") or root / "outputs")
     out.mkdir(parents=True, exist_ok=True)
     return Settings(
         smoke=small,
-        data_dir=default_data_dir(),
+        data_dir=config.default_data_dir(),
         out_dir=out,
         weights=None if small or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
         steps_per_epoch=3 if small else None,
         eval_limit=32 if small else None,
         accelerator=forced or accelerator()[0],
-        cache_dir=default_cache_root(),
+        cache_dir=config.default_cache_root(),
         forced=forced is not None,
     )
 
@@ -162,9 +145,8 @@ def start(home=None, outputs: str = "", mode: str | None = None, backend: str = 
         try:
             from google.colab import drive  # only on Colab
         except ImportError:
-            raise RuntimeError(
-                'outputs="drive" needs Google Colab; elsewhere give a folder, e.g. outputs="~/pcam"'
-            ) from None
+            elsewhere = 'elsewhere give a folder, e.g. outputs="~/pcam"'
+            raise RuntimeError(f'outputs="drive" needs Google Colab; {elsewhere}') from None
         if not (DRIVE / "MyDrive").is_dir():
             drive.mount(str(DRIVE))
         outputs = str(DRIVE / "MyDrive" / "pcamlib")
@@ -252,18 +234,15 @@ def quiet_keras() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
             no_driver = not os.path.exists("/proc/driver/nvidia/version")
-            noise = [x for x in lines if CHATTER.match(x) or no_driver and NO_CUDA.match(x)]
-            sys.stderr.write("".join(x for x in lines if x not in noise))
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not (CHATTER.match(line) or no_driver and NO_CUDA.match(line)):
+                    sys.stderr.write(line)
 
 
 def importable_start(home: str | Path):
     """``start``, after a plain ``pip install home`` where pcamlib is missing (importable at
     once, no restart; a clone folder named ``pcamlib`` is a namespace package and not it)."""
-    import importlib.util
-    import subprocess
-
     if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:
         print(f"pcamlib is not importable here: installing it from {home} …", flush=True)
         pip = [sys.executable, "-m", "pip", "install", "-q", str(home)]
@@ -336,17 +315,14 @@ def run_series(folder: str | Path, timeout: int = 3600) -> None:
             options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
             nbclient.execute(notebook, cwd=str(path.parent), **options)
         except nbclient.exceptions.CellExecutionError as exc:
-            raise SystemExit(
-                f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
-            ) from None
+            failed = f"{path}: a cell failed (outputs saved in the notebook)"
+            raise SystemExit(f"{failed}\n{exc}") from None
         finally:
             nbformat.write(notebook, path)
         print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     about = "Run the notebook series in order, in place."
     parser = argparse.ArgumentParser("python -m pcamlib.notebook", description=about)
     parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")

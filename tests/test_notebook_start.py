@@ -9,7 +9,7 @@ import keras
 import nbformat
 import pytest
 
-from pcamlib import config, notebook
+from pcamlib import config
 from pcamlib.config import REPO_ROOT
 from pcamlib.notebook import (
     SETUP_CELL,
@@ -87,7 +87,7 @@ def test_kaggle_input_is_found_and_everything_written_goes_to_kaggle_working(
     (kaggle_input / "train_labels.csv").write_text("id,label\na,0\nb,1\nc,1\n")
     (kaggle_input / "test" / "x.tif").write_bytes(b"")
     monkeypatch.setattr(config, "KAGGLE_INPUT", kaggle_input)
-    monkeypatch.setattr(notebook, "KAGGLE_WORKING", working)
+    monkeypatch.setattr(config, "KAGGLE_WORKING", working)
     for name in ("PCAM_OUT", "PCAM_DATA", "PCAM_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PCAM_SMOKE", "0")
