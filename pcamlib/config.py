@@ -1,7 +1,7 @@
-"""A run's settings: TrainConfig and its checks, the named recipes, the paths a run reads.
+"""A run's settings: TrainConfig and its checks, the named recipes, where data and caches are.
 
 A bad setting is refused in one line before anything is written; nothing heavy is imported, so
-``pcam --help`` answers at once. The notebook session's settings live in ``pcamlib.notebook``.
+``pcam --help`` answers at once. The notebook session's Settings live in ``pcamlib.notebook``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
 
 class SettingError(ValueError):
-    """A setting outside its valid values: its name and value, and what is allowed (the CLI
-    shows ``--lr -1: …`` for ``lr=-1: …``)."""
+    """A setting outside its valid values: its name and value, and what is allowed."""
 
     def __init__(self, setting: str, value, allowed: str):
         self.setting, self.value, self.allowed = setting, value, allowed
@@ -105,8 +104,7 @@ def smoke() -> bool:
 
 
 def default_data_dir() -> Path:
-    """$PCAM_DATA, else full data (``data/full``, a complete ``data/pcam``, Kaggle's input),
-    else the sample."""
+    """$PCAM_DATA, else full data (data/full, a complete data/pcam, Kaggle's), else the sample."""
     from .sources import is_pcam_layout
 
     if os.environ.get("PCAM_DATA"):
@@ -207,11 +205,9 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> TrainConfig:
-        """Recipe ``name`` with ``overrides``, which win even where they equal a default.
-
-        Another model keeps its own input size and arguments, another optimizer drops the
-        recipe's weight decay, and PCam's own splits drop its fractions.
-        """
+        """Recipe ``name`` with ``overrides``, which win even where they equal a default. Another
+        model keeps its own input size and arguments, another optimizer drops the recipe's weight
+        decay, and PCam's own splits drop its fractions."""
         if name not in RECIPES:
             raise SettingError("recipe", name, f"must be one of {', '.join(RECIPES)}")
         values, drop = copy.deepcopy(RECIPES[name]), set()
@@ -274,8 +270,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
         if not any(value == o and type(value) is type(o) for o in allowed):
             raise SettingError(f.name, value, "must be one of " + ", ".join(map(repr, allowed)))
     elif allowed:
-        problem = range_problem(value, allowed, f.type.startswith("int"), "None" in f.type)
-        if problem:
+        if problem := range_problem(value, allowed, f.type.startswith("int"), "None" in f.type):
             raise SettingError(f.name, value, problem)
     elif f.type == "bool" and not isinstance(value, bool):
         raise SettingError(f.name, value, "must be one of True, False")
@@ -294,8 +289,7 @@ def _check_model(config: TrainConfig) -> None:
     if not isinstance(kwargs, dict):
         raise SettingError("model_kwargs", kwargs, "a dict of the model's keyword arguments")
     for key, value in kwargs.items():
-        problem = _kwarg_problem(model, key, value)
-        if problem:
+        if problem := _kwarg_problem(model, key, value):
             raise SettingError("model_kwargs", dict(kwargs), problem)
     # cnn1/cnn2 (two blocks of valid 3×3 convs and a 2×2 pool) need ≥ 16 pixels, the backbones
     # ≥ 32; pcamnet centre-crops the patch and halves it between stages and in a stem.
