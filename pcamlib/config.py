@@ -1,7 +1,7 @@
-"""Run settings: TrainConfig and its checks, the recipes, where data and outputs go.
+"""A run's settings: TrainConfig and its checks, the named recipes, where data and caches are.
 
 A bad setting is refused in one line before anything is written; nothing heavy is imported, so
-``pcam --help`` answers at once. ``PCAM_SMOKE=1`` (the tests') means "prove the code path, fast".
+``pcam --help`` answers at once. The notebook session's Settings live in ``pcamlib.notebook``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ KAGGLE_WORKING = Path("/kaggle/working")  # the only writable, kept folder there
 
 
 class SettingError(ValueError):
-    """A setting outside its valid values: its name and value, and what is allowed (the CLI
-    shows ``--lr -1: …`` for ``lr=-1: …``)."""
+    """A setting outside its valid values: its name and value, and what is allowed."""
 
     def __init__(self, setting: str, value, allowed: str):
         self.setting, self.value, self.allowed = setting, value, allowed
@@ -99,37 +98,34 @@ def on_kaggle() -> bool:
     return (KAGGLE_INPUT / "train_labels.csv").is_file()
 
 
-def output_dir() -> Path:
-    """Where runs, figures and submission.csv go: $PCAM_OUT, else the project's ``outputs/``
-    (on Kaggle, whose project folder may be read-only, /kaggle/working/outputs)."""
-    default = KAGGLE_WORKING / "outputs" if on_kaggle() else project_root() / "outputs"
-    path = Path(os.environ.get("PCAM_OUT") or default)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def smoke() -> bool:
-    """True when ``PCAM_SMOKE`` is set to 1/true/yes."""
+    """True when ``PCAM_SMOKE`` (the tests') is 1/true/yes: prove the code path, fast."""
     return os.environ.get("PCAM_SMOKE", "").strip().lower() in ("1", "true", "yes")
 
 
-def default_data_dir() -> Path:
-    """$PCAM_DATA, else full data (``data/full``, complete ``data/pcam``, Kaggle's), else the
-    sample."""
-    override = os.environ.get("PCAM_DATA")
-    if override:
-        return Path(override)
-    if not smoke():
-        from .sources import is_pcam_layout
+def forced_mode() -> str | None:
+    """``$PCAM_MODE`` ('gpu' or 'cpu'): the path the series takes (on a CPU, 'gpu' rehearses a
+    GPU run). None: the device decides."""
+    mode = os.environ.get("PCAM_MODE", "").strip().lower()
+    if mode not in ("", "gpu", "cpu"):
+        raise ValueError(f"PCAM_MODE={mode}: must be one of gpu, cpu (or unset)")
+    return mode or None
 
-        full, pcam = project_root() / "data" / "full", project_root() / "data" / "pcam"
-        if (full / "train_labels.csv").is_file():
-            return full
-        if is_pcam_layout(pcam):  # what pcam download --source pcam leaves when complete
-            return pcam
-        if on_kaggle():
-            return KAGGLE_INPUT
-    return project_root() / "data" / "sample"
+
+def default_data_dir() -> Path:
+    """$PCAM_DATA, else full data (data/full, a complete data/pcam, Kaggle's), else the sample."""
+    from .sources import is_pcam_layout
+
+    if os.environ.get("PCAM_DATA"):
+        return Path(os.environ["PCAM_DATA"])
+    root = project_root() / "data"
+    if smoke():
+        return root / "sample"
+    if (root / "full" / "train_labels.csv").is_file():
+        return root / "full"
+    if is_pcam_layout(root / "pcam"):  # what pcam download --source pcam leaves when complete
+        return root / "pcam"
+    return KAGGLE_INPUT if on_kaggle() else root / "sample"
 
 
 def default_cache_root() -> Path | None:
@@ -218,11 +214,9 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **overrides) -> TrainConfig:
-        """Recipe ``name`` with ``overrides``, which win even where they equal a default.
-
-        Another model keeps its own input size and arguments, another optimizer drops the
-        recipe's weight decay, and PCam's own splits drop its fractions.
-        """
+        """Recipe ``name`` with ``overrides``, which win even where they equal a default. Another
+        model keeps its own input size and arguments, another optimizer drops the recipe's weight
+        decay, and PCam's own splits drop its fractions."""
         if name not in RECIPES:
             raise SettingError("recipe", name, f"must be one of {', '.join(RECIPES)}")
         values, drop = copy.deepcopy(RECIPES[name]), set()
@@ -285,8 +279,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
         if not any(value == o and type(value) is type(o) for o in allowed):
             raise SettingError(f.name, value, "must be one of " + ", ".join(map(repr, allowed)))
     elif allowed:
-        problem = range_problem(value, allowed, f.type.startswith("int"), "None" in f.type)
-        if problem:
+        if problem := range_problem(value, allowed, f.type.startswith("int"), "None" in f.type):
             raise SettingError(f.name, value, problem)
     elif f.type == "bool" and not isinstance(value, bool):
         raise SettingError(f.name, value, "must be one of True, False")
@@ -305,8 +298,7 @@ def _check_model(config: TrainConfig) -> None:
     if not isinstance(kwargs, dict):
         raise SettingError("model_kwargs", kwargs, "a dict of the model's keyword arguments")
     for key, value in kwargs.items():
-        problem = _kwarg_problem(model, key, value)
-        if problem:
+        if problem := _kwarg_problem(model, key, value):
             raise SettingError("model_kwargs", dict(kwargs), problem)
     # cnn1/cnn2 (two blocks of valid 3×3 convs and a 2×2 pool) need ≥ 16 pixels, the backbones
     # ≥ 32; pcamnet centre-crops the patch and halves it between stages and in a stem.
@@ -344,87 +336,3 @@ def check_paths(config: TrainConfig, need_data: bool = True) -> None:
         raise SettingError("groups_csv", config.groups_csv, "no such file")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise SettingError("out", config.out, "is a file; give a run directory")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What 'small' means for this session, and where things are: the notebooks' one source."""
-
-    smoke: bool
-    data_dir: Path
-    out_dir: Path
-    weights: str | None
-    steps_per_epoch: int | None
-    eval_limit: int | None
-    accelerator: str
-    cache_dir: Path | None = None  # packed caches (None: beside the data); see start()
-    forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
-
-    @property
-    def recipe(self) -> str:
-        """The recipe that fits this device: ``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
-        return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
-
-    @property
-    def init(self) -> str | None:
-        """The shipped weights for ``pcam-cpu`` on the sample (whose overlap with their training
-        patches is known and left out of every score), else None (random)."""
-        on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
-        return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
-
-    @property
-    def mode(self) -> str:
-        """'smoke' (a few batches), 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
-        size = "smoke" if self.smoke else self.accelerator.upper()
-        forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
-        return size + forced
-
-    def train_config(self, **fields) -> TrainConfig:
-        """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
-        fields.setdefault("data", str(self.data_dir))
-        recipe = fields.pop("recipe", None)
-        config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
-        if self.smoke:
-            config = config.replace(
-                epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit
-            )
-        return config
-
-    def cpu_budget(self, value: int) -> int | None:
-        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
-        return value if self.accelerator == "cpu" else None
-
-    def epochs(self, full: int, cpu: int | None = None) -> int:
-        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
-        if self.smoke:
-            return 1
-        return cpu if cpu is not None and self.accelerator == "cpu" else full
-
-
-def data_kind(data_dir: Path) -> str:
-    """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
-    from .sources import is_pcam_layout
-
-    if data_dir.resolve() == KAGGLE_INPUT.resolve():
-        return "Kaggle input"
-    if data_dir.name == "pcam" or is_pcam_layout(data_dir):
-        return "pcam"
-    return {"sample": "sample", "full": "full"}.get(data_dir.name, str(data_dir))
-
-
-def settings() -> Settings:
-    """Read the environment once: smoke switch, data location, pretrained weights on or off."""
-    from .train import accelerator, forced_mode
-
-    is_smoke, forced = smoke(), forced_mode()
-    return Settings(
-        smoke=is_smoke,
-        data_dir=default_data_dir(),
-        out_dir=output_dir(),
-        weights=None if is_smoke or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
-        steps_per_epoch=3 if is_smoke else None,
-        eval_limit=32 if is_smoke else None,
-        accelerator=forced or accelerator()[0],
-        cache_dir=default_cache_root(),
-        forced=forced is not None,
-    )

@@ -1,21 +1,23 @@
-"""The notebook series: each notebook's set-up (``S = start(…)``), and running them in order.
-
-``python -m pcamlib.notebook [PATH]`` (``make run``) runs each notebook in a fresh kernel and
-stores its outputs; ``--sync`` (``make sync``) rewrites every set-up cell and badge from
-:data:`SETUP_CELL` and pyproject's ``Repository`` URL, the one place a fork edits. The set-up
-cell runs this file before pcamlib may be importable: module level imports the stdlib only.
+"""The notebook session (Settings, ``S = start(…)``) and the series: ``python -m pcamlib.notebook
+[--sync] [PATH]`` runs the notebooks in place, or rewrites their set-up cells and badges from
+pyproject's ``Repository`` URL, the one place a fork edits. The set-up cell runs this file before
+pcamlib is importable, so module level imports the standard library only.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 # Every notebook's first code cell (at most 8 lines): it finds the enclosing clone or clones REPO
@@ -44,16 +46,99 @@ CHATTER = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |To ena
 NO_CUDA = re.compile(r"^E\d{4} .*failed call to cuInit")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What 'small' means for this session, and where things are: the notebooks' one source."""
+
+    smoke: bool
+    data_dir: Path
+    out_dir: Path  # runs, figures, submission.csv
+    weights: str | None
+    steps_per_epoch: int | None
+    eval_limit: int | None
+    accelerator: str
+    cache_dir: Path | None = None  # packed caches (None: beside the data)
+    forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
+
+    @property
+    def recipe(self) -> str:
+        """``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
+        return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
+
+    @property
+    def init(self) -> str | None:
+        """``"pretrained"`` for pcam-cpu on the sample (scores leave out the shipped weights'
+        training patches), else None (random)."""
+        from .config import project_root
+
+        on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
+        return "pretrained" if self.recipe == "pcam-cpu" and on_sample else None
+
+    @property
+    def mode(self) -> str:
+        """'smoke', 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
+        forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
+        return ("smoke" if self.smoke else self.accelerator.upper()) + forced
+
+    def train_config(self, **fields):
+        """A TrainConfig on this session's data, shrunk to a few batches in smoke runs."""
+        from .config import TrainConfig
+
+        fields.setdefault("data", str(self.data_dir))
+        recipe = fields.pop("recipe", None)
+        config = TrainConfig.from_recipe(recipe, **fields) if recipe else TrainConfig(**fields)
+        small = dict(epochs=1, steps_per_epoch=self.steps_per_epoch, val_limit=self.eval_limit)
+        return config.replace(**small) if self.smoke else config
+
+    def cpu_budget(self, value: int) -> int | None:
+        """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
+        return value if self.accelerator == "cpu" else None
+
+    def epochs(self, full: int, cpu: int | None = None) -> int:
+        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
+        by_device = cpu if cpu is not None and self.accelerator == "cpu" else full
+        return 1 if self.smoke else by_device
+
+
+def data_kind(data_dir: Path) -> str:
+    """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
+    from .config import KAGGLE_INPUT
+    from .sources import is_pcam_layout
+
+    if data_dir.resolve() == KAGGLE_INPUT.resolve():
+        return "Kaggle input"
+    named = data_dir.name in ("sample", "full", "pcam")
+    return "pcam" if is_pcam_layout(data_dir) else data_dir.name if named else str(data_dir)
+
+
+def settings() -> Settings:
+    """Read the environment once. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle,
+    whose project folder may be read-only, /kaggle/working/outputs)."""
+    from . import config
+    from .config import forced_mode
+    from .train import accelerator
+
+    small, forced = config.smoke(), forced_mode()
+    root = config.KAGGLE_WORKING if config.on_kaggle() else config.project_root()
+    out = Path(os.environ.get("PCAM_OUT") or root / "outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    return Settings(
+        smoke=small,
+        data_dir=config.default_data_dir(),
+        out_dir=out,
+        weights=None if small or os.environ.get("PCAM_NO_PRETRAINED") else "imagenet",
+        steps_per_epoch=3 if small else None,
+        eval_limit=32 if small else None,
+        accelerator=forced or accelerator()[0],
+        cache_dir=config.default_cache_root(),
+        forced=forced is not None,
+    )
+
+
 def start(home=None, outputs: str = "", mode: str | None = None, backend: str = ""):
-    """Point the library at the clone and the outputs, quiet known noise, print one status line.
-
-    ``home``: the clone (``$PCAM_HOME``). ``outputs``: where runs, the cache and submissions go:
-    ``""`` keeps ``$PCAM_OUT`` or the default; ``"drive"`` is Google Drive on Colab (a
-    disconnect loses nothing); else a folder. ``mode``: ``"gpu"``/``"cpu"`` forces that path
-    (``$PCAM_MODE``). ``backend``: ``"jax"``/``"tensorflow"``; ``""`` keeps ``$KERAS_BACKEND``.
-    Returns the session's :class:`pcamlib.config.Settings`."""
-    from .config import settings
-
+    """Point pcamlib at the clone (``home``) and ``outputs`` ("drive": Google Drive on Colab,
+    which a disconnect does not lose; "": $PCAM_OUT or the default), force a ``mode`` ("gpu",
+    "cpu") or Keras ``backend``, quiet known noise, print one status line; the :class:`Settings`."""
     _use_backend(backend)
     if home is not None:
         os.environ["PCAM_HOME"] = str(Path(home).resolve())
@@ -61,9 +146,8 @@ def start(home=None, outputs: str = "", mode: str | None = None, backend: str = 
         try:
             from google.colab import drive  # only on Colab
         except ImportError:
-            raise RuntimeError(
-                'outputs="drive" needs Google Colab; elsewhere give a folder, e.g. outputs="~/pcam"'
-            ) from None
+            elsewhere = 'elsewhere give a folder, e.g. outputs="~/pcam"'
+            raise RuntimeError(f'outputs="drive" needs Google Colab; {elsewhere}') from None
         if not (DRIVE / "MyDrive").is_dir():
             drive.mount(str(DRIVE))
         outputs = str(DRIVE / "MyDrive" / "pcamlib")
@@ -85,10 +169,8 @@ def _use_backend(name: str) -> None:
         raise ValueError(f'backend="{name}": must be one of {", ".join(BACKENDS)} (or "")')
     running = sys.modules["keras"].backend.backend() if "keras" in sys.modules else name
     if name and running != name:
-        raise RuntimeError(
-            f'backend="{name}": Keras already runs on {running} in this kernel; restart it and '
-            "run the set-up cell first"
-        )
+        again = "in this kernel; restart it and run the set-up cell first"
+        raise RuntimeError(f'backend="{name}": Keras already runs on {running} {again}')
     if name:
         os.environ["KERAS_BACKEND"] = name
 
@@ -99,7 +181,8 @@ def _quiet_noise() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
     # TensorFlow logs each retrace, which notebooks that train several models do by design.
-    logging.getLogger("tensorflow").addFilter(_not_retracing)
+    retrace = "triggered tf.function retracing"
+    logging.getLogger("tensorflow").addFilter(lambda record: retrace not in record.getMessage())
     # No machine-specific source paths in stored outputs.
     warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
     # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
@@ -113,27 +196,21 @@ def _quiet_noise() -> None:
     quiet_keras()
 
 
-def _not_retracing(record: logging.LogRecord) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
-
-
 def status_line(s) -> str:
     """One line: the session's data (with counts), device, backend, precision and mode."""
     import keras
 
-    from .config import data_kind
     from .train import describe_device, precision_policy
 
     data = data_kind(s.data_dir)
-    labels, test = s.data_dir / "train_labels.csv", s.data_dir / "test"
+    labels = s.data_dir / "train_labels.csv"
     if labels.is_file():  # the Kaggle layout; other layouts are not counted
         n_train = max(0, len(labels.read_bytes().splitlines()) - 1)  # minus the header
-        n_test = sum(1 for e in os.scandir(test) if e.name.endswith(".tif")) if test.is_dir() else 0
+        n_test = len(list((s.data_dir / "test").glob("*.tif")))
         data += f" ({n_train:,} train / {n_test:,} test patches)"
-    return (
-        f"data: {data} · device: {describe_device()} · backend: {keras.backend.backend()} · "
-        f"precision: {precision_policy('auto')} · mode: {s.mode}"
-    )
+    parts = [("data", data), ("device", describe_device()), ("backend", keras.backend.backend())]
+    parts += [("precision", precision_policy("auto")), ("mode", s.mode)]
+    return " · ".join(f"{name}: {value}" for name, value in parts)
 
 
 def quiet_keras() -> None:
@@ -158,19 +235,15 @@ def quiet_keras() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
             no_driver = not os.path.exists("/proc/driver/nvidia/version")
-            noise = [x for x in lines if CHATTER.match(x) or no_driver and NO_CUDA.match(x)]
-            sys.stderr.write("".join(x for x in lines if x not in noise))
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not (CHATTER.match(line) or no_driver and NO_CUDA.match(line)):
+                    sys.stderr.write(line)
 
 
 def importable_start(home: str | Path):
     """``start``, after a plain ``pip install home`` where pcamlib is missing (importable at
     once, no restart; a clone folder named ``pcamlib`` is a namespace package and not it)."""
-    import importlib
-    import importlib.util
-    import subprocess
-
     if getattr(importlib.util.find_spec("pcamlib"), "origin", None) is None:
         print(f"pcamlib is not importable here: installing it from {home} …", flush=True)
         pip = [sys.executable, "-m", "pip", "install", "-q", str(home)]
@@ -200,14 +273,13 @@ def notebook_paths(folder: str | Path) -> list[Path]:
     return paths
 
 
-def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None = None) -> list[str]:
-    """Rewrite the set-up cell and badges of every notebook in ``folder``; the changed names."""
+def sync_series(folder: str | Path = "notebooks") -> list[str]:
+    """Rewrite the set-up cell and badges of every notebook in ``folder`` from the Repository
+    URL of the pyproject.toml beside it; the names of those that changed."""
     import nbformat
 
-    folder = Path(folder)
-    repo = repository_url(pyproject or folder.resolve().parent / "pyproject.toml")
+    repo, changed = repository_url(Path(folder).resolve().parent / "pyproject.toml"), []
     slug = repo.removeprefix("https://github.com/")
-    changed = []
     for path in notebook_paths(folder):
         notebook = nbformat.read(path, as_version=4)
         title, setup = notebook.cells[0], notebook.cells[1]
@@ -220,50 +292,40 @@ def sync_series(folder: str | Path = "notebooks", pyproject: str | Path | None =
     return changed
 
 
-def quiet_kernels() -> Path:
-    """Keep TensorFlow's C++ log lines out of stored outputs (and ``--nbval`` comparisons):
-    ipykernel forwards fd output into cells unless told not to. Returns the IPython dir used."""
-    profile = Path(tempfile.mkdtemp(prefix="pcam-ipython-")) / "profile_default"
+def quiet_kernels() -> None:
+    """Point $IPYTHONDIR at kernels that keep TensorFlow's C++ log lines out of stored outputs
+    (and ``--nbval`` comparisons): ipykernel forwards fd output into cells unless told not to."""
+    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="pcam-ipython-")
+    profile = Path(os.environ["IPYTHONDIR"], "profile_default")
     profile.mkdir()
     (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
-    os.environ["IPYTHONDIR"] = str(profile.parent)
-    return profile.parent
 
 
 def run_series(folder: str | Path, timeout: int = 3600) -> None:
-    """Execute the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
+    """Run the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
     failing cell stops the series, naming notebook and cell."""
+    import nbclient
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     quiet_kernels()
     sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
     for path in notebook_paths(folder):
-        notebook = nbformat.read(path, as_version=4)
-        began = time.perf_counter()
+        notebook, began = nbformat.read(path, as_version=4), time.perf_counter()
         print(f"running {path} …", flush=True)
-        # No per-cell timestamps: a rerun leaves only real changes.
-        options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
-        try:
-            NotebookClient(
-                notebook, resources={"metadata": {"path": str(path.parent)}}, **options
-            ).execute()
-        except CellExecutionError as exc:
-            raise SystemExit(
-                f"{path}: a cell failed (outputs saved in the notebook)\n{exc}"
-            ) from None
+        try:  # no per-cell timestamps: a rerun leaves only real changes
+            options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
+            nbclient.execute(notebook, cwd=str(path.parent), **options)
+        except nbclient.exceptions.CellExecutionError as exc:
+            failed = f"{path}: a cell failed (outputs saved in the notebook)"
+            raise SystemExit(f"{failed}\n{exc}") from None
         finally:
             nbformat.write(notebook, path)
         print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pcamlib.notebook", description="Run the notebook series in order, in place."
-    )
+    about = "Run the notebook series in order, in place."
+    parser = argparse.ArgumentParser("python -m pcamlib.notebook", description=about)
     parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")
     parser.add_argument("--sync", action="store_true", help="only rewrite set-up cells and badges")
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .augment import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, atomic_path, atomic_write_text
-from .config import PRECISION_MODES, STRATEGIES, SettingError, TrainConfig, check_paths
+from .config import PRECISION_MODES, STRATEGIES, SettingError, TrainConfig, check_paths, forced_mode
 from .models import build_model, fetch_imagenet_weights
 from .pretrained import NAME as PRETRAINED
 from .pretrained import load_pretrained
@@ -38,15 +38,6 @@ SCHEDULES = {"constant": (10, 1.0), "cosine": (10, 0.01), "onecycle": (25, 1e-3)
 # ROC AUC thresholds spaced in logit space, sigmoid(-40…16): Keras' 200 in [0, 1] cannot rank
 # probabilities all below 0.005, where stale BatchNorm statistics put a short run's patches.
 AUC_THRESHOLDS = (1 / (1 + np.exp(-np.linspace(-40, 16, 999)))).tolist()
-
-
-def forced_mode() -> str | None:
-    """``$PCAM_MODE`` ('gpu' or 'cpu'): the path the series takes (on a CPU, 'gpu' rehearses a
-    GPU run). None: the device decides."""
-    mode = os.environ.get("PCAM_MODE", "").strip().lower()
-    if mode not in ("", "gpu", "cpu"):
-        raise ValueError(f"PCAM_MODE={mode}: must be one of gpu, cpu (or unset)")
-    return mode or None
 
 
 def accelerator() -> tuple[str, int]:

@@ -8,7 +8,8 @@ import urllib.error
 import pytest
 
 from pcamlib.cli import main
-from pcamlib.config import RECIPES, SAMPLE_DIR, SettingError, TrainConfig, settings
+from pcamlib.config import RECIPES, SAMPLE_DIR, SettingError, TrainConfig
+from pcamlib.notebook import settings
 
 
 def test_smoke_settings_shrink_runs_but_keep_the_code_path(monkeypatch):

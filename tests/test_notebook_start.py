@@ -10,8 +10,16 @@ import nbformat
 import pytest
 
 from pcamlib import config
-from pcamlib.config import REPO_ROOT, Settings, settings
-from pcamlib.notebook import SETUP_CELL, main, repository_url, start, sync_series
+from pcamlib.config import REPO_ROOT
+from pcamlib.notebook import (
+    SETUP_CELL,
+    Settings,
+    main,
+    repository_url,
+    settings,
+    start,
+    sync_series,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,9 @@ from test_download_pcam import h5_bytes
 
 from pcamlib.cache import load_patches
 from pcamlib.cli import main
-from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig, data_kind, default_data_dir
+from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig, default_data_dir
 from pcamlib.evaluate import results_table, scoring_rows, subset_rows
+from pcamlib.notebook import data_kind
 from pcamlib.sources import H5_PATTERN, H5Source, open_source, read_image
 from pcamlib.stream import run_split
 from pcamlib.submission import SubmissionError, check_no_leak
