@@ -115,10 +115,9 @@ def settings() -> Settings:
     """Read the environment once. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle,
     whose project folder may be read-only, /kaggle/working/outputs)."""
     from . import config
-    from .config import forced_mode
     from .train import accelerator
 
-    small, forced = config.smoke(), forced_mode()
+    small, forced = config.smoke(), config.forced_mode()
     root = config.KAGGLE_WORKING if config.on_kaggle() else config.project_root()
     out = Path(os.environ.get("PCAM_OUT") or root / "outputs")
     out.mkdir(parents=True, exist_ok=True)
