@@ -124,7 +124,7 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": "", "split": config.split})
     parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
     parts.loc[ids.isin(seen), "subset"] = "train"  # it trained on twins of these
-    parts["protocol"] = protocol
+    parts["protocol"], parts["content"] = protocol, cache.content
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
     state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
     state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
