@@ -213,12 +213,7 @@ SHOWN = [
 ]  # fmt: skip
 
 
-def _test_set(split: pd.DataFrame) -> str:
-    """The protocol's test rows of a run, with those its init model had seen: one per data."""
-    return fingerprint(split.loc[split["protocol"] == "test", "id"])
-
-
-def _score_run(run_dir: Path, split: pd.DataFrame, cache: PackedCache, limit, progress) -> tuple:
+def _score_run(run_dir: Path, split, test_set: str, cache: PackedCache, limit, progress) -> tuple:
     """One leaderboard row of ``run_dir`` and its test ``(labels, TTA-8 probabilities)``."""
     from .kaggle import kaggle_scores
     from .train import load_model
@@ -241,7 +236,7 @@ def _score_run(run_dir: Path, split: pd.DataFrame, cache: PackedCache, limit, pr
     at = binary_metrics(y, probs[8], threshold=row["threshold"])
     row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity")}
     row |= {"acc@0.5": binary_metrics(y, probs[8])["accuracy"], "ece": at["ece"]}
-    row |= {"test_set": _test_set(split), **kaggle_scores(run_dir)}
+    row |= {"test_set": test_set, **kaggle_scores(run_dir)}
     return row, (y, probs[8])
 
 
@@ -258,15 +253,16 @@ def results_table(
     if not run_dirs:
         raise ValueError("results_table needs at least one run directory")
     splits = [_split(r) for r in run_dirs]
-    sets = [_test_set(s) for s in splits]
+    # The protocol's test rows, with those an init model had seen: one set for every run.
+    sets = [fingerprint(s.loc[s["protocol"] == "test", "id"]) for s in splits]
     if other := [r for r, t in zip(run_dirs, sets, strict=True) if t != sets[0]]:
         raise ValueError(
             f"{other[0]} and {run_dirs[0]} have different test rows (another test_fraction, "
             "split or data): a leaderboard compares runs on one test set"
         )
     rows, curves = [], {}
-    for run_dir, split in zip(run_dirs, splits, strict=True):
-        row, curve = _score_run(run_dir, split, cache, limit, progress)
+    for run_dir, split, test_set in zip(run_dirs, splits, sets, strict=True):
+        row, curve = _score_run(run_dir, split, test_set, cache, limit, progress)
         # Figures name the run as tables do: a transfer run without ImageNet weights says so.
         curves[run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")] = curve
         rows.append(row)
@@ -306,9 +302,9 @@ def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict
     import keras
 
     rows, aucs = np.asarray(rows), {}
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     for name, training in (("moving averages", False), ("batch statistics", True)):
-        batches = (cache.images[rows[i : i + batch_size]] for i in range(0, len(rows), batch_size))
-        probs = [model(np.asarray(x), training=training) for x in batches]
+        probs = [model(np.asarray(cache.images[b]), training=training) for b in batches]
         probs = np.concatenate([keras.ops.convert_to_numpy(p)[:, 0] for p in probs])
         aucs[name] = float(skm.roc_auc_score(cache.labels[rows], probs))
     return aucs
