@@ -30,29 +30,34 @@ def _isin(ids, wanted) -> np.ndarray:
 def _split(run_dir: str | os.PathLike) -> pd.DataFrame:
     """A run's ``split.csv`` with the columns today's ``train()`` writes, or a refusal."""
     split = read_split(run_dir)
+    split.attrs["path"] = path = Path(run_dir) / "split.csv"
     if missing := {"protocol", "content"} - set(split.columns):
-        path = Path(run_dir) / "split.csv"
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; retrain it")
     return split
 
 
-def _split_rows(cache: PackedCache, split: pd.DataFrame, subset: str, where: Path) -> np.ndarray:
-    """Rows of ``cache`` whose pixels are the ``subset`` rows of ``split`` (read from ``where``)."""
-    wanted = split["content"][split["subset"] == subset]
-    if wanted.empty:
+def _rows(cache: PackedCache, split: pd.DataFrame | None, subset: str, limit=None) -> np.ndarray:
+    """:func:`subset_rows` of a run's ``split`` (None: no run)."""
+    if subset == "all":
+        rows = np.arange(len(cache))
+    elif subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
+    elif split is None:
+        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
+    elif (wanted := split["content"][split["subset"] == subset]).empty:
         hint = " (a run with test_fraction=0): retrain it, or score its validation rows"
         hint += " (subset 'val', which also chose its best.keras)"
-        raise ValueError(f"{where} has no {subset!r} rows" + hint * (subset == "test"))
-    if missing := int((~_isin(wanted, cache.content)).sum()):
         raise ValueError(
-            f"{where}: {missing} of its {len(wanted)} {subset} patches are not in {cache.path} "
-            "(compared by content); evaluate on the data the run trained on, or subset 'all'"
+            f"{split.attrs['path']} has no {subset!r} rows" + hint * (subset == "test")
         )
-    return np.flatnonzero(_isin(cache.content, wanted))
-
-
-def _balanced(cache: PackedCache, rows: np.ndarray, limit: int | None) -> np.ndarray:
-    """The first ``limit // 2`` of ``rows`` of each class (all with no ``limit``)."""
+    elif missing := int((~_isin(wanted, cache.content)).sum()):
+        raise ValueError(
+            f"{split.attrs['path']}: {missing} of its {len(wanted)} {subset} patches are not in "
+            f"{cache.path} (compared by content); evaluate on the data the run trained on, or "
+            "subset 'all'"
+        )
+    else:
+        rows = np.flatnonzero(_isin(cache.content, wanted))
     if limit is None or limit >= len(rows) or cache.labels is None:
         return rows
     per_class = [rows[cache.labels[rows] == c][: limit // 2] for c in (0, 1)]
@@ -64,14 +69,8 @@ def subset_rows(
 ) -> np.ndarray:
     """Row indices of ``cache``: 'all', or the run's 'train', 'val' or 'test' rows (by pixels),
     with ``limit`` the first ``limit // 2`` of each class (smoke runs; the same for every run)."""
-    if subset == "all":
-        return _balanced(cache, np.arange(len(cache)), limit)
-    if subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
-    if run_dir is None or not (Path(run_dir) / "split.csv").is_file():
-        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
-    rows = _split_rows(cache, _split(run_dir), subset, Path(run_dir) / "split.csv")
-    return _balanced(cache, rows, limit)
+    has_split = run_dir is not None and (Path(run_dir) / "split.csv").is_file()
+    return _rows(cache, _split(run_dir) if has_split and subset != "all" else None, subset, limit)
 
 
 def scoring_rows(
@@ -95,7 +94,7 @@ def scoring_rows(
     split = _split(run_dir)
     unseen = not _isin(cache.content, split["content"]).any()
     subset = ("all" if unseen else "test") if subset is None else subset
-    rows = subset_rows(cache, run_dir, subset)
+    rows = _rows(cache, split, subset)
     trained = split["content"][split["subset"] == "train"]
     n_train = int(_isin(cache.content, trained)[rows].sum())
     if n_train and not include_train:
@@ -191,18 +190,15 @@ def _training_facts(run_dir: Path, split: pd.DataFrame) -> dict:
     batch = config["batch_size"] * state.get("replicas", 1)
     steps = min(max(1, n_train // batch), config["steps_per_epoch"] or np.inf)
     # A transfer setup that resolve_weights() left without ImageNet weights is no transfer result.
-    fallback = config["model"] in BACKBONE_NAMES and (config["weights"], config["trainable"])
-    fallback = fallback == (None, False)
+    frozen_random = (config["weights"], config["trainable"]) == (None, False)
+    fallback = config["model"] in BACKBONE_NAMES and frozen_random
     init = config["init"]
     weights = config["weights"] or ("random" if init is None else f"from {Path(init).name}")
     images = steps * batch * len(state["history"])
     facts = {"model": config["model"], "weights": "random, frozen" if fallback else weights}
     facts |= {"no_imagenet": fallback, "epochs": state["epoch"], "best_epoch": state["best_epoch"]}
-    facts |= {
-        "train_s": round(seconds, 1),
-        "img_per_s": round(images / seconds, 1) if seconds else np.nan,
-    }
-    return facts | {"val_auc": float(state["best_val_auc"])}
+    facts |= {"train_s": round(seconds, 1), "val_auc": float(state["best_val_auc"])}
+    return facts | {"img_per_s": round(images / seconds, 1) if seconds else np.nan}
 
 
 # The leaderboard columns a notebook shows (results.csv keeps them all).
@@ -218,9 +214,7 @@ def _score_run(run_dir: Path, split, test_set: str, cache: PackedCache, limit, p
     from .kaggle import kaggle_scores
     from .train import load_model
 
-    where = run_dir / "split.csv"
-    test = _balanced(cache, _split_rows(cache, split, "test", where), limit)
-    val = _balanced(cache, _split_rows(cache, split, "val", where), limit)
+    test, val = _rows(cache, split, "test", limit), _rows(cache, split, "val", limit)
     model, y = load_model(run_dir), cache.labels[test]
     row = {"run": run_dir.name, **_training_facts(run_dir, split), "params": model.count_params()}
     seen = (split["protocol"] == "test").sum() - (split["subset"] == "test").sum()

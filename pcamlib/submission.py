@@ -199,7 +199,6 @@ def write_submission(
 
 # --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
 
-LEAKY_SPLITS = ("valid", "test")
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
 # PCam's file names and patch ids (pcam_h5: "valid/7"; TFDS exports: "valid_7"; class folders
 # exported from either: "0/valid_7").
@@ -260,7 +259,6 @@ def _run_dir(link: Path, named_by: str) -> Path:
     )
 
 
-# The shipped model (``init="pretrained"``) trained on PCam's train split only.
 PRETRAINED_SOURCE = TrainingSource(NAME, "PCam train (pcamlib.pretrained)", frozenset({"train"}))
 
 
@@ -290,7 +288,7 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
     test set is drawn from them. Returns :func:`training_sources` when the run is clean."""
     sources = training_sources(run)
     for i, source in enumerate(sources):
-        if leaked := sorted(source.pcam_splits & set(LEAKY_SPLITS)):
+        if leaked := sorted(source.pcam_splits & {"valid", "test"}):
             how = "was trained" if i == 0 else f"was fine-tuned from {source.model}, trained"
             raise SubmissionError(
                 f"{run}: refused: it {how} on PCam's {' and '.join(leaked)} split "
@@ -301,8 +299,7 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
 
 
 def submission_run(path: str | os.PathLike[str]) -> Path | None:
-    """The run that wrote a submission: recorded by ``write_submission(run=…)``, or the run
-    directory the file sits in; None when unknown."""
+    """The run that wrote a submission (its note, else the run directory it sits in), or None."""
     path = Path(path)
     note = path.with_name(path.name + RUN_NOTE)
     if note.is_file():

@@ -187,6 +187,9 @@ def test_leaderboard_drops_rows_of_another_test_set(runs, cache, tmp_path):
     with pytest.warns(UserWarning, match="dropping elsewhere"):
         table, _ = results_table([runs / "b"], cache, csv=csv, limit=40)
     assert list(table.index) == ["b"]
+    stale.drop(columns="test_set").to_csv(csv, index=False)
+    with pytest.raises(ValueError, match=r"results.csv: not a results table \(no test_set column"):
+        results_table([runs / "b"], cache, csv=csv, limit=40)
 
 
 def test_a_transfer_run_without_imagenet_weights_is_flagged(runs, tmp_path):

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cache import atomic_path, atomic_write_text, load_patches
+
 NAME = "pretrained"  # what --model and --init accept for this model
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE / "pcam-cpu.keras"
 CARD_FILE = HERE / "card.json"
 OVERLAP_FILE = HERE / "sample_overlap.csv"
 CONTENT_FILE = HERE / "train_content.txt.gz"
-KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 class PretrainedError(FileNotFoundError):
@@ -77,8 +78,8 @@ def seen_ids(cache, rows=None) -> set[str] | None:
     split = "train" if cache.labels is not None else "test"
     if split == "train" and fingerprint(ids) != card()["sample_fingerprint"]:
         scored = ids if rows is None else [ids[i] for i in rows]
-        from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in scored)
-        return None if any(from_pcam_train) else seen
+        # Kaggle ids (40 hex digits) and PCam's train/N are PCam train: twins no list names.
+        return None if any(re.fullmatch("[0-9a-f]{40}|train/.*", i) for i in scored) else seen
     listed = read_overlap(_shipped(OVERLAP_FILE, "the sample's overlap list is"), split)
     return seen | (listed & set(ids))
 
@@ -94,7 +95,6 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     """A run directory for the shipped model on ``cache``, for the leaderboard and best_run:
     the protocol's val and test rows (``settings`` as TrainConfig's), those it trained on
     (:func:`seen_ids`) moved to ``train``; None, after a warning, where those are unknown."""
-    from ..cache import atomic_path, atomic_write_text
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..metrics import auc_ci
@@ -131,10 +131,8 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
 
 
 def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
-    """The run under ``runs_dir`` with the best validation AUC; with none yet (a fresh clone),
-    the shipped model, so 04 can submit without training: a scored run on ``data_dir`` where
-    its overlap is known, else its file, unscored (:func:`pretrained_run` says why)."""
-    from ..cache import load_patches
+    """The run under ``runs_dir`` with the best validation AUC; with none yet, the shipped model
+    (a scored run on ``data_dir`` where :func:`pretrained_run` can make one, else its file)."""
     from ..evaluate import best_run
 
     runs_dir = Path(runs_dir)
