@@ -188,12 +188,10 @@ def write_submission(
         frame.to_csv(tmp, index=False)
         check_submission(tmp, expected)
     note = target.with_name(target.name + RUN_NOTE)
-    if run is None:
-        note.unlink(missing_ok=True)  # another run's note would name the wrong run
-    else:
-        model = Path(run).resolve()
-        made_by = str(run) if is_pretrained(run) else str(model if model.is_dir() else model.parent)
-        atomic_write_text(note, json.dumps({"run": made_by}) + "\n", durable=True)
+    note.unlink(missing_ok=True)  # another run's note would name the wrong run
+    if run is not None:
+        made_by = run if is_pretrained(run) else _run_dir(Path(run).resolve(), "the run")
+        atomic_write_text(note, json.dumps({"run": str(made_by)}) + "\n", durable=True)
     return target
 
 
