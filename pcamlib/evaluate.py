@@ -38,6 +38,7 @@ def _split(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def _rows(cache: PackedCache, split: pd.DataFrame | None, subset: str, limit=None) -> np.ndarray:
     """:func:`subset_rows` of a run's ``split`` (None: no run)."""
+    where = None if split is None else split.attrs["path"]
     if subset == "all":
         rows = np.arange(len(cache))
     elif subset not in SUBSETS:
@@ -45,16 +46,12 @@ def _rows(cache: PackedCache, split: pd.DataFrame | None, subset: str, limit=Non
     elif split is None:
         raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
     elif (wanted := split["content"][split["subset"] == subset]).empty:
-        hint = " (a run with test_fraction=0): retrain it, or score its validation rows"
-        hint += " (subset 'val', which also chose its best.keras)"
-        raise ValueError(
-            f"{split.attrs['path']} has no {subset!r} rows" + hint * (subset == "test")
-        )
+        hint = " (test_fraction=0): retrain it, or score subset 'val', which chose its best.keras"
+        raise ValueError(f"{where} has no {subset!r} rows" + hint * (subset == "test"))
     elif missing := int((~_isin(wanted, cache.content)).sum()):
         raise ValueError(
-            f"{split.attrs['path']}: {missing} of its {len(wanted)} {subset} patches are not in "
-            f"{cache.path} (compared by content); evaluate on the data the run trained on, or "
-            "subset 'all'"
+            f"{where}: {missing} of its {len(wanted)} {subset} patches are not in {cache.path} "
+            "(compared by content); evaluate on the data the run trained on, or subset 'all'"
         )
     else:
         rows = np.flatnonzero(_isin(cache.content, wanted))
