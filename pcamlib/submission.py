@@ -198,8 +198,7 @@ def write_submission(
 # --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
 
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
-# PCam's file names and patch ids (pcam_h5: "valid/7"; TFDS exports: "valid_7"; class folders
-# exported from either: "0/valid_7").
+# PCam's file names and ids (pcam_h5 "valid/7", TFDS "valid_7", class-folder exports "0/valid_7")
 _PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
 _PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
 
@@ -271,9 +270,8 @@ def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
             raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
         seen.add(run_dir.resolve())
         config = _json(run_dir / "config.json")
-        sources.append(
-            TrainingSource(str(run_dir), config["data"], _pcam_splits(config["data"], run_dir))
-        )
+        data = config["data"]
+        sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))
         if config["init"] is None:
             return sources
         found = None if is_pretrained(config["init"]) else _data_path(config["init"], run_dir)
