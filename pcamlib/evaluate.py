@@ -1,9 +1,8 @@
 """Score models on packed data: the rows a run may be scored on, its metrics, the leaderboard.
 
-Rows come from a run's ``split.csv`` (:mod:`pcamlib.stream`): runs are reported on the
-protocol's test rows, the same for every run on the same data; validation rows chose each run's
-``best.keras`` and its threshold; a model is never scored on the patches it trained on unless
-asked to (``include_train``), and then the result says how many there were.
+Rows come from a run's ``split.csv`` (:mod:`pcamlib.stream`), matched by pixels: runs are
+reported on the protocol's test rows, the same for every run on the same data, and never on the
+patches they trained on unless asked to (``include_train``); validation rows pick thresholds.
 """
 
 from __future__ import annotations
@@ -28,57 +27,55 @@ def _isin(ids, wanted) -> np.ndarray:
     return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
 
 
-def _keys(cache: PackedCache, split: pd.DataFrame) -> tuple[list[str], pd.Series, str]:
-    """What makes a row of ``cache`` a row of ``split``: its pixels (content hash), or its id in
-    a split.csv without hashes (then another dataset's names can collide)."""
-    if "content" in split:
-        return cache.content, split["content"], "content"
-    return cache.ids, split["id"], "id"
+def _split(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``split.csv`` with the columns today's ``train()`` writes, or a refusal."""
+    split = read_split(run_dir)
+    split.attrs["path"] = path = Path(run_dir) / "split.csv"
+    if missing := {"protocol", "content"} - set(split.columns):
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; retrain it")
+    return split
 
 
-def subset_rows(
-    cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
-) -> np.ndarray:
-    """Row indices of ``cache`` to score: 'all', or the run's 'train', 'val' or 'test' rows
-    (matched by :func:`_keys`; a patch stored twice is both rows). ``limit`` keeps the first
-    ``limit // 2`` rows of each class (smoke runs), the same for every run on these test rows.
-    """
+def _rows(cache: PackedCache, split: pd.DataFrame | None, subset: str, limit=None) -> np.ndarray:
+    """:func:`subset_rows` of a run's ``split`` (None: no run)."""
+    where = None if split is None else split.attrs["path"]
     if subset == "all":
         rows = np.arange(len(cache))
     elif subset not in SUBSETS:
         raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
-    elif run_dir is None or not (Path(run_dir) / "split.csv").is_file():
+    elif split is None:
         raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
+    elif (wanted := split["content"][split["subset"] == subset]).empty:
+        hint = " (test_fraction=0): retrain it, or score subset 'val', which chose its best.keras"
+        raise ValueError(f"{where} has no {subset!r} rows" + hint * (subset == "test"))
+    elif missing := int((~_isin(wanted, cache.content)).sum()):
+        raise ValueError(
+            f"{where}: {missing} of its {len(wanted)} {subset} patches are not in {cache.path} "
+            "(compared by content); evaluate on the data the run trained on, or subset 'all'"
+        )
     else:
-        split, split_csv = read_split(run_dir), Path(run_dir) / "split.csv"
-        keys, split_keys, by = _keys(cache, split)
-        wanted = split_keys[split["subset"] == subset]
-        if wanted.empty:
-            hint = " (a run made before the test protocol, or with test_fraction=0): retrain it"
-            hint += ", or score its validation rows (subset 'val', which also chose its best.keras)"
-            raise ValueError(f"{split_csv} has no {subset!r} rows" + hint * (subset == "test"))
-        rows = np.flatnonzero(_isin(keys, wanted))
-        if missing := int((~_isin(wanted, keys)).sum()):
-            raise ValueError(
-                f"{split_csv}: {missing} of its {len(wanted)} {subset} patches are not in "
-                f"{cache.path} (compared by {by}); evaluate on the data the run was trained "
-                "on, or score subset 'all'"
-            )
+        rows = np.flatnonzero(_isin(cache.content, wanted))
     if limit is None or limit >= len(rows) or cache.labels is None:
         return rows
     per_class = [rows[cache.labels[rows] == c][: limit // 2] for c in (0, 1)]
     return np.sort(np.concatenate(per_class))
 
 
+def subset_rows(
+    cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
+) -> np.ndarray:
+    """Row indices of ``cache``: 'all', or the run's 'train', 'val' or 'test' rows (by pixels),
+    with ``limit`` the first ``limit // 2`` of each class (smoke runs; the same for every run)."""
+    has_split = run_dir is not None and (Path(run_dir) / "split.csv").is_file()
+    return _rows(cache, _split(run_dir) if has_split and subset != "all" else None, subset, limit)
+
+
 def scoring_rows(
     cache: PackedCache, model: str | os.PathLike, subset=None, *, include_train=False
 ) -> tuple[np.ndarray, dict]:
-    """The rows of ``cache`` to score ``model`` (a run directory or a .keras file) on, and what.
-
-    ``subset=None``: the run's held-out test rows, or every row of data holding none of the
-    run's patches (by pixels, :func:`_keys`). Rows it trained on are refused unless
-    ``include_train``. The dict gives ``subset``, ``train_rows`` (None for a bare .keras file)
-    and ``unseen_data``; ``"pretrained"`` is scored on all rows but its own (``seen_left_out``).
+    """Rows of ``cache`` to score ``model`` (a run directory or .keras file) on, and what:
+    ``subset=None`` is the run's test rows, or all rows of data holding none of its patches.
+    Rows it trained on are refused unless ``include_train``; the dict says how many there are.
     """
     if is_pretrained(model):
         return _pretrained_rows(cache, subset, include_train)
@@ -91,19 +88,17 @@ def scoring_rows(
                 "pass subset 'all' to score every row anyway"
             )
         return np.arange(len(cache)), {"subset": "all", "train_rows": None}
-    split = read_split(run_dir)
-    keys, split_keys, by = _keys(cache, split)
-    unseen = not _isin(keys, split_keys).any()
+    split = _split(run_dir)
+    unseen = not _isin(cache.content, split["content"]).any()
     subset = ("all" if unseen else "test") if subset is None else subset
-    rows = subset_rows(cache, run_dir, subset)
-    trained = split_keys[split["subset"] == "train"]
-    n_train = int(_isin(keys, trained)[rows].sum())
+    rows = _rows(cache, split, subset)
+    trained = split["content"][split["subset"] == "train"]
+    n_train = int(_isin(cache.content, trained)[rows].sum())
     if n_train and not include_train:
         raise ValueError(
             f"subset {subset!r} of {cache.path} holds {n_train} of the {len(trained)} rows "
-            f"{run_dir} trained on (its split.csv, matched by {by}); pass include_train "
-            "(--include-train) to score them anyway, or leave subset unset for the held-out "
-            "test rows"
+            f"{run_dir} trained on (its split.csv, matched by content); pass include_train "
+            "(--include-train) to score them anyway, or leave subset unset for its test rows"
         )
     return rows, {"subset": subset, "train_rows": n_train, "unseen_data": unseen}
 
@@ -143,16 +138,9 @@ def predict_cache(
 
 
 def evaluate(
-    model,
-    cache: PackedCache,
-    rows: np.ndarray | None = None,
-    *,
-    tta: int = 1,
-    batch_size: int = 256,
-    operating_point: float | None = 0.95,
-    threshold: float = 0.5,
-    progress: bool = True,
-) -> tuple[dict, np.ndarray]:
+    model, cache: PackedCache, rows=None, *, tta=1, batch_size=256, operating_point=0.95,
+    threshold=0.5, progress=True,
+) -> tuple[dict, np.ndarray]:  # fmt: skip
     """Metrics (ROC/PR AUC; accuracy, sensitivity… at ``threshold``; see binary_metrics), probs."""
     if cache.labels is None:
         raise ValueError(f"{cache.path}: evaluation needs labelled data")
@@ -188,33 +176,26 @@ def _run_files(run_dir: Path) -> tuple[dict, dict]:
     return tuple(json.loads((run_dir / f).read_text()) for f in ("state.json", "config.json"))
 
 
-def _training_facts(run_dir: Path) -> dict:
+def _training_facts(run_dir: Path, split: pd.DataFrame) -> dict:
     """Model, weights, epochs, seconds and throughput of a run, from its files."""
     from .config import BACKBONE_NAMES
 
     state, config = _run_files(run_dir)
-    history = pd.DataFrame(state["history"])
-    seconds = float(history["seconds"].sum()) if "seconds" in history else float("nan")
+    seconds = float(sum(epoch["seconds"] for epoch in state["history"]))
     # Images per epoch as train() feeds them: full global batches, capped by steps_per_epoch.
-    n_train = state.get("train_rows") or int((read_split(run_dir)["subset"] == "train").sum())
+    n_train = state.get("train_rows") or int((split["subset"] == "train").sum())
     batch = config["batch_size"] * state.get("replicas", 1)
-    steps = min(max(1, n_train // batch), config.get("steps_per_epoch") or np.inf)
-    # A frozen backbone with random weights is what a transfer setup becomes when
-    # resolve_weights() found no ImageNet weights: flag it, it is not a transfer result.
-    fallback = config["model"] in BACKBONE_NAMES and config.get("weights") is None
-    fallback = fallback and config.get("trainable") is False
-    init = config.get("init")
-    weights = config.get("weights") or ("random" if init is None else f"from {Path(init).name}")
-    return {
-        "model": config["model"],
-        "weights": "random, frozen" if fallback else weights,
-        "no_imagenet": fallback,
-        "epochs": int(state["epoch"]),
-        "best_epoch": int(state["best_epoch"]),
-        "train_s": round(seconds, 1),
-        "img_per_s": round(steps * batch * len(history) / seconds, 1) if seconds else np.nan,
-        "val_auc": float(state["best_val_auc"]),
-    }
+    steps = min(max(1, n_train // batch), config["steps_per_epoch"] or np.inf)
+    # A transfer setup that resolve_weights() left without ImageNet weights is no transfer result.
+    frozen_random = (config["weights"], config["trainable"]) == (None, False)
+    fallback = config["model"] in BACKBONE_NAMES and frozen_random
+    init = config["init"]
+    weights = config["weights"] or ("random" if init is None else f"from {Path(init).name}")
+    images = steps * batch * len(state["history"])
+    facts = {"model": config["model"], "weights": "random, frozen" if fallback else weights}
+    facts |= {"no_imagenet": fallback, "epochs": state["epoch"], "best_epoch": state["best_epoch"]}
+    facts |= {"train_s": round(seconds, 1), "val_auc": float(state["best_val_auc"])}
+    return facts | {"img_per_s": round(images / seconds, 1) if seconds else np.nan}
 
 
 # The leaderboard columns a notebook shows (results.csv keeps them all).
@@ -225,55 +206,56 @@ SHOWN = [
 ]  # fmt: skip
 
 
+def _score_run(run_dir: Path, split, test_set: str, cache: PackedCache, limit, progress) -> tuple:
+    """One leaderboard row of ``run_dir`` and its test ``(labels, TTA-8 probabilities)``."""
+    from .kaggle import kaggle_scores
+    from .train import load_model
+
+    test, val = _rows(cache, split, "test", limit), _rows(cache, split, "val", limit)
+    model, y = load_model(run_dir), cache.labels[test]
+    row = {"run": run_dir.name, **_training_facts(run_dir, split), "params": model.count_params()}
+    seen = (split["protocol"] == "test").sum() - (split["subset"] == "test").sum()
+    row |= {"n_test": len(test), "test_seen": int(seen)}
+    views = predict_cache(model, cache, test, tta=8, progress=progress, per_view=True)
+    probs = {1: views[:, 0], 8: views.mean(axis=1, dtype=np.float64).astype(np.float32)}
+    for t, p in probs.items():
+        auc, lo, hi = auc_ci(y, p)
+        row[f"auc_tta{t} [95% CI]"] = f"{auc:.3f} [{lo:.3f}, {hi:.3f}]"
+        row.update({f"auc_tta{t}": auc, f"auc_tta{t}_lo": lo, f"auc_tta{t}_hi": hi})
+    val_probs = predict_cache(model, cache, val, tta=8, progress=progress)
+    row["threshold"] = youden_threshold(cache.labels[val], val_probs)
+    at = binary_metrics(y, probs[8], threshold=row["threshold"])
+    row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity")}
+    row |= {"acc@0.5": binary_metrics(y, probs[8])["accuracy"], "ece": at["ece"]}
+    row |= {"test_set": test_set, **kaggle_scores(run_dir)}
+    return row, (y, probs[8])
+
+
 def results_table(
     run_dirs, cache: PackedCache, *, csv=None, limit: int | None = None, progress: bool = False
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The leaderboard: every run on the protocol's test rows, and ``{run: (y, TTA-8 probs)}``.
 
-    Per run: training facts (``no_imagenet``: a transfer setup without ImageNet weights), test
-    ROC AUC with its 95% DeLong interval at TTA 1 and 8, and at TTA 8 the metrics at the Youden
-    threshold of its VALIDATION rows; ``overlaps_top_ci``: its interval overlaps the best run's
-    (:func:`~pcamlib.metrics.auc_difference_ci` is the paired test); ``test_seen``: test ids its
-    model trained on before; Kaggle scores once submitted. With ``csv``, merged into that file
-    by run (rows of another test set dropped with a warning).
+    Per run: training facts, test ROC AUC with its 95% DeLong interval at TTA 1 and 8, metrics
+    at the Youden threshold of its VALIDATION rows, ``overlaps_top_ci`` with the best run's
+    interval. With ``csv``, merged into that file (other test sets dropped with a warning).
     """
-    from .kaggle import kaggle_scores
-    from .train import load_model
-
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("results_table needs at least one run directory")
+    splits = [_split(r) for r in run_dirs]
+    # The protocol's test rows, with those an init model had seen: one set for every run.
+    sets = [fingerprint(s.loc[s["protocol"] == "test", "id"]) for s in splits]
+    if other := [r for r, t in zip(run_dirs, sets, strict=True) if t != sets[0]]:
+        raise ValueError(
+            f"{other[0]} and {run_dirs[0]} have different test rows (another test_fraction, "
+            "split or data): a leaderboard compares runs on one test set"
+        )
     rows, curves = [], {}
-    for run_dir in run_dirs:
-        test, split = subset_rows(cache, run_dir, "test", limit), read_split(run_dir)
-        # The protocol's test ids, with those its model had seen before (runs from another
-        # model keep their part in the protocol column), so the leaderboard stays one.
-        part = split["protocol"] if "protocol" in split else split["subset"]
-        test_set = fingerprint(split.loc[part == "test", "id"].tolist())
-        if rows and test_set != rows[0]["test_set"]:
-            raise ValueError(
-                f"{run_dir} and {run_dirs[0]} have different test rows (another test_fraction, "
-                "split or data): a leaderboard compares runs on one test set"
-            )
-        model, y = load_model(run_dir), cache.labels[test]
-        row = {"run": run_dir.name, **_training_facts(run_dir), "params": model.count_params()}
-        row["n_test"] = len(test)
-        row["test_seen"] = int((part == "test").sum() - (split.subset == "test").sum())
-        views = predict_cache(model, cache, test, tta=8, progress=progress, per_view=True)
-        probs = {1: views[:, 0], 8: views.mean(axis=1, dtype=np.float64).astype(np.float32)}
-        for t, p in probs.items():
-            auc, lo, hi = auc_ci(y, p)
-            row[f"auc_tta{t} [95% CI]"] = f"{auc:.3f} [{lo:.3f}, {hi:.3f}]"
-            row.update({f"auc_tta{t}": auc, f"auc_tta{t}_lo": lo, f"auc_tta{t}_hi": hi})
+    for run_dir, split, test_set in zip(run_dirs, splits, sets, strict=True):
+        row, curve = _score_run(run_dir, split, test_set, cache, limit, progress)
         # Figures name the run as tables do: a transfer run without ImageNet weights says so.
-        curves[run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")] = (y, probs[8])
-        val = subset_rows(cache, run_dir, "val", limit)
-        val_probs = predict_cache(model, cache, val, tta=8, progress=progress)
-        row["threshold"] = youden_threshold(cache.labels[val], val_probs)
-        at = binary_metrics(y, probs[8], threshold=row["threshold"])
-        row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity")}
-        row |= {"acc@0.5": binary_metrics(y, probs[8])["accuracy"], "ece": at["ece"]}
-        row |= {"test_set": test_set, **kaggle_scores(run_dir)}
+        curves[run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")] = curve
         rows.append(row)
     table = pd.DataFrame(rows)
     if csv is not None:
@@ -294,11 +276,8 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
     if not csv.is_file():
         return new
     old = pd.read_csv(csv, dtype={"run": str, "test_set": str})
-    if "run" not in old.columns:
-        raise ValueError(f"{csv}: not a results table (no run column); move it away")
-    if "test_set" not in old.columns:  # written before the test protocol: not comparable
-        warnings.warn(f"{csv}: replacing a table scored before the test protocol", stacklevel=3)
-        return new
+    if missing := {"run", "test_set"} - set(old.columns):
+        raise ValueError(f"{csv}: not a results table (no {' or '.join(sorted(missing))} column)")
     old = old[~old["run"].isin(new["run"])]
     same = old["test_set"] == new["test_set"].iloc[0]
     if not same.all():
@@ -308,18 +287,15 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
 
 
 def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict[str, float]:
-    """ROC AUC with BatchNorm on its moving averages (inference) and on batch statistics.
-
-    A short run leaves the moving averages (momentum 0.99) far from the statistics the network
-    trained with, so inference ranks much worse than training mode: a large gap names that
-    cause. (Training mode also turns Dropout on, which only adds noise to the second number.)
-    """
+    """ROC AUC with BatchNorm on its moving averages (inference) and on batch statistics: a
+    large gap says a short run left the averages (momentum 0.99) far from what it trained with
+    (training mode also turns Dropout on, which only adds noise to the second number)."""
     import keras
 
     rows, aucs = np.asarray(rows), {}
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     for name, training in (("moving averages", False), ("batch statistics", True)):
-        batches = (cache.images[rows[i : i + batch_size]] for i in range(0, len(rows), batch_size))
-        probs = [model(np.asarray(x), training=training) for x in batches]
+        probs = [model(np.asarray(cache.images[b]), training=training) for b in batches]
         probs = np.concatenate([keras.ops.convert_to_numpy(p)[:, 0] for p in probs])
         aucs[name] = float(skm.roc_auc_score(cache.labels[rows], probs))
     return aucs

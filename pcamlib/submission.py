@@ -62,9 +62,8 @@ def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
 
 
 def kaggle_test_ids(data_dir: str | os.PathLike[str]) -> list[str] | None:
-    """The ids a Kaggle submission from ``data_dir`` must cover (:func:`expected_test_ids`), or
-    None, after one line saying why, where ``data_dir`` holds no Kaggle test set (PCam's HDF5
-    layout): its test split is PCam's, never Kaggle's, and must not reach a submission."""
+    """The ids a Kaggle submission from ``data_dir`` must cover, or None, after one line saying
+    why, where it holds no Kaggle test set (PCam's test split must never reach a submission)."""
     if is_kaggle_test(data_dir):
         return expected_test_ids(data_dir)
     print(
@@ -88,11 +87,9 @@ def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> Non
 def check_submission(
     path_or_frame: str | os.PathLike[str] | pd.DataFrame, expected_ids: Iterable[str] | None
 ) -> pd.DataFrame:
-    """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label`` float.
-
-    ``expected_ids=None`` skips the missing/extra-id checks (duplicates are still refused).
-    All problems found are reported together in one :class:`SubmissionError`.
-    """
+    """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label``
+    float. ``expected_ids=None`` skips the missing/extra-id checks; every problem found is
+    reported in one :class:`SubmissionError`."""
     if isinstance(path_or_frame, pd.DataFrame):
         frame, where = path_or_frame.reset_index(drop=True), "submission frame"
     else:
@@ -106,19 +103,19 @@ def check_submission(
     labels = pd.to_numeric(frame["label"], errors="coerce").astype(np.float64)
     if problems := _id_problems(ids, expected_ids) + _label_problems(ids, frame["label"], labels):
         raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
-    _check_ranking(labels, where)
     return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
 
 
 def _check_columns(frame: pd.DataFrame, where: str) -> None:
     cols = [str(c) for c in frame.columns]
+    if cols == COLUMNS:
+        return
     missing, extra = [c for c in COLUMNS if c not in cols], [c for c in cols if c not in COLUMNS]
     detail = [f"missing column(s) {missing}"] * bool(missing)
-    detail += [f"unexpected column(s) {few(extra)}"] * bool(extra) or ["columns in the wrong order"]
+    detail += [f"unexpected column(s) {few(extra)}"] * bool(extra)
     hint = " - is the header row 'id,label' missing?" if missing else ""
-    if cols != COLUMNS:
-        got = f"{where}: expected exactly the columns {COLUMNS}, got {cols}: "
-        raise SubmissionError(got + "; ".join(detail) + hint)
+    got = f"{where}: expected exactly the columns {COLUMNS}, got {cols}: "
+    raise SubmissionError(got + ("; ".join(detail) or "columns in the wrong order") + hint)
 
 
 def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str]:
@@ -146,39 +143,30 @@ def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[s
     outside = ~labels.isna() & ~inf & ((labels < 0.0) | (labels > 1.0))
     odd = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
     out = [f"{ids[i]!r}: {labels[i]:g}" for i in labels.index[outside]]
+    hard = len(labels) > 1 and labels.isin([0.0, 1.0]).all()
+    constant = len(labels) > 1 and labels.nunique() == 1 and not hard
     found = [
         (odd, f"{len(odd)} non-numeric label(s): {few(odd, fmt=str)}"),
         (nan.any(), f"{int(nan.sum())} NaN/empty label(s) for id(s) {few(ids[nan].tolist())}"),
         (inf.any(), f"{int(inf.sum())} infinite label(s) for id(s) {few(ids[inf].tolist())}"),
         (out, f"{len(out)} label(s) outside [0, 1]: {few(out, fmt=str)}"),
-    ]
+        # AUC needs a ranking: hard 0/1 labels are two ties, a constant one tie.
+        (hard, f"all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition by "
+         "ROC AUC, which only uses the ranking of the tumour probabilities; hard 0/1 labels "
+         "collapse it into two ties and throw most of the AUC away. Write the probabilities."),
+        (constant, f"all {len(labels)} labels equal {labels.max():g}; a constant submission has "
+         "no ranking, so its ROC AUC is 0.5 - did the model collapse?"),
+    ]  # fmt: skip
     return [message for bad, message in found if bad]
-
-
-def _check_ranking(labels: pd.Series, where: str) -> None:
-    """AUC needs a ranking: refuse hard 0/1 labels and constant submissions."""
-    if len(labels) > 1 and labels.isin([0.0, 1.0]).all():
-        raise SubmissionError(
-            f"{where}: all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition "
-            "by ROC AUC, which only uses the ranking of the tumour probabilities; hard 0/1 labels "
-            "collapse it into two ties and throw most of the AUC away. Write the probabilities."
-        )
-    if len(labels) > 1 and labels.nunique() == 1:
-        raise SubmissionError(
-            f"{where}: all {len(labels)} labels equal {labels.iloc[0]:g}; a constant submission "
-            "has no ranking, so its ROC AUC is 0.5 - did the model collapse?"
-        )
 
 
 def write_submission(
     ids: Iterable[Any], probs: Any, path: str | os.PathLike[str], *, expected_ids=None, run=None
 ) -> Path:
-    """Write ``id,label`` probabilities (never thresholded) atomically, only if they pass checks.
-
-    Rows follow ``expected_ids`` order when given. The CSV is written to a temp file, re-read
-    and checked, then renamed into place, so a failed write leaves no partial or invalid file.
-    ``run`` (the run directory or .keras file behind ``probs``) must pass :func:`check_no_leak`;
-    it is recorded beside the file (``PATH.run.json``) for ``pcam submit``.
+    """Write ``id,label`` probabilities (never thresholded, in ``expected_ids`` order when
+    given) atomically, re-read and checked before the rename. ``run``, the run directory or
+    .keras file behind ``probs``, must pass :func:`check_no_leak`; it is recorded beside the
+    file (``PATH.run.json``) for ``pcam submit``.
 
     Examples:
         >>> test = load_patches("data/sample", "test")
@@ -200,28 +188,23 @@ def write_submission(
         frame.to_csv(tmp, index=False)
         check_submission(tmp, expected)
     note = target.with_name(target.name + RUN_NOTE)
-    if run is None:
-        note.unlink(missing_ok=True)  # an earlier run's note would name the wrong run
-    else:
-        model = Path(run).resolve()
-        made_by = str(run) if is_pretrained(run) else str(model if model.is_dir() else model.parent)
-        atomic_write_text(note, json.dumps({"run": made_by}) + "\n", durable=True)
+    note.unlink(missing_ok=True)  # another run's note would name the wrong run
+    if run is not None:
+        made_by = run if is_pretrained(run) else _run_dir(Path(run).resolve(), "the run")
+        atomic_write_text(note, json.dumps({"run": str(made_by)}) + "\n", durable=True)
     return target
 
 
 # --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
 
-LEAKY_SPLITS = ("valid", "test")
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
-# PCam's file names and patch ids (pcam_h5: "valid/7"; TFDS exports: "valid_7"; class folders
-# exported from either: "0/valid_7").
+# PCam's file names and ids (pcam_h5 "valid/7", TFDS "valid_7", class-folder exports "0/valid_7")
 _PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
 _PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
 
 
 class TrainingSource(NamedTuple):
-    """One dataset a model learned from: who trained on it, its path as recorded, and the PCam
-    splits recognised in it (empty when it is not recognisably PCam)."""
+    """A dataset a model learned from: who trained on it, its recorded path, its PCam splits."""
 
     model: str
     data: str
@@ -247,20 +230,18 @@ def _data_path(data: str, run_dir: Path) -> Path | None:
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
-    """What a run trained on, by PCam's file names in its recorded data and the cache there's
-    source, the PCam HDF5 layout there, and PCam ids in its split.csv."""
+    """The PCam splits a run trained on: by PCam's file names in its data path and in the
+    source of the cache there, the PCam HDF5 layout there, and PCam ids in its split.csv."""
+    from .stream import read_split  # lazily: it imports Keras
+
     found = set(_PCAM_FILE.findall(data))
     root = _data_path(data, run_dir)
     if root is not None and (root / "meta.json").is_file():  # a packed cache: what it packed
         found |= set(_PCAM_FILE.findall(str(_json(root / "meta.json", "source"))))
     if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
         found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
-    if (run_dir / "split.csv").is_file():
-        from .stream import read_split  # lazily: it imports Keras
-
-        ids = read_split(run_dir)["id"]
-        found |= set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique())
-    return frozenset(found)
+    ids = read_split(run_dir)["id"]
+    return frozenset(found | set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique()))
 
 
 def _run_dir(link: Path, named_by: str) -> Path:
@@ -275,18 +256,13 @@ def _run_dir(link: Path, named_by: str) -> Path:
     )
 
 
-# The shipped model (``init="pretrained"``) trained on PCam's train split only.
 PRETRAINED_SOURCE = TrainingSource(NAME, "PCam train (pcamlib.pretrained)", frozenset({"train"}))
 
 
 def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
-    """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``.
-
-    ``init`` null ends the chain (random or ImageNet weights), ``"pretrained"`` is the shipped
-    model (PCam train only), a run directory or a .keras file inside one is followed; a link
-    whose data is not recorded is refused. PCam patches under other names (renamed images or
-    HDF5 files) are not recognised.
-    """
+    """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``
+    (a run directory or .keras file in one; ``"pretrained"``; null ends it). A link whose data
+    is not recorded is refused; PCam patches under other names are not recognised."""
     sources, seen, link, named_by = [], set(), str(run), "the run"
     while not is_pretrained(link):
         run_dir = _run_dir(Path(link), named_by)
@@ -294,13 +270,12 @@ def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
             raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
         seen.add(run_dir.resolve())
         config = _json(run_dir / "config.json")
-        data = str(config.get("data") or "")
+        data = config["data"]
         sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))
-        if config.get("init") is None:
+        if config["init"] is None:
             return sources
-        init = str(config["init"])
-        found = None if is_pretrained(init) else _data_path(init, run_dir)
-        link, named_by = str(found or init), f"init of {run_dir}"
+        found = None if is_pretrained(config["init"]) else _data_path(config["init"], run_dir)
+        link, named_by = str(found or config["init"]), f"init of {run_dir}"
     return [*sources, PRETRAINED_SOURCE]
 
 
@@ -309,7 +284,7 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
     test set is drawn from them. Returns :func:`training_sources` when the run is clean."""
     sources = training_sources(run)
     for i, source in enumerate(sources):
-        if leaked := sorted(source.pcam_splits & set(LEAKY_SPLITS)):
+        if leaked := sorted(source.pcam_splits & {"valid", "test"}):
             how = "was trained" if i == 0 else f"was fine-tuned from {source.model}, trained"
             raise SubmissionError(
                 f"{run}: refused: it {how} on PCam's {' and '.join(leaked)} split "
@@ -320,8 +295,7 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
 
 
 def submission_run(path: str | os.PathLike[str]) -> Path | None:
-    """The run that wrote a submission: recorded by ``write_submission(run=…)``, or the run
-    directory the file sits in; None when unknown."""
+    """The run that wrote a submission (its note, else the run directory it sits in), or None."""
     path = Path(path)
     note = path.with_name(path.name + RUN_NOTE)
     if note.is_file():

@@ -1,7 +1,7 @@
 """`pcam evaluate` cannot silently mis-score: held-out test rows by default, training rows only
 on request (and counted), data the run never saw scored whole; seen means the same pixels, not
-the same file name. Only the CLI is imported, so these tests run (and fail) against the code
-from before the protocol too."""
+the same file name. Only the CLI is imported, so these tests hold whatever modules sit behind
+it."""
 
 import json
 import shutil

@@ -142,20 +142,17 @@ def test_the_same_pixels_under_other_names_were_seen(exports):
     assert seen_rows(mixed, ids=[mixed.ids[0], mixed.ids[-1], "elsewhere"]).sum() == 2
 
 
-def test_own_data_held_out_rows_and_the_id_fallback_for_old_runs(exports, tmp_path):
+def test_own_data_held_out_rows(exports, tmp_path):
     own = load_patches(exports / "a", progress=False)
     with pytest.raises(ValueError, match="no 'test' rows"):
         scoring_rows(own, exports / "run")
     rows, scored = scoring_rows(own, exports / "run", "val")
     assert len(rows) == 12 and scored["train_rows"] == 0
-    old = tmp_path / "old-run"  # split.csv from before content hashes: matched by id
+    old = tmp_path / "old-run"  # a split.csv without the pixel hashes train() records
     old.mkdir()
     read_split(exports / "run").drop(columns="content").to_csv(old / "split.csv", index=False)
-    other = load_patches(exports / "b", progress=False)
-    rows, scored = scoring_rows(other, old, "all", include_train=True)
-    assert scored["train_rows"] == 36  # every training name collides
-    with pytest.raises(ValueError, match="matched by id"):
-        scoring_rows(other, old, "all")
+    with pytest.raises(ValueError, match=r"old-run/split.csv: missing column\(s\) content"):
+        scoring_rows(own, old, "all")
 
 
 def test_split_and_overlap_files_are_checked(exports, tmp_path):

@@ -92,13 +92,13 @@ def test_every_run_records_the_same_test_rows(runs):
     assert set(a.id[a.subset == "val"]) != set(b.id[b.subset == "val"])
 
 
-def test_a_split_csv_from_before_the_protocol_is_still_read(runs, cache, tmp_path):
+def test_a_run_without_test_rows_is_refused(runs, cache, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(runs / "a", old)
     split = read_split(old)
     split[split.subset != "test"].to_csv(old / "split.csv", index=False)
     assert len(subset_rows(cache, old, "val")) == 400
-    with pytest.raises(ValueError, match="no 'test' rows.*before the test protocol"):
+    with pytest.raises(ValueError, match="no 'test' rows.*test_fraction=0"):
         subset_rows(cache, old, "test")
     with pytest.raises(ValueError, match="no 'test' rows"):
         results_table([old], cache, limit=8)
@@ -187,6 +187,9 @@ def test_leaderboard_drops_rows_of_another_test_set(runs, cache, tmp_path):
     with pytest.warns(UserWarning, match="dropping elsewhere"):
         table, _ = results_table([runs / "b"], cache, csv=csv, limit=40)
     assert list(table.index) == ["b"]
+    stale.drop(columns="test_set").to_csv(csv, index=False)
+    with pytest.raises(ValueError, match=r"results.csv: not a results table \(no test_set column"):
+        results_table([runs / "b"], cache, csv=csv, limit=40)
 
 
 def test_a_transfer_run_without_imagenet_weights_is_flagged(runs, tmp_path):
@@ -195,8 +198,8 @@ def test_a_transfer_run_without_imagenet_weights_is_flagged(runs, tmp_path):
     config = json.loads((run / "config.json").read_text())
     config.update(model="vgg16", weights=None, trainable=False)  # resolve_weights fell back
     (run / "config.json").write_text(json.dumps(config))
-    facts = _training_facts(run)
+    facts = _training_facts(run, read_split(run))
     assert facts["weights"] == "random, frozen" and facts["no_imagenet"]
     config.update(weights="imagenet")
     (run / "config.json").write_text(json.dumps(config))
-    assert _training_facts(run)["weights"] == "imagenet"
+    assert _training_facts(run, read_split(run))["weights"] == "imagenet"

@@ -1,9 +1,8 @@
 """The shipped model: ``pcam-cpu`` trained on 20,000 PCam *train* patches, usable offline.
 
-Beside ``pcam-cpu.keras`` (weights only): ``card.json`` (how it was made and how it scores;
-``MODEL_CARD.md`` for people), ``train_content.txt.gz`` (its training patches' content hashes)
-and ``sample_overlap.csv`` (the embedded sample's ids whose near-identical twin it trained on,
-found by ``benchmarks/overlap.py``). No score of this model counts those rows.
+Beside ``pcam-cpu.keras``: ``card.json`` (how it was made and scores; ``MODEL_CARD.md`` for
+people), ``train_content.txt.gz`` (its training patches' hashes) and ``sample_overlap.csv`` (the
+sample's ids with a twin in them, by ``benchmarks/overlap.py``): no score of it counts those.
 
 Examples:
     >>> probs = predict_cache(load_pretrained(), load_patches("data/sample", "test"), tta=8)
@@ -24,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cache import atomic_path, atomic_write_text, load_patches
+
 NAME = "pretrained"  # what --model and --init accept for this model
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE / "pcam-cpu.keras"
 CARD_FILE = HERE / "card.json"
 OVERLAP_FILE = HERE / "sample_overlap.csv"
 CONTENT_FILE = HERE / "train_content.txt.gz"
-KAGGLE_ID = re.compile(r"[0-9a-f]{40}")  # a Kaggle patch id: 40 hex digits
 
 
 class PretrainedError(FileNotFoundError):
@@ -68,39 +68,33 @@ def card() -> dict:
 
 
 def seen_ids(cache, rows=None) -> set[str] | None:
-    """Ids of ``cache`` whose patch the shipped model trained on; None when that is unknown.
-
-    Exact copies by content hash, the embedded sample's twins by ``sample_overlap.csv``. Unknown
-    when ``rows`` (those to be scored) hold other Kaggle training data or PCam train (``train/N``):
-    twins no list names. Kaggle's test set and PCam valid/test come from other slides.
-    """
-    from ..stream import fingerprint
+    """Ids of ``cache`` whose patch the shipped model trained on (by content hash; the sample's
+    twins by ``sample_overlap.csv``); None where ``rows`` (those to be scored) hold other Kaggle
+    or PCam training data, whose twins no list names. Kaggle/PCam test sets are other slides."""
+    from ..stream import fingerprint, read_overlap
 
     ids = [str(i) for i in cache.ids]
     seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
     split = "train" if cache.labels is not None else "test"
     if split == "train" and fingerprint(ids) != card()["sample_fingerprint"]:
         scored = ids if rows is None else [ids[i] for i in rows]
-        from_pcam_train = (KAGGLE_ID.fullmatch(i) or i.startswith("train/") for i in scored)
-        return None if any(from_pcam_train) else seen
-    listed = pd.read_csv(_shipped(OVERLAP_FILE, "the sample's overlap list is"), dtype={"id": str})
-    return seen | (set(listed.loc[listed["split"] == split, "id"]) & set(ids))
+        # Kaggle ids (40 hex digits) and PCam's train/N are PCam train: twins no list names.
+        return None if any(re.fullmatch("[0-9a-f]{40}|train/.*", i) for i in scored) else seen
+    listed = read_overlap(_shipped(OVERLAP_FILE, "the sample's overlap list is"), split)
+    return seen | (listed & set(ids))
 
 
 @cache
 def _train_content() -> frozenset[str]:
     """Content hashes (:func:`pcamlib.cache.content_hash`) of the patches it trained on."""
-    with gzip.open(_shipped(CONTENT_FILE, "its training patches' hashes are"), "rt") as lines:
-        return frozenset(line.strip() for line in lines if line.strip())
+    path = _shipped(CONTENT_FILE, "its training patches' hashes are")
+    return frozenset(gzip.decompress(path.read_bytes()).decode().split())
 
 
 def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
-    """A run directory for the shipped model on ``cache``, for the leaderboard and best_run.
-
-    ``split.csv``: the protocol's val and test rows (``settings`` as TrainConfig's), those it
-    trained on (:func:`seen_ids`) moved to ``train``; None, after a warning, where unknown.
-    """
-    from ..cache import atomic_path, atomic_write_text
+    """A run directory for the shipped model on ``cache``, for the leaderboard and best_run:
+    the protocol's val and test rows (``settings`` as TrainConfig's), those it trained on
+    (:func:`seen_ids`) moved to ``train``; None, after a warning, where those are unknown."""
     from ..config import TrainConfig
     from ..evaluate import predict_cache
     from ..metrics import auc_ci
@@ -115,20 +109,18 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     if seen is None:
         warnings.warn(
             f"{cache.path}: which of these patches the pretrained model trained on is unknown "
-            "(Kaggle training data holds twins of PCam's train split): not scored",
-            stacklevel=2,
-        )
+            "(Kaggle training data holds twins of PCam's train split): not scored", stacklevel=2
+        )  # fmt: skip
         return None
-    ids = pd.Series(cache.ids, dtype=object)
-    val = val[~ids[val].isin(seen).to_numpy()]
-    parts = pd.DataFrame({"id": ids, "label": cache.labels, "subset": "", "split": config.split})
+    parts = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": ""})
     parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
-    parts.loc[ids.isin(seen), "subset"] = "train"  # it trained on twins of these
-    parts["protocol"] = protocol
+    parts.loc[parts["id"].isin(seen), "subset"] = "train"  # it trained on twins of these
+    parts = parts.assign(split=config.split, protocol=protocol, content=cache.content)
+    val = np.flatnonzero(parts["subset"] == "val")
     probs = predict_cache(load_pretrained(), cache, val, progress=False)
     state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
     state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
-    state |= {"train_rows": card()["data"]["train_rows"], "seen_rows": len(seen)}
+    state["train_rows"] = card()["data"]["train_rows"]  # what it trained on: not in split.csv
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "best.keras") as tmp:
         shutil.copyfile(MODEL_FILE, tmp)
@@ -139,10 +131,8 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
 
 
 def best_or_pretrained(runs_dir: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
-    """The run under ``runs_dir`` with the best validation AUC; with none yet (a fresh clone),
-    the shipped model, so 04 can submit without training: a scored run on ``data_dir`` where
-    its overlap is known, else its file, unscored (:func:`pretrained_run` says why)."""
-    from ..cache import load_patches
+    """The run under ``runs_dir`` with the best validation AUC; with none yet, the shipped model
+    (a scored run on ``data_dir`` where :func:`pretrained_run` can make one, else its file)."""
     from ..evaluate import best_run
 
     runs_dir = Path(runs_dir)
