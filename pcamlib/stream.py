@@ -109,11 +109,7 @@ def _first_not_in(path: Path, frame: pd.DataFrame, column: str, allowed) -> None
 
 
 def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice, hashes.
-
-    Runs made before the protocol have no ``test`` rows, and runs made before content hashes
-    no ``content`` column; both are still read.
-    """
+    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice, hashes."""
     path = Path(run_dir) / "split.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")
