@@ -1,11 +1,9 @@
 """Pack once, stream many epochs: a verified uint8 memmap cache of decoded patches.
 
-Decoding runs at a few thousand images/s, a memmap reads at 50k+. ``pack`` decodes each item
-once, in threads, chunk by chunk, so a killed run resumes at its last chunk. A cache holds
-``images.npy`` ((N, 96, 96, 3) uint8), ``index.csv`` (id, label or -1, group, content),
-``excluded.csv`` (items left out) and ``meta.json`` (written last: no meta.json, no cache).
-``content`` is each row's pixel hash (:func:`content_hash`): names repeat across datasets,
-pixels do not, and re-hashing rows is how a corrupt cache is found. Writes are atomic.
+Decoding runs at a few thousand images/s, a memmap reads at 50k+, so ``pack`` decodes each item
+once, in threads, chunk by chunk (a killed run resumes at its last chunk). A cache holds
+``images.npy``, ``index.csv`` (id, label or -1, group, content: the pixel hash that finds
+repeated patches and corrupt rows), ``excluded.csv`` and ``meta.json``, written last.
 """
 
 from __future__ import annotations
@@ -41,16 +39,9 @@ QUICK_ROWS = 4096  # rows re-hashed by verify="quick": all of a small cache, a s
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
-    """A temp path next to ``path`` to write to; on success it replaces ``path``, else vanishes.
-
-    Readers see the old file or the new one, never half of either. The temp name keeps the
-    suffix (``.x.keras`` → ``.x.<random>.tmp.keras``) for writers that check it. ``durable``
-    also fsyncs the folder, so the rename survives a power cut (files that mark work done).
-
-    Examples:
-        >>> with atomic_path("submission.csv", durable=True) as tmp:
-        ...     frame.to_csv(tmp, index=False)
-    """
+    """A temp path next to ``path`` (same suffix, for writers that check it) that replaces
+    ``path`` on success and vanishes on error: readers never see half a file. ``durable`` also
+    fsyncs the folder, so the rename survives a power cut (for files that mark work done)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
@@ -79,16 +70,12 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = Fal
 
 
 def content_hash(image: np.ndarray) -> str:
-    """A patch's identity by its decoded pixels: 16 hex digits of SHA-1 over the uint8 bytes.
-
-    SHA-1 because CPUs hash it in hardware (~20 µs a patch) and because Kaggle named each
-    patch by the SHA-1 of these bytes; 64 bits make a collision among a million patches a
-    3-in-10⁸ chance.
-    """
+    """A patch's identity by its pixels: 16 hex digits of SHA-1 (hashed in hardware, and how
+    Kaggle named each patch) over the uint8 bytes."""
     return hashlib.sha1(np.ascontiguousarray(image, dtype=np.uint8).data).hexdigest()[:16]
 
 
-def _hashes(images: np.ndarray) -> list[str]:
+def _contents(images: np.ndarray) -> list[str]:
     return [content_hash(image) for image in images]
 
 
@@ -128,57 +115,45 @@ class PackedCache:
         """Open and check a cache; ``verify`` re-hashes 'full': every row, 'quick': a sample."""
         if verify not in ("quick", "full", "none"):
             raise ValueError(f"verify must be 'quick', 'full' or 'none', got {verify!r}")
-        path = Path(path)
-        meta = _read_meta(path)
-        try:
-            images = np.load(path / "images.npy", mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"{path}/images.npy: unreadable ({exc}); delete it and re-pack"
-            ) from None
-        if images.shape != (meta["count"], *PATCH_SHAPE) or images.dtype != np.uint8:
-            raise DataError(
-                f"{path}/images.npy: {images.shape} {images.dtype}, "
-                f"meta.json says {(meta['count'], *PATCH_SHAPE)} uint8"
-            )
-        index = _read_index(path, meta)
-        content = index["content"].tolist()
-        n, rows = len(images), range(len(images) if verify != "none" else 0)
+        meta, images, index = _read(path := Path(path))
+        content, n = index["content"].tolist(), len(images)
+        rows = range(n if verify != "none" else 0)
         if verify == "quick" and n > QUICK_ROWS:  # a different sample each open
             rows = {0, n - 1, *np.random.default_rng().choice(n, QUICK_ROWS)}
-        bad = next((i for i in sorted(rows) if content_hash(images[i]) != content[i]), None)
-        if bad is not None:
-            raise DataError(f"{path}/images.npy: row {bad} does not match its content hash; "
-                            "the cache is corrupt: delete it and pack again")  # fmt: skip
+        for i in sorted(rows):
+            if content_hash(images[i]) != content[i]:
+                raise DataError(f"{path}/images.npy: row {i} does not match its content hash; "
+                                "the cache is corrupt: delete it and pack again")  # fmt: skip
         labels = index["label"].astype(np.int8).to_numpy()
-        has_groups = "group" in index and (index["group"] != "").all()
-        groups = index["group"].to_numpy() if has_groups else None
+        groups = index.get("group", pd.Series([""]))
+        groups = groups.to_numpy() if (groups != "").all() else None
         labels = None if (labels < 0).all() else labels
         return cls(path, images, index["id"].tolist(), content, labels, groups, meta)
 
 
-def _read_meta(path: Path) -> dict:
+def _read(path: Path) -> tuple[dict, np.ndarray, pd.DataFrame]:
+    """meta.json, images.npy and index.csv, each checked against meta.json; no pixel is read."""
     if not (path / "meta.json").is_file():
         raise DataError(f"{path}: not a finished pcamlib cache (no meta.json)")
     try:
         meta = json.loads((path / "meta.json").read_text())
-        meta["count"], meta["content_digest"]  # noqa: B018 (both must be there)
+        shape, digest = (meta["count"], *PATCH_SHAPE), meta["content_digest"]
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}/meta.json: unreadable ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path}: cache format {meta.get('format')}, expected {FORMAT_VERSION}")
-    return meta
-
-
-def _read_index(path: Path, meta: dict) -> pd.DataFrame:
-    """index.csv, checked: ``count`` rows whose content hashes make meta.json's digest."""
+    try:
+        images = np.load(path / "images.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}/images.npy: unreadable ({exc}); delete it and re-pack") from None
+    if images.shape != shape or images.dtype != np.uint8:
+        found = f"{images.shape} {images.dtype}"
+        raise DataError(f"{path}/images.npy: {found}, meta.json says {shape} uint8")
     index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
-    if len(index) != meta["count"]:
-        raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {meta['count']}")
-    if _digest(index.get("content", pd.Series()).tolist()) != meta["content_digest"]:
-        again = "delete the cache and pack again"  # a cheap check: no pixel is read
+    if _digest(index.get("content", pd.Series()).tolist()) != digest:  # the row count too
+        again = "delete the cache and pack again"
         raise DataError(f"{path}/index.csv: content hashes do not match meta.json; {again}")
-    return index
+    return meta, images, index
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
@@ -266,10 +241,8 @@ def pack(
 
 
 def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
-    """(state, writable array) of an interrupted pack with this ``key``, else a fresh one.
-
-    Chunks recorded as done are hashed again, so a resume never trusts writes that were lost.
-    """
+    """(state, writable array) of an interrupted pack with this ``key``, else a fresh one; its
+    finished chunks are hashed again, so a resume never trusts writes that were lost."""
     try:
         state = json.loads((work / "state.json").read_text())
         images = np.load(work / "images.npy", mmap_mode="r+")
@@ -278,7 +251,7 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     if state.get("key") == key:
         digests = state["digests"]
         rows = (images[c * CHUNK : (c + 1) * CHUNK] for c in range(len(digests)))
-        sound = (_digest(_hashes(x)) == d for x, d in zip(rows, digests, strict=False))
+        sound = (_digest(_contents(x)) == d for x, d in zip(rows, digests, strict=False))
         done = next((c for c, ok in enumerate(sound) if not ok), len(digests))
         state.update(digests=digests[:done], bad=[b for b in state["bad"] if b[0] < done * CHUNK])
         return state, images
@@ -290,9 +263,7 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     return state, images
 
 
-def _decode_slice(
-    source: PatchSource, block: np.ndarray, hashes: list, lo: int, span: range
-) -> list:
+def _decode_slice(source, block: np.ndarray, hashes: list, lo: int, span: range) -> list:
     """Decode rows ``span`` into ``block`` (row ``lo`` first); bad ones become zeros, named."""
     bad = []
     for i in span:
@@ -306,12 +277,10 @@ def _decode_slice(
 
 
 def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, bar) -> list[str]:
-    """Decode the chunks not done yet into ``images``, recording each in ``state.json``.
-
-    Returns every row's content hash (a resumed pack's finished rows are hashed again).
-    """
+    """Decode the chunks not done yet into ``images``, recording each in ``state.json``;
+    returns every row's content hash."""
     n, workers = len(source), workers or min(8, 2 * (os.cpu_count() or 1))
-    content = _hashes(images[: len(state["digests"]) * CHUNK])
+    content = _contents(images[: len(state["digests"]) * CHUNK])
     block = np.zeros((min(CHUNK, n), *PATCH_SHAPE), np.uint8)  # decoded in RAM: no page faults
     with ThreadPoolExecutor(workers) as pool, open(work / "images.npy", "r+b") as f:
         for lo in range(len(content), n, CHUNK):
@@ -340,13 +309,11 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
 
 def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], content) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
-    n, work, row_of = len(source), out / ".partial", {i: k for k, i in enumerate(source.ids)}
-    drop = {row_of[p.id] for p in problems if p.id in row_of}
-    keep = np.setdiff1d(np.arange(n), np.fromiter(drop, np.int64, len(drop)))
+    n, work, array = len(source), out / ".partial", out / ".partial" / "images.npy"
+    keep = np.flatnonzero(~np.isin(source.ids, [p.id for p in problems]))
     if len(keep) == 0:
         raise _bad_items_error(problems, f"{source.name} (nothing left to pack)")
-    array = work / "images.npy"
-    if drop:  # the good rows into a new array (the full one stays for a rerun until done)
+    if len(keep) < n:  # the good rows into a new array (the full one stays for a rerun until done)
         full, array = np.load(array, mmap_mode="r"), work / "kept.npy"
         kept = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
         for lo in range(0, len(keep), CHUNK):
@@ -370,8 +337,8 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
 
 
 def _report(cache: PackedCache, rate: float, resumed: int, problems: list[Problem]) -> None:
-    pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
-    classes = f" ({pos} tumour, {len(cache) - pos} normal)" if pos is not None else ""
+    pos = int((cache.labels == 1).sum()) if cache.labels is not None else 0
+    classes = f" ({pos} tumour, {len(cache) - pos} normal)" if cache.labels is not None else ""
     extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
     tqdm.write(
         f"packed {len(cache)} patches{classes} into {cache.path} "
