@@ -159,9 +159,6 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                if im.mode != "RGB":
-                    kind = {"L": "grayscale", "LA": "grayscale"}.get(im.mode, im.mode)
-                    raise DataError(f"{where}: {kind} image, expected RGB")
                 return check_patch(np.asarray(im), where)
         if (image := _plain_tiff(data, where)) is None:
             import tifffile
@@ -302,14 +299,18 @@ def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return {stem: ps[0] for stem, ps in found.items() if len(ps) == 1}, problems
 
 
-def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str) -> None:
-    """Add a problem for each listed ``(id, where)`` without a file and each file not listed,
-    except for ids that already have one."""
+def _paired(name: str, listed: pd.DataFrame, files: dict, problems: list, no_file, unlisted: str):
+    """The ``listed`` items (id, where, maybe label) that have an image file; a problem for each
+    listed id without a file and each file not listed, unless that id has one already."""
     reported = {p.id for p in problems}
-    known = files.keys() | reported
-    problems += [Problem(i, w, no_file(i)) for i, w in listed if i not in known]
-    names = {i for i, _ in listed} | reported
-    problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in names]
+    rows, known = zip(listed["id"], listed["where"], strict=True), files.keys() | reported
+    problems = problems + [Problem(i, w, no_file(i)) for i, w in rows if i not in known]
+    named = set(listed["id"]) | reported
+    problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in named]
+    listed = listed[~listed["id"].isin({p.id for p in problems})]
+    ids, labels = listed["id"].tolist(), listed.get("label")
+    labels = None if labels is None else labels.to_numpy(np.int8)
+    return PatchSource(name, ids, labels, None, [files[i] for i in ids], problems)
 
 
 def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
@@ -319,20 +320,14 @@ def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
     files, more = _images_in(folder)
-    rows = [(i, f"{csv_path}:{r}") for i, r in zip(labels["id"], labels["row"], strict=True)]
+    listed = labels.assign(where=f"{csv_path}:" + labels["row"].astype(str))
     no_file = f"label row without an image file (no {folder}/{{}}.tif)".format
-    _match(
-        problems := problems + more,
-        rows,
-        files,
-        no_file,
-        "image file without a row in train_labels.csv",
+    unlisted = "image file without a row in train_labels.csv"
+    source = _paired(
+        f"kaggle-train:{root.resolve()}", listed, files, problems + more, no_file, unlisted
     )
-    labels = labels[labels["id"].isin(files.keys())]
-    ids = labels["id"].tolist()
-    groups = _read_groups(Path(groups_csv), ids) if groups_csv else None
-    y, paths = labels["label"].to_numpy(np.int8), [files[i] for i in ids]
-    return PatchSource(f"kaggle-train:{root.resolve()}", ids, y, groups, paths, problems)
+    source.groups = _read_groups(Path(groups_csv), source.ids) if groups_csv else None
+    return source
 
 
 def kaggle_test(root: str | os.PathLike) -> PatchSource:
@@ -342,16 +337,15 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
     files, problems = _images_in(folder) if folder.is_dir() else ({}, [])
     if not files and not problems:
         raise DataError(f"{folder}: no test images (*.tif) found")
-    sample, ids = root / "sample_submission.csv", sorted(files)
-    if sample.is_file():
+    listed = pd.DataFrame({"id": sorted(files), "where": str(folder)})
+    if (sample := root / "sample_submission.csv").is_file():
         ids = _read_csv(sample, "sample submission", ["id"])["id"].str.strip()
         twice = sorted(set(ids[ids.duplicated()]))
         problems += [Problem(i, str(sample), "duplicate id (listed twice)") for i in twice]
-        listed, no_file = [(i, str(sample)) for i in ids], f"no image file {folder}/{{}}.tif".format
-        _match(problems, listed, files, no_file, "test image not in sample_submission.csv")
-        ids = [i for i in ids if i not in {p.id for p in problems}]
-    paths = [files[i] for i in ids]
-    return PatchSource(f"kaggle-test:{folder.resolve()}", ids, None, None, paths, problems)
+        listed = pd.DataFrame({"id": ids, "where": str(sample)})
+    no_file = f"no image file {folder}/{{}}.tif".format
+    unlisted = "test image not in sample_submission.csv"
+    return _paired(f"kaggle-test:{folder.resolve()}", listed, files, problems, no_file, unlisted)
 
 
 def class_folders(root: str | os.PathLike) -> PatchSource:
