@@ -43,9 +43,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[P
     ``path`` on success and vanishes on error: readers never see half a file. ``durable`` also
     fsyncs the folder, so the rename survives a power cut (for files that mark work done)."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-    )
+    fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem}.", path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -73,10 +71,6 @@ def content_hash(image: np.ndarray) -> str:
     """A patch's identity by its pixels: 16 hex digits of SHA-1 (hashed in hardware, and how
     Kaggle named each patch) over the uint8 bytes."""
     return hashlib.sha1(np.ascontiguousarray(image, dtype=np.uint8).data).hexdigest()[:16]
-
-
-def _contents(images: np.ndarray) -> list[str]:
-    return [content_hash(image) for image in images]
 
 
 def _digest(hashes: list[str]) -> str:
@@ -164,10 +158,11 @@ def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -
     if data_root is not None and data_root.is_dir() and os.access(data_root, os.W_OK):
         # One cache per source, whatever split name asked for it (Kaggle train = "valid" too).
         kind = source.name.split(":", 1)[0]
-        named = {"kaggle-train": "train", "kaggle-test": "test"}
-        return data_root / ".pcam-cache" / named.get(kind, f"{kind}-{key}")
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return user_cache / "pcamlib" / f"{split}-{key}"
+        name = {"kaggle-train": "train", "kaggle-test": "test"}.get(kind, f"{kind}-{key}")
+        return data_root / ".pcam-cache" / name
+    return Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "pcamlib", f"{split}-{key}"
+    )
 
 
 def _bad_items_error(problems: list[Problem], name: str) -> DataError:
@@ -209,8 +204,7 @@ def pack(
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     source = source if isinstance(source, PatchSource) else open_source(source, split)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     fingerprint = source.fingerprint()
     if (out / "meta.json").is_file() and (cache := _reuse(out, fingerprint, on_error, source.name)):
         return cache
@@ -251,7 +245,9 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     if state.get("key") == key:
         digests = state["digests"]
         rows = (images[c * CHUNK : (c + 1) * CHUNK] for c in range(len(digests)))
-        sound = (_digest(_contents(x)) == d for x, d in zip(rows, digests, strict=False))
+        sound = (
+            _digest(list(map(content_hash, x))) == d for x, d in zip(rows, digests, strict=False)
+        )
         done = next((c for c, ok in enumerate(sound) if not ok), len(digests))
         state.update(digests=digests[:done], bad=[b for b in state["bad"] if b[0] < done * CHUNK])
         return state, images
@@ -280,7 +276,7 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
     """Decode the chunks not done yet into ``images``, recording each in ``state.json``;
     returns every row's content hash."""
     n, workers = len(source), workers or min(8, 2 * (os.cpu_count() or 1))
-    content = _contents(images[: len(state["digests"]) * CHUNK])
+    content = list(map(content_hash, images[: len(state["digests"]) * CHUNK]))
     block = np.zeros((min(CHUNK, n), *PATCH_SHAPE), np.uint8)  # decoded in RAM: no page faults
     with ThreadPoolExecutor(workers) as pool, open(work / "images.npy", "r+b") as f:
         for lo in range(len(content), n, CHUNK):
@@ -320,11 +316,8 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
             kept[lo : lo + CHUNK] = full[keep[lo : lo + CHUNK]]
         kept.flush()
         del full, kept
-    labels = source.labels if source.labels is not None else np.full(n, -1, np.int8)
-    index = pd.DataFrame({"id": source.ids, "label": labels})
-    if source.groups is not None:
-        index["group"] = source.groups
-    index["content"] = content
+    index = pd.DataFrame({"id": source.ids, "label": source.labels, "group": source.groups})
+    index = index.fillna({"label": -1}).dropna(axis=1).assign(content=content)  # no group: none
     atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
     frame = pd.DataFrame([vars(p) for p in problems], columns=["id", "where", "reason"])
     atomic_write_text(out / "excluded.csv", frame.to_csv(index=False))
@@ -337,15 +330,12 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
 
 
 def _report(cache: PackedCache, rate: float, resumed: int, problems: list[Problem]) -> None:
-    pos = int((cache.labels == 1).sum()) if cache.labels is not None else 0
-    classes = f" ({pos} tumour, {len(cache) - pos} normal)" if cache.labels is not None else ""
+    pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
+    classes = "" if pos is None else f" ({pos} tumour, {len(cache) - pos} normal)"
     extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
-    tqdm.write(
-        f"packed {len(cache)} patches{classes} into {cache.path} "
-        f"({cache.images.nbytes / 2**20:,.0f} MiB) at {rate:,.0f} img/s"
-        f"{' after resuming' if resumed else ''}{extra}",
-        file=sys.stderr,  # progress: stdout stays clean for the CLI's JSON
-    )
+    size, again = f"{cache.images.nbytes / 2**20:,.0f} MiB", " after resuming" if resumed else ""
+    text = f"packed {len(cache)} patches{classes} into {cache.path} ({size}) at {rate:,.0f} img/s"
+    tqdm.write(text + again + extra, file=sys.stderr)  # stdout stays clean for the CLI's JSON
 
 
 def load_patches(
@@ -358,10 +348,8 @@ def load_patches(
     workers: int | None = None,
     progress: bool = True,
 ) -> PackedCache:
-    """The one call: a data path (any supported layout) or a cache dir → a cache.
-
-    Packs on first use (into ``cache_dir``, default: see :func:`default_cache_dir`) and reuses
-    the cache while the source is unchanged.
+    """The one call: a data path (any supported layout) or a cache dir → a cache, packed on first
+    use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged.
 
     Examples:
         >>> cache = load_patches("data/sample")
