@@ -67,8 +67,7 @@ def labels01(values: Any, name: str = "labels") -> np.ndarray:
 
 
 class DataError(ValueError):
-    """Bad input data: the message names the file/row and what is wrong; ``problems`` lists
-    every offending item when there are several."""
+    """Bad input data: the message names the file/row and what is wrong; ``problems`` the items."""
 
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
@@ -89,18 +88,6 @@ def format_problems(problems: list[Problem], header: str, limit: int = 50) -> st
     listed = " (all in DataError.problems)" if len(problems) > limit else ""
     lines = few(problems, limit, fmt=lambda p: f"{p.id} ({p.where}): {p.reason}", sep="\n  ")
     return f"{header}: {len(problems)} bad item(s){listed}\n  {lines}"
-
-
-def check_patch(image: np.ndarray, where: str) -> np.ndarray:
-    """Accept only 96×96×3 uint8 RGB: grayscale, RGBA, 16-bit or other sizes are errors."""
-    if image.dtype != np.uint8:
-        raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
-    if (channels := {2: 1, 3: image.shape[-1]}.get(image.ndim)) in (1, 4):
-        kind = "RGBA" if channels == 4 else "grayscale"
-        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
-    if image.shape != PATCH_SHAPE:
-        raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
-    return image
 
 
 def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
@@ -153,23 +140,32 @@ def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8."""
+    """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8 RGB;
+    unreadable bytes, grayscale, RGBA, 16-bit or other sizes are errors naming ``where``."""
     try:
         if data[:4] not in (b"II*\x00", b"MM\x00*"):
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                return check_patch(np.asarray(im), where)
-        if (image := _plain_tiff(data, where)) is None:
+                image = np.asarray(im)
+        elif (image := _plain_tiff(data, where)) is None:
             import tifffile
 
-            if (image := tifffile.imread(io.BytesIO(data))).ndim < 2 or image.size == 0:
-                raise DataError(f"{where}: unreadable TIFF (no image data)")
-        return check_patch(image, where)
+            image = tifffile.imread(io.BytesIO(data))
     except DataError:
         raise
     except Exception as exc:  # corrupt / truncated / unknown format
         raise DataError(f"{where}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if image.ndim < 2 or image.size == 0:
+        raise DataError(f"{where}: unreadable image (no image data)")
+    if image.dtype != np.uint8:
+        raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
+    if (channels := {2: 1, 3: image.shape[-1]}.get(image.ndim)) in (1, 4):
+        kind = "RGBA" if channels == 4 else "grayscale"
+        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
+    if image.shape != PATCH_SHAPE:
+        raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
+    return image
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -265,10 +261,8 @@ def _read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
-    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows).
-
-    Rows with an empty id, a label other than 0/1, or an id listed twice are left out.
-    """
+    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows): rows
+    with an empty id, a label other than 0/1, or an id listed twice are left out."""
     frame = _read_csv(csv_path := Path(csv_path), "labels file", ["id", "label"])
     frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
@@ -323,9 +317,8 @@ def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
     listed = labels.assign(where=f"{csv_path}:" + labels["row"].astype(str))
     no_file = f"label row without an image file (no {folder}/{{}}.tif)".format
     unlisted = "image file without a row in train_labels.csv"
-    source = _paired(
-        f"kaggle-train:{root.resolve()}", listed, files, problems + more, no_file, unlisted
-    )
+    name = f"kaggle-train:{root.resolve()}"
+    source = _paired(name, listed, files, problems + more, no_file, unlisted)
     source.groups = _read_groups(Path(groups_csv), source.ids) if groups_csv else None
     return source
 
@@ -448,10 +441,8 @@ def _read_groups(csv_path: Path, ids: list[str]) -> np.ndarray:
 
 
 def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) -> PatchSource:
-    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
-
-    On PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test).
-    """
+    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test');
+    on PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not (root := Path(spec)).exists():
