@@ -119,8 +119,7 @@ class PackedCache:
                 raise DataError(f"{path}/images.npy: row {i} does not match its content hash; "
                                 "the cache is corrupt: delete it and pack again")  # fmt: skip
         labels = index["label"].astype(np.int8).to_numpy()
-        groups = index.get("group", pd.Series([""]))
-        groups = groups.to_numpy() if (groups != "").all() else None
+        groups = index["group"].to_numpy() if "group" in index else None
         labels = None if (labels < 0).all() else labels
         return cls(path, images, index["id"].tolist(), content, labels, groups, meta)
 
@@ -160,9 +159,8 @@ def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -
         kind = source.name.split(":", 1)[0]
         name = {"kaggle-train": "train", "kaggle-test": "test"}.get(kind, f"{kind}-{key}")
         return data_root / ".pcam-cache" / name
-    return Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "pcamlib", f"{split}-{key}"
-    )
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return user_cache / "pcamlib" / f"{split}-{key}"
 
 
 def _bad_items_error(problems: list[Problem], name: str) -> DataError:
@@ -312,10 +310,9 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
     if len(keep) < n:  # the good rows into a new array (the full one stays for a rerun until done)
         full, array = np.load(array, mmap_mode="r"), work / "kept.npy"
         kept = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
-        for lo in range(0, len(keep), CHUNK):
-            kept[lo : lo + CHUNK] = full[keep[lo : lo + CHUNK]]
+        np.take(full, keep, axis=0, out=kept, mode="clip")  # "clip": no RAM buffer for ``out``
         kept.flush()
-        del full, kept
+        del full, kept  # closed before the move
     index = pd.DataFrame({"id": source.ids, "label": source.labels, "group": source.groups})
     index = index.fillna({"label": -1}).dropna(axis=1).assign(content=content)  # no group: none
     atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
