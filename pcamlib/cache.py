@@ -29,11 +29,8 @@ from tqdm import tqdm
 
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 
-__all__ = ["PackedCache", "atomic_path", "atomic_write_text", "content_hash", "load_patches"]
-
 CHUNK = 1024  # images per resume point
 FORMAT_VERSION = 4
-HASH = r"[0-9a-f]{16}"  # what content_hash returns (index.csv and split.csv check it)
 QUICK_ROWS = 4096  # rows re-hashed by verify="quick": all of a small cache, a sample of a big one
 
 
@@ -68,8 +65,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = Fal
 
 
 def content_hash(image: np.ndarray) -> str:
-    """A patch's identity by its pixels: 16 hex digits of SHA-1 (hashed in hardware, and how
-    Kaggle named each patch) over the uint8 bytes."""
+    """A patch's identity: 16 hex digits of the SHA-1 of its pixels (how Kaggle named patches)."""
     return hashlib.sha1(np.ascontiguousarray(image, dtype=np.uint8).data).hexdigest()[:16]
 
 
@@ -78,8 +74,8 @@ def _digest(hashes: list[str]) -> str:
 
 
 def first_bad_hash(hashes: pd.Series) -> int | None:
-    """Position of the first value that is not a content hash (:data:`HASH`), else None."""
-    bad = ~hashes.str.fullmatch(HASH).fillna(False).astype(bool)
+    """Position of the first value that is not a content hash (16 hex digits), else None."""
+    bad = ~hashes.str.fullmatch(r"[0-9a-f]{16}").fillna(False).astype(bool)
     return int(np.argmax(bad)) if bad.any() else None
 
 
@@ -184,21 +180,12 @@ def _reuse(out: Path, fingerprint: str, on_error: str, source_name: str) -> Pack
     return None
 
 
-def pack(
-    source: PatchSource | str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    split: str = "train",
-    on_error: str = "raise",
-    workers: int | None = None,
-    progress: bool = True,
-) -> PackedCache:
-    """Decode ``source`` into a cache at ``out``, or reuse the one there if the source is unchanged.
-
-    An interrupted pack of the same source resumes at its last finished chunk.
-    ``on_error='raise'`` (default) stops with every offending item named (``DataError.problems``);
-    ``'exclude'`` leaves them out and lists them in ``excluded.csv``. Nothing is dropped silently.
-    """
+def pack(source: PatchSource | str | os.PathLike, out: str | os.PathLike, *,
+         split: str = "train", on_error: str = "raise", workers: int | None = None,
+         progress: bool = True) -> PackedCache:  # fmt: skip
+    """Decode ``source`` into a cache at ``out`` (reused while the source is unchanged; a killed
+    pack resumes at its last chunk). ``on_error='raise'`` stops with every bad item named
+    (``DataError.problems``); ``'exclude'`` leaves them out, listed in ``excluded.csv``."""
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     source = source if isinstance(source, PatchSource) else open_source(source, split)
@@ -222,8 +209,7 @@ def pack(
     rate = (len(source) - resumed) / max(time.perf_counter() - start_time, 1e-9)
     decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
     problems = source.problems + decoded
-    if problems and on_error == "raise":
-        # .partial stays: a rerun with on_error='exclude' finishes without decoding again.
+    if problems and on_error == "raise":  # .partial stays: 'exclude' then needs no decoding
         raise _bad_items_error(problems, source.name)
     _finalise(source, out, fingerprint, problems, content)
     cache = PackedCache.open(out, verify="none")
@@ -243,9 +229,7 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     if state.get("key") == key:
         digests = state["digests"]
         rows = (images[c * CHUNK : (c + 1) * CHUNK] for c in range(len(digests)))
-        sound = (
-            _digest(list(map(content_hash, x))) == d for x, d in zip(rows, digests, strict=False)
-        )
+        sound = (_digest([*map(content_hash, x)]) == d for x, d in zip(rows, digests, strict=True))
         done = next((c for c, ok in enumerate(sound) if not ok), len(digests))
         state.update(digests=digests[:done], bad=[b for b in state["bad"] if b[0] < done * CHUNK])
         return state, images
@@ -335,16 +319,10 @@ def _report(cache: PackedCache, rate: float, resumed: int, problems: list[Proble
     tqdm.write(text + again + extra, file=sys.stderr)  # stdout stays clean for the CLI's JSON
 
 
-def load_patches(
-    data: str | os.PathLike | PatchSource,
-    split: str = "train",
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    on_error: str = "raise",
-    groups_csv: str | os.PathLike | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> PackedCache:
+def load_patches(data: str | os.PathLike | PatchSource, split: str = "train", *,
+                 cache_dir: str | os.PathLike | None = None, on_error: str = "raise",
+                 groups_csv: str | os.PathLike | None = None, workers: int | None = None,
+                 progress: bool = True) -> PackedCache:  # fmt: skip
     """The one call: a data path (any supported layout) or a cache dir → a cache, packed on first
     use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged.
 
