@@ -196,8 +196,7 @@ class PatchSource:
         return len(self.ids)
 
     @property
-    def block_reads(self) -> bool:
-        """True when reading rows in slices beats per-item reads (HDF5)."""
+    def block_reads(self) -> bool:  # HDF5: reading rows in slices beats per-item reads
         return bool(self.parts)
 
     def _spans(self, start: int, stop: int):
@@ -221,9 +220,8 @@ class PatchSource:
     def read_many(self, start: int, stop: int) -> np.ndarray:
         if self.paths:
             return np.stack([read_image(p) for p in self.paths[start:stop]])
-        return np.concatenate(
-            [_read_h5(p, "x", slice(a, b)) for p, a, b in self._spans(start, stop)]
-        )
+        spans = self._spans(start, stop)
+        return np.concatenate([_read_h5(path, "x", slice(a, b)) for path, a, b in spans])
 
     def files(self) -> list[Path]:
         """Files whose size and mtime identify this source's content (HDF5: the y files too)."""
@@ -383,8 +381,7 @@ def _h5_split(root: Path, split: str, need_labels: bool) -> PatchSource:
     shape, dtype = _read_h5(x_path, "x")
     if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
         raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
-    n = shape[0]
-    ids = [f"{split}/{i}" for i in range(n)]
+    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
     source = PatchSource(f"pcam-h5:{x_path.resolve()}", ids, None, parts=[(x_path, n)])
     if y_path.is_file():
         if len(y := _read_h5(y_path, "y")) != n:
@@ -457,8 +454,7 @@ def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) 
         return class_folders(root / split if (root / split / "0").is_dir() else root)
     if split == "test" and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
         return kaggle_test(root)
-    raise DataError(
-        f"{root}: not a known layout. Expected one of: train_labels.csv + train/ (Kaggle), "
-        f"camelyonpatch_level_2_split_{split}_x.h5 (PCam HDF5), 0/ and 1/ class folders "
-        f"(or {split}/0 and {split}/1), or a folder of test .tif files"
-    )
+    kinds = (f"train_labels.csv + train/ (Kaggle), camelyonpatch_level_2_split_{split}_x.h5 "
+             f"(PCam HDF5), 0/ and 1/ class folders (or {split}/0 and {split}/1), or a folder of "
+             "test .tif files")  # fmt: skip
+    raise DataError(f"{root}: not a known layout. Expected one of: {kinds}")
