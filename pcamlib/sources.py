@@ -147,6 +147,9 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
+                if im.mode != "RGB":  # named by its mode: grayscale, RGBA, P (palette), CMYK, …
+                    kind = {"L": "grayscale", "LA": "grayscale"}.get(im.mode, im.mode)
+                    raise DataError(f"{where}: {kind} image, expected RGB")
                 image = np.asarray(im)
         elif (image := _plain_tiff(data, where)) is None:
             import tifffile
