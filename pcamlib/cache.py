@@ -1,11 +1,9 @@
 """Pack once, stream many epochs: a verified uint8 memmap cache of decoded patches.
 
-Decoding runs at a few thousand images/s, a memmap reads at 50k+. ``pack`` decodes each item
-once, in threads, chunk by chunk, so a killed run resumes at its last chunk. A cache holds
-``images.npy`` ((N, 96, 96, 3) uint8), ``index.csv`` (id, label or -1, group, content),
-``excluded.csv`` (items left out) and ``meta.json`` (written last: no meta.json, no cache).
-``content`` is each row's pixel hash (:func:`content_hash`): names repeat across datasets,
-pixels do not, and re-hashing rows is how a corrupt cache is found. Writes are atomic.
+Decoding runs at a few thousand images/s, a memmap reads at 50k+, so ``pack`` decodes each item
+once, in threads, chunk by chunk (a killed run resumes at its last chunk). A cache holds
+``images.npy``, ``index.csv`` (id, label or -1, group, content: the pixel hash that finds
+repeated patches and corrupt rows), ``excluded.csv`` and ``meta.json``, written last.
 """
 
 from __future__ import annotations
@@ -31,30 +29,18 @@ from tqdm import tqdm
 
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
 
-__all__ = ["PackedCache", "atomic_path", "atomic_write_text", "content_hash", "load_patches"]
-
 CHUNK = 1024  # images per resume point
 FORMAT_VERSION = 4
-HASH = r"[0-9a-f]{16}"  # what content_hash returns (index.csv and split.csv check it)
 QUICK_ROWS = 4096  # rows re-hashed by verify="quick": all of a small cache, a sample of a big one
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
-    """A temp path next to ``path`` to write to; on success it replaces ``path``, else vanishes.
-
-    Readers see the old file or the new one, never half of either. The temp name keeps the
-    suffix (``.x.keras`` → ``.x.<random>.tmp.keras``) for writers that check it. ``durable``
-    also fsyncs the folder, so the rename survives a power cut (files that mark work done).
-
-    Examples:
-        >>> with atomic_path("submission.csv", durable=True) as tmp:
-        ...     frame.to_csv(tmp, index=False)
-    """
+    """A temp path next to ``path`` (same suffix, for writers that check it) that replaces
+    ``path`` on success and vanishes on error: readers never see half a file. ``durable`` also
+    fsyncs the folder, so the rename survives a power cut (for files that mark work done)."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
-    )
+    fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem}.", path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -79,17 +65,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = Fal
 
 
 def content_hash(image: np.ndarray) -> str:
-    """A patch's identity by its decoded pixels: 16 hex digits of SHA-1 over the uint8 bytes.
-
-    SHA-1 because CPUs hash it in hardware (~20 µs a patch) and because Kaggle named each
-    patch by the SHA-1 of these bytes; 64 bits make a collision among a million patches a
-    3-in-10⁸ chance.
-    """
+    """A patch's identity: 16 hex digits of the SHA-1 of its pixels (how Kaggle named patches)."""
     return hashlib.sha1(np.ascontiguousarray(image, dtype=np.uint8).data).hexdigest()[:16]
-
-
-def _hashes(images: np.ndarray) -> list[str]:
-    return [content_hash(image) for image in images]
 
 
 def _digest(hashes: list[str]) -> str:
@@ -97,8 +74,8 @@ def _digest(hashes: list[str]) -> str:
 
 
 def first_bad_hash(hashes: pd.Series) -> int | None:
-    """Position of the first value that is not a content hash (:data:`HASH`), else None."""
-    bad = ~hashes.str.fullmatch(HASH).fillna(False).astype(bool)
+    """Position of the first value that is not a content hash (16 hex digits), else None."""
+    bad = ~hashes.str.fullmatch(r"[0-9a-f]{16}").fillna(False).astype(bool)
     return int(np.argmax(bad)) if bad.any() else None
 
 
@@ -128,57 +105,44 @@ class PackedCache:
         """Open and check a cache; ``verify`` re-hashes 'full': every row, 'quick': a sample."""
         if verify not in ("quick", "full", "none"):
             raise ValueError(f"verify must be 'quick', 'full' or 'none', got {verify!r}")
-        path = Path(path)
-        meta = _read_meta(path)
-        try:
-            images = np.load(path / "images.npy", mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"{path}/images.npy: unreadable ({exc}); delete it and re-pack"
-            ) from None
-        if images.shape != (meta["count"], *PATCH_SHAPE) or images.dtype != np.uint8:
-            raise DataError(
-                f"{path}/images.npy: {images.shape} {images.dtype}, "
-                f"meta.json says {(meta['count'], *PATCH_SHAPE)} uint8"
-            )
-        index = _read_index(path, meta)
-        content = index["content"].tolist()
-        n, rows = len(images), range(len(images) if verify != "none" else 0)
+        meta, images, index = _read(path := Path(path))
+        content, n = index["content"].tolist(), len(images)
+        rows = range(n if verify != "none" else 0)
         if verify == "quick" and n > QUICK_ROWS:  # a different sample each open
             rows = {0, n - 1, *np.random.default_rng().choice(n, QUICK_ROWS)}
-        bad = next((i for i in sorted(rows) if content_hash(images[i]) != content[i]), None)
-        if bad is not None:
-            raise DataError(f"{path}/images.npy: row {bad} does not match its content hash; "
-                            "the cache is corrupt: delete it and pack again")  # fmt: skip
+        for i in sorted(rows):
+            if content_hash(images[i]) != content[i]:
+                raise DataError(f"{path}/images.npy: row {i} does not match its content hash; "
+                                "the cache is corrupt: delete it and pack again")  # fmt: skip
         labels = index["label"].astype(np.int8).to_numpy()
-        has_groups = "group" in index and (index["group"] != "").all()
-        groups = index["group"].to_numpy() if has_groups else None
+        groups = index["group"].to_numpy() if "group" in index else None
         labels = None if (labels < 0).all() else labels
         return cls(path, images, index["id"].tolist(), content, labels, groups, meta)
 
 
-def _read_meta(path: Path) -> dict:
+def _read(path: Path) -> tuple[dict, np.ndarray, pd.DataFrame]:
+    """meta.json, images.npy and index.csv, each checked against meta.json; no pixel is read."""
     if not (path / "meta.json").is_file():
         raise DataError(f"{path}: not a finished pcamlib cache (no meta.json)")
     try:
         meta = json.loads((path / "meta.json").read_text())
-        meta["count"], meta["content_digest"]  # noqa: B018 (both must be there)
+        shape, digest = (meta["count"], *PATCH_SHAPE), meta["content_digest"]
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}/meta.json: unreadable ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path}: cache format {meta.get('format')}, expected {FORMAT_VERSION}")
-    return meta
-
-
-def _read_index(path: Path, meta: dict) -> pd.DataFrame:
-    """index.csv, checked: ``count`` rows whose content hashes make meta.json's digest."""
+    try:
+        images = np.load(path / "images.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}/images.npy: unreadable ({exc}); delete it and re-pack") from None
+    if images.shape != shape or images.dtype != np.uint8:
+        found = f"{images.shape} {images.dtype}"
+        raise DataError(f"{path}/images.npy: {found}, meta.json says {shape} uint8")
     index = pd.read_csv(path / "index.csv", dtype=str, keep_default_na=False)
-    if len(index) != meta["count"]:
-        raise DataError(f"{path}/index.csv: {len(index)} rows, meta.json says {meta['count']}")
-    if _digest(index.get("content", pd.Series()).tolist()) != meta["content_digest"]:
-        again = "delete the cache and pack again"  # a cheap check: no pixel is read
+    if _digest(index.get("content", pd.Series()).tolist()) != digest:  # the row count too
+        again = "delete the cache and pack again"
         raise DataError(f"{path}/index.csv: content hashes do not match meta.json; {again}")
-    return index
+    return meta, images, index
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
@@ -189,8 +153,8 @@ def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -
     if data_root is not None and data_root.is_dir() and os.access(data_root, os.W_OK):
         # One cache per source, whatever split name asked for it (Kaggle train = "valid" too).
         kind = source.name.split(":", 1)[0]
-        named = {"kaggle-train": "train", "kaggle-test": "test"}
-        return data_root / ".pcam-cache" / named.get(kind, f"{kind}-{key}")
+        name = {"kaggle-train": "train", "kaggle-test": "test"}.get(kind, f"{kind}-{key}")
+        return data_root / ".pcam-cache" / name
     user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return user_cache / "pcamlib" / f"{split}-{key}"
 
@@ -216,26 +180,16 @@ def _reuse(out: Path, fingerprint: str, on_error: str, source_name: str) -> Pack
     return None
 
 
-def pack(
-    source: PatchSource | str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    split: str = "train",
-    on_error: str = "raise",
-    workers: int | None = None,
-    progress: bool = True,
-) -> PackedCache:
-    """Decode ``source`` into a cache at ``out``, or reuse the one there if the source is unchanged.
-
-    An interrupted pack of the same source resumes at its last finished chunk.
-    ``on_error='raise'`` (default) stops with every offending item named (``DataError.problems``);
-    ``'exclude'`` leaves them out and lists them in ``excluded.csv``. Nothing is dropped silently.
-    """
+def pack(source: PatchSource | str | os.PathLike, out: str | os.PathLike, *,
+         split: str = "train", on_error: str = "raise", workers: int | None = None,
+         progress: bool = True) -> PackedCache:  # fmt: skip
+    """Decode ``source`` into a cache at ``out`` (reused while the source is unchanged; a killed
+    pack resumes at its last chunk). ``on_error='raise'`` stops with every bad item named
+    (``DataError.problems``); ``'exclude'`` leaves them out, listed in ``excluded.csv``."""
     if on_error not in ("raise", "exclude"):
         raise ValueError(f"on_error must be 'raise' or 'exclude', got {on_error!r}")
     source = source if isinstance(source, PatchSource) else open_source(source, split)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     fingerprint = source.fingerprint()
     if (out / "meta.json").is_file() and (cache := _reuse(out, fingerprint, on_error, source.name)):
         return cache
@@ -255,8 +209,7 @@ def pack(
     rate = (len(source) - resumed) / max(time.perf_counter() - start_time, 1e-9)
     decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
     problems = source.problems + decoded
-    if problems and on_error == "raise":
-        # .partial stays: a rerun with on_error='exclude' finishes without decoding again.
+    if problems and on_error == "raise":  # .partial stays: 'exclude' then needs no decoding
         raise _bad_items_error(problems, source.name)
     _finalise(source, out, fingerprint, problems, content)
     cache = PackedCache.open(out, verify="none")
@@ -266,10 +219,8 @@ def pack(
 
 
 def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
-    """(state, writable array) of an interrupted pack with this ``key``, else a fresh one.
-
-    Chunks recorded as done are hashed again, so a resume never trusts writes that were lost.
-    """
+    """(state, writable array) of an interrupted pack with this ``key``, else a fresh one; its
+    finished chunks are hashed again, so a resume never trusts writes that were lost."""
     try:
         state = json.loads((work / "state.json").read_text())
         images = np.load(work / "images.npy", mmap_mode="r+")
@@ -278,7 +229,7 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     if state.get("key") == key:
         digests = state["digests"]
         rows = (images[c * CHUNK : (c + 1) * CHUNK] for c in range(len(digests)))
-        sound = (_digest(_hashes(x)) == d for x, d in zip(rows, digests, strict=False))
+        sound = (_digest([*map(content_hash, x)]) == d for x, d in zip(rows, digests, strict=True))
         done = next((c for c, ok in enumerate(sound) if not ok), len(digests))
         state.update(digests=digests[:done], bad=[b for b in state["bad"] if b[0] < done * CHUNK])
         return state, images
@@ -290,9 +241,7 @@ def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
     return state, images
 
 
-def _decode_slice(
-    source: PatchSource, block: np.ndarray, hashes: list, lo: int, span: range
-) -> list:
+def _decode_slice(source, block: np.ndarray, hashes: list, lo: int, span: range) -> list:
     """Decode rows ``span`` into ``block`` (row ``lo`` first); bad ones become zeros, named."""
     bad = []
     for i in span:
@@ -306,12 +255,10 @@ def _decode_slice(
 
 
 def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, bar) -> list[str]:
-    """Decode the chunks not done yet into ``images``, recording each in ``state.json``.
-
-    Returns every row's content hash (a resumed pack's finished rows are hashed again).
-    """
+    """Decode the chunks not done yet into ``images``, recording each in ``state.json``;
+    returns every row's content hash."""
     n, workers = len(source), workers or min(8, 2 * (os.cpu_count() or 1))
-    content = _hashes(images[: len(state["digests"]) * CHUNK])
+    content = list(map(content_hash, images[: len(state["digests"]) * CHUNK]))
     block = np.zeros((min(CHUNK, n), *PATCH_SHAPE), np.uint8)  # decoded in RAM: no page faults
     with ThreadPoolExecutor(workers) as pool, open(work / "images.npy", "r+b") as f:
         for lo in range(len(content), n, CHUNK):
@@ -340,24 +287,18 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
 
 def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], content) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
-    n, work, row_of = len(source), out / ".partial", {i: k for k, i in enumerate(source.ids)}
-    drop = {row_of[p.id] for p in problems if p.id in row_of}
-    keep = np.setdiff1d(np.arange(n), np.fromiter(drop, np.int64, len(drop)))
+    n, work, array = len(source), out / ".partial", out / ".partial" / "images.npy"
+    keep = np.flatnonzero(~np.isin(source.ids, [p.id for p in problems]))
     if len(keep) == 0:
         raise _bad_items_error(problems, f"{source.name} (nothing left to pack)")
-    array = work / "images.npy"
-    if drop:  # the good rows into a new array (the full one stays for a rerun until done)
+    if len(keep) < n:  # the good rows into a new array (the full one stays for a rerun until done)
         full, array = np.load(array, mmap_mode="r"), work / "kept.npy"
         kept = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
-        for lo in range(0, len(keep), CHUNK):
-            kept[lo : lo + CHUNK] = full[keep[lo : lo + CHUNK]]
+        np.take(full, keep, axis=0, out=kept, mode="clip")  # "clip": no RAM buffer for ``out``
         kept.flush()
-        del full, kept
-    labels = source.labels if source.labels is not None else np.full(n, -1, np.int8)
-    index = pd.DataFrame({"id": source.ids, "label": labels})
-    if source.groups is not None:
-        index["group"] = source.groups
-    index["content"] = content
+        del full, kept  # closed before the move
+    index = pd.DataFrame({"id": source.ids, "label": source.labels, "group": source.groups})
+    index = index.fillna({"label": -1}).dropna(axis=1).assign(content=content)  # no group: none
     atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
     frame = pd.DataFrame([vars(p) for p in problems], columns=["id", "where", "reason"])
     atomic_write_text(out / "excluded.csv", frame.to_csv(index=False))
@@ -371,30 +312,19 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
 
 def _report(cache: PackedCache, rate: float, resumed: int, problems: list[Problem]) -> None:
     pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
-    classes = f" ({pos} tumour, {len(cache) - pos} normal)" if pos is not None else ""
+    classes = "" if pos is None else f" ({pos} tumour, {len(cache) - pos} normal)"
     extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
-    tqdm.write(
-        f"packed {len(cache)} patches{classes} into {cache.path} "
-        f"({cache.images.nbytes / 2**20:,.0f} MiB) at {rate:,.0f} img/s"
-        f"{' after resuming' if resumed else ''}{extra}",
-        file=sys.stderr,  # progress: stdout stays clean for the CLI's JSON
-    )
+    size, again = f"{cache.images.nbytes / 2**20:,.0f} MiB", " after resuming" if resumed else ""
+    text = f"packed {len(cache)} patches{classes} into {cache.path} ({size}) at {rate:,.0f} img/s"
+    tqdm.write(text + again + extra, file=sys.stderr)  # stdout stays clean for the CLI's JSON
 
 
-def load_patches(
-    data: str | os.PathLike | PatchSource,
-    split: str = "train",
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    on_error: str = "raise",
-    groups_csv: str | os.PathLike | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> PackedCache:
-    """The one call: a data path (any supported layout) or a cache dir → a cache.
-
-    Packs on first use (into ``cache_dir``, default: see :func:`default_cache_dir`) and reuses
-    the cache while the source is unchanged.
+def load_patches(data: str | os.PathLike | PatchSource, split: str = "train", *,
+                 cache_dir: str | os.PathLike | None = None, on_error: str = "raise",
+                 groups_csv: str | os.PathLike | None = None, workers: int | None = None,
+                 progress: bool = True) -> PackedCache:  # fmt: skip
+    """The one call: a data path (any supported layout) or a cache dir → a cache, packed on first
+    use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged.
 
     Examples:
         >>> cache = load_patches("data/sample")

@@ -1,10 +1,9 @@
 """Where patches come from: one reader over the layouts users have, and the input checks.
 
-Kaggle (``train_labels.csv`` + ``train/<id>.tif``; ``test/`` in ``sample_submission.csv``
-order), PCam's HDF5 release (slides from its meta csv) and class folders ``DIR/{0,1}/*`` or
-``DIR/<split>/{0,1}/*``. A source lists items and decodes one; ``cache.py`` packs them. Listing
-problems are collected in ``PatchSource.problems``; a bad image raises a ``DataError`` naming
-the file and the reason, so nothing is dropped without a word.
+Kaggle (``train_labels.csv`` + ``train/``, ``test/``), PCam's HDF5 release and class folders
+``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. A source lists items and decodes one; ``cache.py``
+packs them. Listing problems go to ``PatchSource.problems``; a bad image raises a ``DataError``
+naming the file and the reason, so nothing is dropped without a word.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,10 +57,9 @@ def vector(values: Any, name: str) -> np.ndarray:
 def labels01(values: Any, name: str = "labels") -> np.ndarray:
     """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
     y = vector(values, name)
-    y = y.astype(np.int64) if y.dtype == bool else y
     if len(y) == 0:
         raise ValueError(f"{name} is empty")
-    if not np.issubdtype(y.dtype, np.number):
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
         raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
     if (bad := not01(y)).any():
         raise ValueError(f"{name} must contain only 0/1 labels; " + first_bad(bad, y, "bad labels"))
@@ -69,8 +67,7 @@ def labels01(values: Any, name: str = "labels") -> np.ndarray:
 
 
 class DataError(ValueError):
-    """Bad input data: the message names the file/row and what is wrong; ``problems`` lists
-    every offending item when there are several."""
+    """Bad input data: the message names the file/row and what is wrong; ``problems`` the items."""
 
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
@@ -91,18 +88,6 @@ def format_problems(problems: list[Problem], header: str, limit: int = 50) -> st
     listed = " (all in DataError.problems)" if len(problems) > limit else ""
     lines = few(problems, limit, fmt=lambda p: f"{p.id} ({p.where}): {p.reason}", sep="\n  ")
     return f"{header}: {len(problems)} bad item(s){listed}\n  {lines}"
-
-
-def check_patch(image: np.ndarray, where: str) -> np.ndarray:
-    """Accept only 96×96×3 uint8 RGB: grayscale, RGBA, 16-bit or other sizes are errors."""
-    if image.dtype != np.uint8:
-        raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 4)):
-        kind = "RGBA" if image.shape[-1] == 4 and image.ndim == 3 else "grayscale"
-        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
-    if image.shape != PATCH_SHAPE:
-        raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
-    return image
 
 
 def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
@@ -154,31 +139,36 @@ def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
     return pixels.reshape(PATCH_SHAPE)
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
-    if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode != "RGB":
-                kind = {"L": "grayscale", "LA": "grayscale", "RGBA": "RGBA"}.get(im.mode, im.mode)
-                raise DataError(f"{where}: {kind} image, expected RGB")
-            return np.asarray(im)
-    if (image := _plain_tiff(data, where)) is None:
-        import tifffile
-
-        if (image := tifffile.imread(io.BytesIO(data))).ndim < 2 or image.size == 0:
-            raise DataError(f"{where}: unreadable TIFF (no image data)")
-    return image
-
-
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8."""
+    """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8 RGB;
+    unreadable bytes, grayscale, RGBA, 16-bit or other sizes are errors naming ``where``."""
     try:
-        return check_patch(_decode(data, where), where)
+        if data[:4] not in (b"II*\x00", b"MM\x00*"):
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode != "RGB":  # named by its mode: grayscale, RGBA, P (palette), CMYK, …
+                    kind = {"L": "grayscale", "LA": "grayscale"}.get(im.mode, im.mode)
+                    raise DataError(f"{where}: {kind} image, expected RGB")
+                image = np.asarray(im)
+        elif (image := _plain_tiff(data, where)) is None:
+            import tifffile
+
+            image = tifffile.imread(io.BytesIO(data))
     except DataError:
         raise
     except Exception as exc:  # corrupt / truncated / unknown format
         raise DataError(f"{where}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if image.ndim < 2 or image.size == 0:
+        raise DataError(f"{where}: unreadable image (no image data)")
+    if image.dtype != np.uint8:
+        raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
+    if (channels := {2: 1, 3: image.shape[-1]}.get(image.ndim)) in (1, 4):
+        kind = "RGBA" if channels == 4 else "grayscale"
+        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
+    if image.shape != PATCH_SHAPE:
+        raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
+    return image
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -194,7 +184,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 @dataclass
 class PatchSource:
-    """Items of one split: ids, optional labels and slide groups, and how to decode each."""
+    """Items of one split: ids, optional labels and slide groups, and where each one's pixels are:
+    a file per item (``paths``) or rows of PCam HDF5 x files (``parts``: (file, rows) in order)."""
 
     name: str
     ids: list[str]
@@ -202,26 +193,44 @@ class PatchSource:
     groups: np.ndarray | None = None
     paths: list[Path] | None = None
     problems: list[Problem] = field(default_factory=list)
-    block_reads: ClassVar[bool] = False  # True: reading rows in slices beats per-item reads
+    parts: list[tuple[Path, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def block_reads(self) -> bool:  # HDF5: reading rows in slices beats per-item reads
+        return bool(self.parts)
+
+    def _spans(self, start: int, stop: int):
+        """(x file, first row, stop row) in each part that rows ``start:stop`` reach."""
+        lo = 0
+        for path, n in self.parts:
+            if max(start, lo) < min(stop, lo + n):
+                yield path, max(start, lo) - lo, min(stop, lo + n) - lo
+            lo += n
+
     def where(self, index: int) -> str:
         """Where item ``index`` lives, for messages."""
-        return str(self.paths[index]) if self.paths is not None else f"{self.name}[{index}]"
+        if self.paths is not None:
+            return str(self.paths[index])
+        path, first, _ = next(self._spans(index, index + 1))
+        return f"{path}[{first}]"
 
     def read(self, index: int) -> np.ndarray:
-        if self.paths is None:
-            return self.read_many(index, index + 1)[0]
-        return read_image(self.paths[index])
+        return read_image(self.paths[index]) if self.paths else self.read_many(index, index + 1)[0]
 
     def read_many(self, start: int, stop: int) -> np.ndarray:
-        return np.stack([self.read(i) for i in range(start, stop)])
+        if self.paths:
+            return np.stack([read_image(p) for p in self.paths[start:stop]])
+        spans = self._spans(start, stop)
+        return np.concatenate([_read_h5(path, "x", slice(a, b)) for path, a, b in spans])
 
     def files(self) -> list[Path]:
-        """Files whose size and mtime identify this source's content."""
-        return self.paths or []
+        """Files whose size and mtime identify this source's content (HDF5: the y files too)."""
+        xs = [path for path, _ in self.parts]
+        ys = [y for x in xs if (y := x.with_name(x.name[:-4] + "y.h5")).is_file()]
+        return (self.paths or []) + xs + ys
 
     def fingerprint(self) -> str:
         """Cheap identity: ids, labels, groups, listing problems, file sizes and mtimes."""
@@ -239,49 +248,23 @@ class PatchSource:
         return h.hexdigest()
 
 
-@dataclass
-class H5Source(PatchSource):
-    """PCam HDF5 splits (x: (N, 96, 96, 3) uint8) one after another, read in slices."""
-
-    parts: list[tuple[Path, int]] = field(default_factory=list)  # (x file, rows)
-    block_reads: ClassVar[bool] = True
-
-    def _spans(self, start: int, stop: int):
-        """(x file, first, last row in it, offset of its row 0) of each part within start:stop."""
-        lo = 0
-        for path, n in self.parts:
-            if max(start, lo) < min(stop, lo + n):
-                yield path, max(start, lo) - lo, min(stop, lo + n) - lo, lo
-            lo += n
-
-    def where(self, index: int) -> str:
-        path, first, _, _ = next(self._spans(index, index + 1))
-        return f"{path}[{first}]"
-
-    def read_many(self, start: int, stop: int) -> np.ndarray:
-        import h5py
-
-        def rows(path, a, b):
-            with h5py.File(path, "r") as f:
-                return np.asarray(f["x"][a:b], np.uint8)
-
-        return np.concatenate([rows(p, a, b) for p, a, b, _ in self._spans(start, stop)])
-
-    def files(self) -> list[Path]:  # the y files too: labels are content
-        xs = [path for path, _ in self.parts]
-        return xs + [y for x in xs if (y := x.with_name(x.name[:-4] + "y.h5")).is_file()]
+def _read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
+    """``path`` as strings, with an error naming it when it is missing, not CSV or lacks columns."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot parse CSV ({exc})") from None
+    if missing := sorted(set(needs) - set(frame.columns)):
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
 
 
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
-    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows).
-
-    Rows with an empty id, a label other than 0/1, or an id listed twice are left out.
-    """
-    csv_path = Path(csv_path)
-    frame = _read_csv(csv_path, "labels file")
-    if missing := {"id", "label"} - set(frame.columns):
-        found = list(frame.columns)
-        raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}; found {found}")
+    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows): rows
+    with an empty id, a label other than 0/1, or an id listed twice are left out."""
+    frame = _read_csv(csv_path := Path(csv_path), "labels file", ["id", "label"])
     frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
@@ -298,15 +281,6 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
     return frame.assign(label=frame["label"].astype(float).astype(np.int8)), problems
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot parse CSV ({exc})") from None
-
-
 def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     """Map id (file stem) → path of the images in ``folder``; one id for two files is a problem."""
     found: dict[str, list[Path]] = {}
@@ -320,34 +294,34 @@ def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return {stem: ps[0] for stem, ps in found.items() if len(ps) == 1}, problems
 
 
-def _match(problems: list[Problem], listed, files: dict, no_file, unlisted: str) -> None:
-    """Add a problem for each listed ``(id, where)`` without a file and each file not listed,
-    except for ids that already have one."""
+def _paired(name: str, listed: pd.DataFrame, files: dict, problems: list, no_file, unlisted: str):
+    """The ``listed`` items (id, where, maybe label) that have an image file; a problem for each
+    listed id without a file and each file not listed, unless that id has one already."""
     reported = {p.id for p in problems}
-    known = files.keys() | reported
-    problems += [Problem(i, w, no_file(i)) for i, w in listed if i not in known]
-    names = {i for i, _ in listed} | reported
-    problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in names]
+    rows, known = zip(listed["id"], listed["where"], strict=True), files.keys() | reported
+    problems = problems + [Problem(i, w, no_file(i)) for i, w in rows if i not in known]
+    named = set(listed["id"]) | reported
+    problems += [Problem(i, str(p), unlisted) for i, p in sorted(files.items()) if i not in named]
+    listed = listed[~listed["id"].isin({p.id for p in problems})]
+    ids, labels = listed["id"].tolist(), listed.get("label")
+    labels = None if labels is None else labels.to_numpy(np.int8)
+    return PatchSource(name, ids, labels, None, [files[i] for i in ids], problems)
 
 
 def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
     """Kaggle layout: every label row needs a file and every file a label."""
     root, folder = Path(root), Path(root) / "train"
-    csv_path = root / "train_labels.csv"
-    labels, problems = read_labels(csv_path)
+    labels, problems = read_labels(csv_path := root / "train_labels.csv")
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
     files, more = _images_in(folder)
-    problems += more
-    rows = [(i, f"{csv_path}:{r}") for i, r in zip(labels["id"], labels["row"], strict=True)]
+    listed = labels.assign(where=f"{csv_path}:" + labels["row"].astype(str))
     no_file = f"label row without an image file (no {folder}/{{}}.tif)".format
-    _match(problems, rows, files, no_file, "image file without a row in train_labels.csv")
-    labels = labels[labels["id"].isin(files.keys())]
-    ids = labels["id"].tolist()
-    groups = _read_groups(Path(groups_csv), ids) if groups_csv else None
-    paths = [files[i] for i in ids]
-    y = labels["label"].to_numpy(np.int8)
-    return PatchSource(f"kaggle-train:{root.resolve()}", ids, y, groups, paths, problems)
+    unlisted = "image file without a row in train_labels.csv"
+    name = f"kaggle-train:{root.resolve()}"
+    source = _paired(name, listed, files, problems + more, no_file, unlisted)
+    source.groups = _read_groups(Path(groups_csv), source.ids) if groups_csv else None
+    return source
 
 
 def kaggle_test(root: str | os.PathLike) -> PatchSource:
@@ -357,19 +331,15 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
     files, problems = _images_in(folder) if folder.is_dir() else ({}, [])
     if not files and not problems:
         raise DataError(f"{folder}: no test images (*.tif) found")
-    sample, ids = root / "sample_submission.csv", sorted(files)
-    if sample.is_file():
-        if "id" not in (order := _read_csv(sample, "sample submission")).columns:
-            raise DataError(f"{sample}: no 'id' column")
-        ids = order["id"].str.strip()
+    listed = pd.DataFrame({"id": sorted(files), "where": str(folder)})
+    if (sample := root / "sample_submission.csv").is_file():
+        ids = _read_csv(sample, "sample submission", ["id"])["id"].str.strip()
         twice = sorted(set(ids[ids.duplicated()]))
         problems += [Problem(i, str(sample), "duplicate id (listed twice)") for i in twice]
-        listed, no_file = [(i, str(sample)) for i in ids], f"no image file {folder}/{{}}.tif".format
-        _match(problems, listed, files, no_file, "test image not in sample_submission.csv")
-        bad = {p.id for p in problems}
-        ids = [i for i in ids if i not in bad]
-    paths = [files[i] for i in ids]
-    return PatchSource(f"kaggle-test:{folder.resolve()}", ids, None, None, paths, problems)
+        listed = pd.DataFrame({"id": ids, "where": str(sample)})
+    no_file = f"no image file {folder}/{{}}.tif".format
+    unlisted = "test image not in sample_submission.csv"
+    return _paired(f"kaggle-test:{folder.resolve()}", listed, files, problems, no_file, unlisted)
 
 
 def class_folders(root: str | os.PathLike) -> PatchSource:
@@ -392,19 +362,21 @@ def class_folders(root: str | os.PathLike) -> PatchSource:
     return PatchSource(f"folders:{root.resolve()}", ids, labels, None, paths, problems)
 
 
-def _read_h5(path: Path, name: str) -> Any:
-    """x's (shape, dtype), or y's labels, with an error naming ``path`` when it is not HDF5."""
+def _read_h5(path: Path, name: str, rows: slice | None = None) -> Any:
+    """Rows of dataset ``name`` (all of y; of x only its (shape, dtype) without ``rows``)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
+            if rows is not None:
+                return np.asarray(f[name][rows], np.uint8)
             d = f[name]
             return (d.shape, d.dtype) if name == "x" else np.asarray(d).reshape(-1)
     except Exception as exc:
         raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
 
 
-def _h5_split(root: Path, split: str, need_labels: bool) -> H5Source:
+def _h5_split(root: Path, split: str, need_labels: bool) -> PatchSource:
     """One PCam split: its x file in slices, labels from its y file, slides from its meta csv."""
     x_path, y_path = (root / H5_PATTERN.format(split=split, xy=xy) for xy in "xy")
     if not x_path.is_file():
@@ -412,15 +384,14 @@ def _h5_split(root: Path, split: str, need_labels: bool) -> H5Source:
     shape, dtype = _read_h5(x_path, "x")
     if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
         raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
-    n = shape[0]
-    source = H5Source(f"pcam-h5:{x_path.resolve()}", [f"{split}/{i}" for i in range(n)], None)
-    source.parts = [(x_path, n)]
+    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
+    source = PatchSource(f"pcam-h5:{x_path.resolve()}", ids, None, parts=[(x_path, n)])
     if y_path.is_file():
         if len(y := _read_h5(y_path, "y")) != n:
             raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_path.name}")
         bad, why = not01(y), "label {!r} is not 0/1".format
         source.problems = [
-            Problem(f"{split}/{i}", f"{y_path}[{i}]", why(y[i].item())) for i in np.flatnonzero(bad)
+            Problem(ids[i], f"{y_path}[{i}]", why(y[i].item())) for i in np.flatnonzero(bad)
         ]
         source.labels = np.where(bad, -1, y).astype(np.int8)
     elif need_labels:
@@ -433,21 +404,20 @@ def _h5_split(root: Path, split: str, need_labels: bool) -> H5Source:
     return source
 
 
-def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> H5Source:
+def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> PatchSource:
     """PCam HDF5 files of one split, or of several one after another (``SPLITS``: all of PCam's
     labelled patches, ids ``valid/7``); slide groups when every meta csv is there."""
     if isinstance(split, str):
         return _h5_split(Path(root), split, need_labels=False)
     splits = [_h5_split(Path(root), s, need_labels=True) for s in split]
-    groups = [s.groups for s in splits]
-    return H5Source(
+    groups = None if any(s.groups is None for s in splits) else [s.groups for s in splits]
+    return PatchSource(
         f"{PCAM_SPLITS}:{Path(root).resolve()}",
         sum((s.ids for s in splits), []),
         np.concatenate([s.labels for s in splits]),
-        None if any(g is None for g in groups) else np.concatenate(groups),
-        None,
-        sum((s.problems for s in splits), []),
-        sum((s.parts for s in splits), []),
+        None if groups is None else np.concatenate(groups),
+        problems=sum((s.problems for s in splits), []),
+        parts=sum((s.parts for s in splits), []),
     )
 
 
@@ -460,21 +430,19 @@ def is_pcam_layout(root: str | os.PathLike) -> bool:
 def _read_groups(csv_path: Path, ids: list[str]) -> np.ndarray:
     """Patch→slide map (``id,wsi`` csv, e.g. the community patch_id_wsi file) for ``ids``."""
     frame = _read_csv(csv_path, "slide map")
-    id_col = "id" if "id" in frame.columns else frame.columns[0]
     group_col = next((c for c in ("wsi", "slide", "group") if c in frame.columns), None)
     if group_col is None:
         raise DataError(f"{csv_path}: needs a slide column named wsi, slide or group")
-    mapping = dict(zip(frame[id_col], frame[group_col], strict=True))
-    if missing := [i for i in ids if i not in mapping]:
+    id_col = "id" if "id" in frame.columns else frame.columns[0]
+    groups = frame.drop_duplicates(id_col, keep="last").set_index(id_col)[group_col].reindex(ids)
+    if missing := groups.index[groups.isna()].tolist():
         raise DataError(f"{csv_path}: no slide for {len(missing)} id(s), e.g. {missing[:5]}")
-    return np.asarray([mapping[i] for i in ids])
+    return groups.to_numpy(str)
 
 
 def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) -> PatchSource:
-    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test').
-
-    On PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test).
-    """
+    """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test');
+    on PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not (root := Path(spec)).exists():
@@ -489,8 +457,7 @@ def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) 
         return class_folders(root / split if (root / split / "0").is_dir() else root)
     if split == "test" and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
         return kaggle_test(root)
-    raise DataError(
-        f"{root}: not a known layout. Expected one of: train_labels.csv + train/ (Kaggle), "
-        f"camelyonpatch_level_2_split_{split}_x.h5 (PCam HDF5), 0/ and 1/ class folders "
-        f"(or {split}/0 and {split}/1), or a folder of test .tif files"
-    )
+    kinds = (f"train_labels.csv + train/ (Kaggle), camelyonpatch_level_2_split_{split}_x.h5 "
+             f"(PCam HDF5), 0/ and 1/ class folders (or {split}/0 and {split}/1), or a folder of "
+             "test .tif files")  # fmt: skip
+    raise DataError(f"{root}: not a known layout. Expected one of: {kinds}")
