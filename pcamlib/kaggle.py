@@ -27,7 +27,7 @@ COMPETITION = "histopathologic-cancer-detection"
 HOW_TO_ADD = (
     "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
     "Kaggle → Settings → Create New Token), or KAGGLE_API_TOKEN, or put kaggle.json or "
-    f"access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
+    "access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
     f"kaggle.com/c/{COMPETITION}"
 )
 FULL_DATA = "data/full"  # where the competition goes, relative to the project
@@ -48,10 +48,11 @@ class KaggleError(DataError):
 
 def _colab_secret(name: str) -> str | None:
     """A Colab secret, or None: not Colab, no such secret, or this notebook has no access."""
-    with contextlib.suppress(Exception):  # not Colab, or no access
-        from google.colab import userdata
+    with contextlib.suppress(Exception):
+        from google.colab import userdata  # only importable on Colab
 
         return userdata.get(name) or None
+    return None
 
 
 def kaggle_credentials() -> dict[str, str] | None:
@@ -117,24 +118,23 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{COMPETITION}.zip"
     command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
-    for _ in range(2):
+    for attempt in range(3):
         if zipfile.is_zipfile(archive):  # False when missing
             return archive
+        if attempt == 2:
+            raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
         archive.unlink(missing_ok=True)
         if code := subprocess.run(command, env=env).returncode:
             raise DataError(f"kaggle download failed (exit {code}); check the credentials and "
                             f"that you accepted the {RULES}; rerun to resume")  # fmt: skip
-    if not zipfile.is_zipfile(archive):
-        raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
-    return archive
 
 
-def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
+def kaggle_scores(run_dir: PathLike) -> dict[str, float]:
     """``{"kaggle_public", "kaggle_private"}`` of a run's submission, NaN when none was scored."""
     path = Path(run_dir) / RECORD
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}
-        values = [record.get(key) for key in ("public", "private")]
+        values = [record.get(key) for key in KINDS]
     except (ValueError, AttributeError) as exc:
         raise KaggleError(f"{path}: unreadable ({exc})") from None
     if not all(v is None or isinstance(v, int | float) for v in values):
@@ -211,7 +211,7 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
             bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
 
 
-def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
+def _validate(path: Path, data: PathLike | None) -> None:
     """Check against ``data``'s test ids (default: the full data's, Kaggle input's), else rows."""
     if data is None:
         listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
@@ -262,7 +262,7 @@ def submit_file(
     return record
 
 
-def submit(file: str | os.PathLike[str], message: str, **options) -> dict | None:
+def submit(file: PathLike, message: str, **options) -> dict | None:
     """The notebooks' one call: :func:`submit_file`, or None and a hint without credentials."""
     if kaggle_credentials() is None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")
