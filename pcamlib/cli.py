@@ -216,15 +216,15 @@ def cmd_submit(args) -> None:
     submit_file(args.file, args.message, **how)
 
 
-MODEL = ("--model", "run directory, .keras file or 'pretrained'", dict(required=True))
-DATA = ("--data", HELP["data"], dict(required=True))
-RUN = [MODEL, DATA, ("--tta", "default: the run's, else 1", dict(type=int, choices=TTA_VIEWS))]
+FLAG, REQUIRED = dict(action="store_true"), dict(required=True)
+MODEL = ("--model", "run directory, .keras file or 'pretrained'", REQUIRED)
+RUN = [MODEL, ("--data", HELP["data"], REQUIRED)]  # evaluate's and predict's
+RUN += [("--tta", "default: the run's, else 1", dict(type=int, choices=TTA_VIEWS))]
 RUN += [("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-dir", None, {})]
-FLAG = dict(action="store_true")
-# Every subcommand but train: its help and its arguments (name or flags, help, options).
-# A number whose name is in RUN_RANGES gets its range in its help; main() checks it.
+# Every subcommand but train: what runs it, its help, its arguments (name or flags, help,
+# options). A number whose name is in RUN_RANGES gets its range in its help; main() checks it.
 COMMANDS = {
-    "evaluate": ("metrics of a model on labelled data (JSON)", [*RUN,
+    "evaluate": (cmd_evaluate, "metrics of a model on labelled data (JSON)", [*RUN,
         ("--split", "split for HDF5/TFDS sources (default: test for a run with --split pcam, "
          "else valid)", dict(choices=SPLITS)),
         ("--subset", "rows of the run's split.csv, by pixels (default test: all it never saw), "
@@ -232,24 +232,24 @@ COMMANDS = {
         ("--include-train", "allow rows the run trained on (the JSON's train_rows counts them)",
          FLAG),
         ("--operating-point", "target sensitivity of op_*", dict(type=float, default=0.95))]),
-    "predict": ("tumour probabilities for a test set → submission CSV",
-                [*RUN, ("--out", "submission CSV to write", dict(required=True))]),
-    "check-submission": ("validate a submission CSV", [("file", None, {}), ("--data",
-        "dataset root, its test folder or its sample_submission.csv", dict(required=True))]),
-    "pack": ("decode a source once into a verified uint8 cache", [
-        ("source", None, {}), ("--out", None, dict(required=True)),
+    "predict": (cmd_predict, "tumour probabilities for a test set → submission CSV",
+                [*RUN, ("--out", "submission CSV to write", REQUIRED)]),
+    "check-submission": (cmd_check_submission, "validate a submission CSV", [("file", None, {}),
+        ("--data", "dataset root, its test folder or its sample_submission.csv", REQUIRED)]),
+    "pack": (cmd_pack, "decode a source once into a verified uint8 cache", [
+        ("source", None, {}), ("--out", None, REQUIRED),
         ("--split", "split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits",
          dict(default="train", choices=SPLITS)),
         ("--exclude-bad", None, FLAG), ("--workers", "decoding threads", dict(type=int)),
         ("--verify", "hash every chunk after packing", FLAG)]),
-    "download": ("the full data: the Kaggle competition, or PCam", [
+    "download": (cmd_download, "the full data: the Kaggle competition, or PCam", [
         ("--source", "kaggle: the competition (Kaggle CLI, credentials); pcam: PCam's HDF5 from "
          "Zenodo", dict(default="kaggle", choices=["kaggle", "pcam"])),
         ("--out", "default data/full (kaggle), data/pcam (pcam)", {}),
         ("--mirror", "URL serving PCam's files and a SHA256SUMS, for Zenodo", {}),
         ("--force", "fetch again even if --out is complete", FLAG)]),
-    "submit": ("submit a CSV to Kaggle; print and record its scores", [
-        ("file", None, {}), ("-m --message", "the submission's description", dict(required=True)),
+    "submit": (cmd_submit, "submit a CSV to Kaggle; print and record its scores", [
+        ("file", None, {}), ("-m --message", "the submission's description", REQUIRED),
         ("--run", "run that made the file (default: as write_submission recorded)", {}),
         ("--data", "dataset root whose test ids the file covers (data/full)", {}),
         ("--timeout", "seconds to wait for the score", dict(type=float, default=600)),
@@ -263,13 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    for command, (text, arguments) in COMMANDS.items():
+    for command, (func, text, arguments) in COMMANDS.items():
         p = sub.add_parser(command, help=text)
         for names, text, options in arguments:
             bounds = RUN_RANGES.get(names.split()[-1].lstrip("-").replace("-", "_"))
             text = f"{text} ({bounds})" if bounds else text
             p.add_argument(*names.split(), help=text, **options)
-        p.set_defaults(func=globals()["cmd_" + command.replace("-", "_")])
+        p.set_defaults(func=func)
     return parser
 
 
