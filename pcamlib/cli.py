@@ -12,39 +12,34 @@ pcam submit submission.csv --message "…"                           (Kaggle sco
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import os
+import sys
+from pathlib import Path
+
+from .config import RECIPES, TTA_VIEWS, SettingError, range_problem  # neither imports Keras
+from .notebook import quiet_keras
 
 # Before anything can import TensorFlow: keep its C++ info and warning lines out (errors show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from .config import RECIPES, TTA_VIEWS, SettingError, range_problem  # noqa: E402  (no Keras)
-from .notebook import quiet_keras  # noqa: E402
-
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
 # pcam train's help where a flag's name and values do not say it all (docs/cli.md: the rest).
 HELP = {
-    "data": "dataset root (any layout) or a packed cache",
-    "out": "run directory (rerun to resume)",
-    "batch_size": "per replica",
-    "lr": "peak learning rate (× replicas)",
+    "data": "dataset root (any layout) or a packed cache", "batch_size": "per replica",
+    "out": "run directory (rerun to resume)", "lr": "peak learning rate (× replicas)",
     "image_size": "model input side (per model; see docs/cli.md)",
     "test_fraction": "held out, the same rows every run; 0: separate test data",
     "weights": "imagenet: pretrained backbone; none: from scratch",
     "trainable": "backbone trainable (default: not with imagenet weights)",
-    "augment": "random dihedral views",
-    "shift": "random shifts of up to N pixels",
-    "hed_jitter": "HED stain jitter σ",
+    "augment": "random dihedral views", "shift": "random shifts of up to N pixels",
+    "hed_jitter": "HED stain jitter σ", "workers": "threads preparing batches",
     "augment_on": "host: numpy while batching; model: first layers, on the accelerator",
     "early_stopping": "patience: epochs without a val-AUC gain",
     "steps_per_epoch": "cap on batches per epoch",
     "val_limit": "validate on a class-balanced subset of N rows",
-    "workers": "threads preparing batches",
     "split": "stratified; slide (groups-csv or HDF5 meta); pcam: PCam's own splits "
     "(default on PCam's HDF5 layout or a cache of it)",
     "groups_csv": "patch→slide csv (id,wsi) for split slide",
@@ -52,37 +47,34 @@ HELP = {
     "recipe": f"named recipe, one of {', '.join(RECIPES)}; explicit settings win",
     "tta": "views evaluate/predict use by default",
     "init": "start weights: 'pretrained' (with recipe pcam-cpu), a run directory or .keras file",
-}
+}  # fmt: skip
 # The ranges of the other subcommands' numbers (TrainConfig checks train's).
-RUN_RANGES = {
-    "batch_size": "≥ 1 and ≤ 65536",
-    "operating_point": "> 0 and ≤ 1",
-    "workers": "≥ 1 and ≤ 256",
-    "timeout": "> 0 and ≤ 86400",
-    "poll_interval": "> 0 and ≤ 3600",
-}
+RUN_RANGES = {"batch_size": "≥ 1 and ≤ 65536", "operating_point": "> 0 and ≤ 1",
+              "workers": "≥ 1 and ≤ 256", "timeout": "> 0 and ≤ 86400",
+              "poll_interval": "> 0 and ≤ 3600"}  # fmt: skip
 
 
 def cli_value(value) -> str:
     """A value as the command line spells it: ``none``, ``yes``/``no``, ``1e-05``."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
+    if value is None or isinstance(value, bool):
+        return {None: "none", True: "yes", False: "no"}[value]
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def _train_parser(sub) -> None:
-    """One flag per TrainConfig field, with the field's type and values."""
+    """One flag per TrainConfig field (model_kwargs is Python only), with its type and values."""
     from .config import TrainConfig
 
     p = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    p.description = "Every setting is checked before anything is written; unset ones come "
-    p.description += "from --recipe, else TrainConfig's defaults."
+    p.description = "Every setting is checked before anything is written; unset ones come from "
+    p.description += "--recipe, else TrainConfig's defaults."
     fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
-    for f in fields:  # model_kwargs is Python only
-        flag = "--" + f.name.replace("_", "-")
-        allowed, text = f.metadata.get("allowed"), HELP.get(f.name)
+    for f in fields:
+        flag, allowed, text = (
+            "--" + f.name.replace("_", "-"),
+            f.metadata.get("allowed"),
+            HELP.get(f.name),
+        )
         if isinstance(allowed, tuple):
             p.add_argument(flag, choices=[cli_value(o) for o in allowed], help=text)
         elif allowed:
@@ -96,7 +88,7 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=cmd_train, _fields=fields)
 
 
-def cmd_train(args) -> int:
+def cmd_train(args) -> None:
     from .config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in args._fields}
@@ -114,67 +106,56 @@ def cmd_train(args) -> int:
     summary = dict(run_dir=str(result.run_dir), epochs=len(result.history))
     summary.update(best_val_auc=round(float(best), 4), best_model=str(result.best_model_path))
     print(json.dumps(summary))
-    return 0
 
 
 def _model_and_tta(args):
+    """The model and its views: --tta, else the shipped model's card, the run's config, 1."""
     quiet_keras()
     from .train import load_model
 
-    model = load_model(args.model)
-    tta = args.tta
+    tta, config = args.tta, Path(args.model) / "config.json"
     if tta is None and args.model == "pretrained":
         from .pretrained import card
 
         tta = card()["tta"]
     if tta is None:
-        config = Path(args.model) / "config.json"
         tta = json.loads(config.read_text()).get("tta", 1) if config.is_file() else 1
-    return model, tta
+    return load_model(args.model), tta
 
 
 def _evaluate_split(model: str) -> str:
-    """The split --data's HDF5 files give by default: PCam's test split for a run trained on
-    PCam's own splits (its test rows), else its valid split."""
-    path = Path(model)
-    config = next(
-        (d / "config.json" for d in (path, path.parent) if (d / "config.json").is_file()), None
-    )
+    """--data's HDF5 split by default: test for a run trained on PCam's own splits, else valid."""
+    found = [d / "config.json" for d in (Path(model), Path(model).parent)]
+    config = next((c for c in found if c.is_file()), None)
     split = json.loads(config.read_text()).get("split") if config else None
     return "test" if split == "pcam" else "valid"
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args) -> None:
     quiet_keras()
     from .cache import load_patches
     from .evaluate import evaluate, scoring_rows
 
-    cache = load_patches(
-        args.data, args.split or _evaluate_split(args.model), cache_dir=args.cache_dir
-    )
+    split = args.split or _evaluate_split(args.model)
+    cache = load_patches(args.data, split, cache_dir=args.cache_dir)
     # Default: the run's held-out test rows (all rows of data it never saw); training rows
     # only with --include-train, and the JSON then counts them. Seen means the same pixels
     # (split.csv's content hashes), not the same file name: other datasets repeat names.
     rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
     model, tta = _model_and_tta(args)
-    point = args.operating_point
-    metrics, _ = evaluate(
-        model, cache, rows, tta=tta, batch_size=args.batch_size, operating_point=point
-    )
-    metrics.update(scored)
+    how = dict(tta=tta, batch_size=args.batch_size, operating_point=args.operating_point)
+    metrics = evaluate(model, cache, rows, **how)[0] | scored
     rounded = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(rounded, indent=1))
-    return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args) -> None:
     from . import submission
 
     submission.check_no_leak(args.model)  # before, not after, predicting a whole test set
     # A Kaggle submission must cover the whole test listing, not just what the cache holds.
-    expected = (
-        submission.expected_test_ids(args.data) if submission.is_kaggle_test(args.data) else None
-    )
+    kaggle = submission.is_kaggle_test(args.data)
+    expected = submission.expected_test_ids(args.data) if kaggle else None
     quiet_keras()
     from .cache import load_patches
     from .evaluate import predict_cache
@@ -189,25 +170,20 @@ def cmd_predict(args) -> int:
     submission.missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
     model, tta = _model_and_tta(args)
     probs = predict_cache(model, cache, tta=tta, batch_size=args.batch_size)
-    path = submission.write_submission(
-        cache.ids, probs, args.out, expected_ids=expected, run=args.model
-    )
+    how = dict(expected_ids=expected, run=args.model)
+    path = submission.write_submission(cache.ids, probs, args.out, **how)
     print(f"wrote {len(cache.ids)} tumour probabilities (tta={tta}) to {path}")
-    return 0
 
 
-def cmd_check_submission(args) -> int:
+def cmd_check_submission(args) -> None:
     from .submission import check_submission, expected_test_ids
 
-    frame = check_submission(args.file, expected_test_ids(args.data))
-    print(
-        f"{args.file}: OK, {len(frame)} rows, probabilities in "
-        f"[{frame['label'].min():.4f}, {frame['label'].max():.4f}]"
-    )
-    return 0
+    label = check_submission(args.file, expected_test_ids(args.data))["label"]
+    print(f"{args.file}: OK, {len(label)} rows, probabilities in "
+          f"[{label.min():.4f}, {label.max():.4f}]")  # fmt: skip
 
 
-def cmd_pack(args) -> int:
+def cmd_pack(args) -> None:
     from .cache import PackedCache, pack
 
     on_error = "exclude" if args.exclude_bad else "raise"
@@ -215,61 +191,70 @@ def cmd_pack(args) -> int:
     if args.verify:
         PackedCache.open(cache.path, verify="full")
     tumour = None if cache.labels is None else int((cache.labels == 1).sum())
-    excluded = cache.meta.get("excluded", 0)
-    print(
-        json.dumps(dict(cache=str(cache.path), count=len(cache), tumour=tumour, excluded=excluded))
-    )
-    return 0
+    summary = dict(cache=str(cache.path), count=len(cache), tumour=tumour)
+    print(json.dumps(summary | {"excluded": cache.meta.get("excluded", 0)}))
 
 
-def cmd_download(args) -> int:
+def cmd_download(args) -> None:
     from .download import DEFAULT_OUT, download_pcam
     from .kaggle import download_competition
 
+    if args.mirror and args.source != "pcam":
+        raise SettingError("mirror", args.mirror, "is for --source pcam")
     out = args.out or DEFAULT_OUT[args.source]
     if args.source == "pcam":
         path = download_pcam(out, mirror=args.mirror, force=args.force)
-    elif args.mirror:
-        raise SettingError("mirror", args.mirror, "is for --source pcam")
     else:
         path = download_competition(out, force=args.force)
     print(f"downloaded to {path}")
-    return 0
 
 
-def cmd_submit(args) -> int:
+def cmd_submit(args) -> None:
     from .kaggle import submit_file
 
     how = dict(run=args.run, data=args.data, timeout=args.timeout, poll=args.poll_interval)
     submit_file(args.file, args.message, **how)
-    return 0
 
 
-def _number(p, flag: str, kind: type, text: str, **kwargs) -> None:
-    """A numeric flag whose help ends in its range (RUN_RANGES)."""
-    bounds = RUN_RANGES[flag.lstrip("-").replace("-", "_")]
-    p.add_argument(flag, type=kind, help=f"{text} ({bounds})", **kwargs)
-
-
-def _run_parsers(sub) -> None:
-    """evaluate and predict: a model on data."""
-    evaluate = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON)")
-    predict = sub.add_parser("predict", help="tumour probabilities for a test set → submission CSV")
-    for p, func in ((evaluate, cmd_evaluate), (predict, cmd_predict)):
-        p.add_argument("--model", required=True, help="run directory, .keras file or 'pretrained'")
-        p.add_argument("--data", required=True, help="dataset root (any layout) or a packed cache")
-        p.add_argument("--tta", type=int, choices=TTA_VIEWS, help="default: the run's, else 1")
-        _number(p, "--batch-size", int, "default 256", default=256)
-        p.add_argument("--cache-dir")
-        p.set_defaults(func=func)
-    text = "split for HDF5/TFDS sources (default: test for a run with --split pcam, else valid)"
-    evaluate.add_argument("--split", choices=SPLITS, help=text)
-    text = "rows of the run's split.csv, by pixels (default test: all it never saw), or all"
-    evaluate.add_argument("--subset", choices=["test", "val", "train", "all"], help=text)
-    text = "allow rows the run trained on (the JSON's train_rows counts them)"
-    evaluate.add_argument("--include-train", action="store_true", help=text)
-    _number(evaluate, "--operating-point", float, "target sensitivity of op_*", default=0.95)
-    predict.add_argument("--out", required=True, help="submission CSV to write")
+FLAG, REQUIRED = dict(action="store_true"), dict(required=True)
+MODEL = ("--model", "run directory, .keras file or 'pretrained'", REQUIRED)
+RUN = [MODEL, ("--data", HELP["data"], REQUIRED)]  # evaluate's and predict's
+RUN += [("--tta", "default: the run's, else 1", dict(type=int, choices=TTA_VIEWS))]
+RUN += [("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-dir", None, {})]
+# Every subcommand but train: what runs it, its help, its arguments (name or flags, help,
+# options). A number whose name is in RUN_RANGES gets its range in its help; main() checks it.
+COMMANDS = {
+    "evaluate": (cmd_evaluate, "metrics of a model on labelled data (JSON)", [*RUN,
+        ("--split", "split for HDF5/TFDS sources (default: test for a run with --split pcam, "
+         "else valid)", dict(choices=SPLITS)),
+        ("--subset", "rows of the run's split.csv, by pixels (default test: all it never saw), "
+         "or all", dict(choices=["test", "val", "train", "all"])),
+        ("--include-train", "allow rows the run trained on (the JSON's train_rows counts them)",
+         FLAG),
+        ("--operating-point", "target sensitivity of op_*", dict(type=float, default=0.95))]),
+    "predict": (cmd_predict, "tumour probabilities for a test set → submission CSV",
+                [*RUN, ("--out", "submission CSV to write", REQUIRED)]),
+    "check-submission": (cmd_check_submission, "validate a submission CSV", [("file", None, {}),
+        ("--data", "dataset root, its test folder or its sample_submission.csv", REQUIRED)]),
+    "pack": (cmd_pack, "decode a source once into a verified uint8 cache", [
+        ("source", None, {}), ("--out", None, REQUIRED),
+        ("--split", "split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits",
+         dict(default="train", choices=SPLITS)),
+        ("--exclude-bad", None, FLAG), ("--workers", "decoding threads", dict(type=int)),
+        ("--verify", "hash every chunk after packing", FLAG)]),
+    "download": (cmd_download, "the full data: the Kaggle competition, or PCam", [
+        ("--source", "kaggle: the competition (Kaggle CLI, credentials); pcam: PCam's HDF5 from "
+         "Zenodo", dict(default="kaggle", choices=["kaggle", "pcam"])),
+        ("--out", "default data/full (kaggle), data/pcam (pcam)", {}),
+        ("--mirror", "URL serving PCam's files and a SHA256SUMS, for Zenodo", {}),
+        ("--force", "fetch again even if --out is complete", FLAG)]),
+    "submit": (cmd_submit, "submit a CSV to Kaggle; print and record its scores", [
+        ("file", None, {}), ("-m --message", "the submission's description", REQUIRED),
+        ("--run", "run that made the file (default: as write_submission recorded)", {}),
+        ("--data", "dataset root whose test ids the file covers (data/full)", {}),
+        ("--timeout", "seconds to wait for the score", dict(type=float, default=600)),
+        ("--poll-interval", "seconds between polls", dict(type=float, default=10))]),
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,40 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    _run_parsers(sub)
-
-    p = sub.add_parser("check-submission", help="validate a submission CSV")
-    p.add_argument("file")
-    text = "dataset root, its test folder or its sample_submission.csv"
-    p.add_argument("--data", required=True, help=text)
-    p.set_defaults(func=cmd_check_submission)
-
-    p = sub.add_parser("pack", help="decode a source once into a verified uint8 cache")
-    p.add_argument("source")
-    p.add_argument("--out", required=True)
-    text = "split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits"
-    p.add_argument("--split", default="train", choices=SPLITS, help=text)
-    p.add_argument("--exclude-bad", action="store_true")
-    _number(p, "--workers", int, "decoding threads")
-    p.add_argument("--verify", action="store_true", help="hash every chunk after packing")
-    p.set_defaults(func=cmd_pack)
-
-    p = sub.add_parser("download", help="the full data: the Kaggle competition, or PCam")
-    text = "kaggle: the competition (Kaggle CLI, credentials); pcam: PCam's HDF5 from Zenodo"
-    p.add_argument("--source", default="kaggle", choices=["kaggle", "pcam"], help=text)
-    p.add_argument("--out", help="default data/full (kaggle), data/pcam (pcam)")
-    p.add_argument("--mirror", help="URL serving PCam's files and a SHA256SUMS, for Zenodo")
-    p.add_argument("--force", action="store_true", help="fetch again even if --out is complete")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("submit", help="submit a CSV to Kaggle; print and record its scores")
-    p.add_argument("file")
-    p.add_argument("-m", "--message", required=True, help="the submission's description")
-    p.add_argument("--run", help="run that made the file (default: as write_submission recorded)")
-    p.add_argument("--data", help="dataset root whose test ids the file covers (data/full)")
-    _number(p, "--timeout", float, "seconds to wait for the score", default=600)
-    _number(p, "--poll-interval", float, "seconds between polls", default=10)
-    p.set_defaults(func=cmd_submit)
+    for command, (func, text, arguments) in COMMANDS.items():
+        p = sub.add_parser(command, help=text)
+        for names, text, options in arguments:
+            bounds = RUN_RANGES.get(names.split()[-1].lstrip("-").replace("-", "_"))
+            text = f"{text} ({bounds})" if bounds else text
+            p.add_argument(*names.split(), help=text, **options)
+        p.set_defaults(func=func)
     return parser
 
 
@@ -319,8 +277,7 @@ def _check_numbers(args) -> None:
     """Refuse a number outside its RUN_RANGES (train's settings: TrainConfig checks them)."""
     for name, bounds in RUN_RANGES.items():
         value = getattr(args, name, None)
-        problem = range_problem(value, bounds, isinstance(value, int), optional=True)
-        if problem:
+        if problem := range_problem(value, bounds, isinstance(value, int), optional=True):
             raise SettingError(name, value, problem)
 
 
@@ -329,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "train":
             _check_numbers(args)
-        return args.func(args)
+        args.func(args)
+        return 0
     except (ValueError, FileNotFoundError, ImportError) as exc:  # SettingError, DataError too
         text = exc
         if isinstance(exc, SettingError):  # spelled as typed: --lr -1, not lr=-1

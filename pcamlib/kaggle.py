@@ -1,12 +1,11 @@
-"""The Kaggle competition through its CLI: credentials, the data, a submission and its score.
-
-:func:`submit_file` (``pcam submit``) checks, submits, waits for the score and keeps it in
-``RUN_DIR/kaggle.json``. Credentials reach only the CLI's environment: pcamlib never prints,
-logs or writes them, and scrubs them from whatever the CLI prints.
+"""The Kaggle competition through its CLI: credentials, the data, a submission and its score
+(kept in ``RUN_DIR/kaggle.json``). Credentials reach only the CLI's environment: pcamlib never
+prints, logs or writes them, and scrubs them from whatever the CLI prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -29,15 +28,17 @@ HOW_TO_ADD = (
     "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
     "Kaggle → Settings → Create New Token), or KAGGLE_API_TOKEN, or put kaggle.json or "
     "access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
-    "kaggle.com/c/" + COMPETITION
+    f"kaggle.com/c/{COMPETITION}"
 )
 FULL_DATA = "data/full"  # where the competition goes, relative to the project
 KAGGLE_TEST_ROWS = 57_458  # the competition's test set
 RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
-NO_CLI = "the kaggle command is not installed: pip install 'pcamlib[kaggle]'"
 SUBMISSIONS = f"kaggle.com/c/{COMPETITION}/submissions"
+RULES = f"rules at kaggle.com/c/{COMPETITION}"
 SUBMIT_FAILED = re.compile(r"forbidden|unauthori[sz]ed|could not|error|you must", re.I)
+KINDS = ("public", "private")  # the two leaderboards
+PathLike = str | os.PathLike[str]
 KEY = ("fileName", "date", "description")  # one submission in the listing
 
 
@@ -47,12 +48,11 @@ class KaggleError(DataError):
 
 def _colab_secret(name: str) -> str | None:
     """A Colab secret, or None: not Colab, no such secret, or this notebook has no access."""
-    try:
+    with contextlib.suppress(Exception):
         from google.colab import userdata  # only importable on Colab
 
         return userdata.get(name) or None
-    except Exception:
-        return None
+    return None
 
 
 def kaggle_credentials() -> dict[str, str] | None:
@@ -79,11 +79,10 @@ def kaggle_credentials() -> dict[str, str] | None:
 
 def _cli_env() -> dict[str, str]:
     """The Kaggle CLI's environment, with credentials; one line when either is missing."""
-    env = kaggle_credentials()
-    if env is None:
+    if (env := kaggle_credentials()) is None:
         raise KaggleError(f"no Kaggle credentials: {HOW_TO_ADD}")
     if shutil.which("kaggle", path=env.get("PATH")) is None:
-        raise KaggleError(NO_CLI)
+        raise KaggleError("the kaggle command is not installed: pip install 'pcamlib[kaggle]'")
     return env
 
 
@@ -94,8 +93,7 @@ def resolve_out(out: str | os.PathLike) -> Path:
 
 
 def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
-    """Download and unpack the competition into ``out`` (train/, test/, train_labels.csv…),
-    through ``OUT.download/`` and ``OUT.partial/``; at once when it is there, unless ``force``."""
+    """The competition unpacked in ``out`` (train/, test/…) via ``OUT.download/``, unless there."""
     from tqdm.auto import tqdm
 
     out = resolve_out(out)
@@ -119,42 +117,37 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
     """The competition zip in ``folder``, fetched by the CLI (its progress bar) unless there."""
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{COMPETITION}.zip"
+    command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
     for attempt in range(3):
         if zipfile.is_zipfile(archive):  # False when missing
             return archive
         if attempt == 2:
             raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
         archive.unlink(missing_ok=True)
-        command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
         if code := subprocess.run(command, env=env).returncode:
-            raise DataError(
-                f"kaggle download failed (exit {code}); check the credentials and that you "
-                f"accepted the rules at kaggle.com/c/{COMPETITION}; rerun to resume"
-            )
+            raise DataError(f"kaggle download failed (exit {code}); check the credentials and "
+                            f"that you accepted the {RULES}; rerun to resume")  # fmt: skip
 
 
-def kaggle_scores(run_dir: str | os.PathLike[str]) -> dict[str, float]:
+def kaggle_scores(run_dir: PathLike) -> dict[str, float]:
     """``{"kaggle_public", "kaggle_private"}`` of a run's submission, NaN when none was scored."""
     path = Path(run_dir) / RECORD
-    if not path.is_file():
-        return {"kaggle_public": math.nan, "kaggle_private": math.nan}
     try:
-        values = [json.loads(path.read_text()).get(key) for key in ("public", "private")]
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        values = [record.get(key) for key in KINDS]
     except (ValueError, AttributeError) as exc:
         raise KaggleError(f"{path}: unreadable ({exc})") from None
     if not all(v is None or isinstance(v, int | float) for v in values):
         raise KaggleError(f"{path}: public/private must be numbers or null, got {values}")
-    public, private = (math.nan if v is None else float(v) for v in values)
-    return {"kaggle_public": public, "kaggle_private": private}
+    scores = (math.nan if v is None else float(v) for v in values)
+    return dict(zip(("kaggle_public", "kaggle_private"), scores, strict=True))
 
 
 def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
-    """(stdout, all output, exit status) of one Kaggle CLI call, scrubbed of every credential
-    it could echo: the keys in its environment and in its files."""
+    """(stdout, all output, exit status) of one CLI call, scrubbed of the keys it could echo."""
+    run = dict(env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     try:
-        done = subprocess.run(
-            ["kaggle", *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
-        )
+        done = subprocess.run(["kaggle", *args], **run)
     except subprocess.TimeoutExpired:
         raise KaggleError(f"kaggle {' '.join(args[:2])}: no answer in {CLI_TIMEOUT_S} s") from None
     home = Path.home() / ".kaggle"
@@ -171,24 +164,13 @@ def _kaggle(args: list[str], env: dict[str, str]) -> tuple[str, str, int]:
 def _failure(what: str, output: str, code: int) -> KaggleError:
     """The one line for a failed CLI call: rules, credentials, or what the server said."""
     if re.search(r"\b403\b|forbidden", output, re.I):
-        return KaggleError(
-            f"kaggle {what}: 403 Forbidden: accept the rules at kaggle.com/c/{COMPETITION}/rules "
-            "with the account of these credentials, then rerun"
-        )
+        why = f"403 Forbidden: accept the {RULES}/rules with the account of these credentials"
+        return KaggleError(f"kaggle {what}: {why}, then rerun")
     if re.search(r"\b401\b|unauthori[sz]ed|must authenticate|invalid credentials", output, re.I):
         return KaggleError(f"kaggle {what}: the credentials were rejected; {HOW_TO_ADD}")
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     said = next((line for line in reversed(lines) if not line.startswith("Warning:")), "")
     return KaggleError(f"kaggle {what} failed (exit {code}): {said or 'no output'}")
-
-
-def _submit(path: Path, message: str, env: dict[str, str]) -> None:
-    """``kaggle competitions submit``; its 'Successfully submitted' line, or a clean exit
-    without an error in its output, is success."""
-    args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
-    _, text, code = _kaggle(args, env)
-    if (code or SUBMIT_FAILED.search(text)) and "successfully submitted" not in text.lower():
-        raise _failure("competitions submit", text, code)
 
 
 def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
@@ -210,19 +192,15 @@ def _status(row: dict[str, str] | None) -> str:
 
 def _score(text: str | None) -> float | None:
     """A score as Kaggle lists it ('' or 'nan' until scored), None when there is none."""
-    value = float(text) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", text or "") else math.nan
-    return None if math.isnan(value) else value
+    return float(text) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", text or "") else None
 
 
 def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bool):
     """The new submission of ``name`` once scored, or as it is when ``timeout`` runs out."""
     from tqdm.auto import tqdm
 
-    start = time.monotonic()
-    bar = tqdm(
-        total=round(timeout), desc="waiting for Kaggle's score", unit="s", disable=not progress
-    )
-    with bar:
+    start, desc = time.monotonic(), "waiting for Kaggle's score"
+    with tqdm(total=round(timeout), desc=desc, unit="s", disable=not progress) as bar:
         while True:
             new = [r for r in _submissions(env) if tuple(map(r.get, KEY)) not in before]
             row = next((r for r in new if r.get("fileName") == name), None)
@@ -233,35 +211,24 @@ def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bo
             bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
 
 
-def _validate(path: Path, data: str | os.PathLike[str] | None) -> None:
-    """``check_submission`` against the test ids of ``data`` (default: the full data's or
-    Kaggle's input's), else against the competition's row count."""
+def _validate(path: Path, data: PathLike | None) -> None:
+    """Check against ``data``'s test ids (default: the full data's, Kaggle input's), else rows."""
     if data is None:
         listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
         data = next((p for p in listings if (p / "sample_submission.csv").is_file()), None)
     frame = check_submission(path, expected_test_ids(data) if data is not None else None)
     if data is None and len(frame) != KAGGLE_TEST_ROWS:
-        raise KaggleError(
-            f"{path}: {len(frame):,} rows, but the competition's test set has "
-            f"{KAGGLE_TEST_ROWS:,} (a submission for the sample?); --data DIR checks the ids"
-        )
+        why = f"the competition's test set has {KAGGLE_TEST_ROWS:,} (a submission for the sample?)"
+        raise KaggleError(f"{path}: {len(frame):,} rows, but {why}; --data DIR checks the ids")
 
 
 def submit_file(
-    file: str | os.PathLike[str],
-    message: str,
-    *,
-    run: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
-    timeout: float = 600.0,
-    poll: float = 10.0,
-    progress: bool = True,
-) -> dict:
-    """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score; the record.
-
-    Its scores go to ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
-    ``write_submission`` recorded), null when not scored in time. Raises :class:`KaggleError`.
-    """
+    file: PathLike, message: str, *, run: PathLike | None = None, data: PathLike | None = None,
+    timeout: float = 600.0, poll: float = 10.0, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score and print it;
+    the record, also in ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
+    ``write_submission`` recorded). Raises :class:`KaggleError` when Kaggle did not score it."""
     path = Path(file)
     _validate(path, data)
     run = run if run is not None else submission_run(path)
@@ -270,37 +237,33 @@ def submit_file(
     env = _cli_env()
     before = {tuple(map(row.get, KEY)) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _submit(path, message, env)
+    # Its 'Successfully submitted' line, or a clean exit without an error, is success.
+    args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
+    _, text, code = _kaggle(args, env)
+    if (code or SUBMIT_FAILED.search(text)) and "successfully submitted" not in text.lower():
+        raise _failure("competitions submit", text, code)
     row = _wait(env, path.name, before, timeout, poll, progress) or {}
     record = {"file": str(path.resolve()), "message": message, "submitted_at": submitted_at}
-    record |= {key: _score(row.get(f"{key}Score")) for key in ("public", "private")}
+    record |= {key: _score(row.get(f"{key}Score")) for key in KINDS}
     record["status"] = _status(row) or "not listed"
     # The run's directory keeps the scores (none for an unknown run or the shipped model).
     folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
-    run_dir = folder if folder and (folder / "config.json").is_file() else None
-    if run_dir is not None:
-        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
-    return _report(path, record, run_dir, timeout)
-
-
-def _report(path: Path, record: dict, run_dir: Path | None, timeout: float) -> dict:
-    """Print the scores (one line), or raise for a submission Kaggle did not score."""
-    kept = f"; recorded in {run_dir / RECORD}" if run_dir is not None else ""
+    kept = ""
+    if folder and (folder / "config.json").is_file():
+        atomic_write_text(folder / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
+        kept = f"; recorded in {folder / RECORD}"
     if record["status"] == "error":
         raise KaggleError(f"{path}: Kaggle could not score this submission; see {SUBMISSIONS}")
     if record["status"] != "complete":
-        raise KaggleError(
-            f"{path}: submitted, but not scored within {timeout:g} s (status "
-            f"{record['status']}); its score will show at {SUBMISSIONS}{kept}"
-        )
-    shown = {k: "n/a" if record[k] is None else f"{record[k]:.4f}" for k in ("public", "private")}
+        why = f"not scored within {timeout:g} s (status {record['status']}); its score will show"
+        raise KaggleError(f"{path}: submitted, but {why} at {SUBMISSIONS}{kept}")
+    shown = {k: "n/a" if record[k] is None else f"{record[k]:.4f}" for k in KINDS}
     print(f"{path.name}: Kaggle public {shown['public']}, private {shown['private']}{kept}")
     return record
 
 
-def submit(file: str | os.PathLike[str], message: str, **options) -> dict | None:
-    """The notebooks' one call: :func:`submit_file` (same options), or None and a one-line hint
-    without Kaggle credentials."""
+def submit(file: PathLike, message: str, **options) -> dict | None:
+    """The notebooks' one call: :func:`submit_file`, or None and a hint without credentials."""
     if kaggle_credentials() is None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")
         return None
