@@ -95,8 +95,7 @@ class PackedCache:
         return len(self.ids)
 
     @property
-    def excluded(self) -> list[Problem]:
-        """Items left out when packing with on_error='exclude'."""
+    def excluded(self) -> list[Problem]:  # left out by on_error='exclude'
         frame = pd.read_csv(self.path / "excluded.csv", dtype=str, keep_default_na=False)
         return [Problem(*row) for row in frame[["id", "where", "reason"]].itertuples(index=False)]
 
@@ -112,8 +111,10 @@ class PackedCache:
             rows = {0, n - 1, *np.random.default_rng().choice(n, QUICK_ROWS)}
         for i in sorted(rows):
             if content_hash(images[i]) != content[i]:
-                raise DataError(f"{path}/images.npy: row {i} does not match its content hash; "
-                                "the cache is corrupt: delete it and pack again")  # fmt: skip
+                corrupt = "the cache is corrupt: delete it and pack again"
+                raise DataError(
+                    f"{path}/images.npy: row {i} does not match its content hash; {corrupt}"
+                )
         labels = index["label"].astype(np.int8).to_numpy()
         groups = index["group"].to_numpy() if "group" in index else None
         labels = None if (labels < 0).all() else labels
@@ -126,11 +127,12 @@ def _read(path: Path) -> tuple[dict, np.ndarray, pd.DataFrame]:
         raise DataError(f"{path}: not a finished pcamlib cache (no meta.json)")
     try:
         meta = json.loads((path / "meta.json").read_text())
-        shape, digest = (meta["count"], *PATCH_SHAPE), meta["content_digest"]
-    except (ValueError, KeyError, TypeError) as exc:
+        if (version := meta.get("format")) == FORMAT_VERSION:
+            shape, digest = (meta["count"], *PATCH_SHAPE), meta["content_digest"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}/meta.json: unreadable ({type(exc).__name__}: {exc})") from None
-    if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path}: cache format {meta.get('format')}, expected {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: cache format {version}, not this pcamlib's {FORMAT_VERSION}")
     try:
         images = np.load(path / "images.npy", mmap_mode="r")
     except (OSError, ValueError) as exc:
@@ -180,9 +182,15 @@ def _reuse(out: Path, fingerprint: str, on_error: str, source_name: str) -> Pack
     return None
 
 
-def pack(source: PatchSource | str | os.PathLike, out: str | os.PathLike, *,
-         split: str = "train", on_error: str = "raise", workers: int | None = None,
-         progress: bool = True) -> PackedCache:  # fmt: skip
+def pack(
+    source: PatchSource | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "train",
+    on_error: str = "raise",
+    workers: int | None = None,
+    progress: bool = True,
+) -> PackedCache:
     """Decode ``source`` into a cache at ``out`` (reused while the source is unchanged; a killed
     pack resumes at its last chunk). ``on_error='raise'`` stops with every bad item named
     (``DataError.problems``); ``'exclude'`` leaves them out, listed in ``excluded.csv``."""
@@ -198,13 +206,13 @@ def pack(source: PatchSource | str | os.PathLike, out: str | os.PathLike, *,
             raise _bad_items_error(source.problems, f"{source.name} (nothing left to pack)")
         raise DataError(f"{source.name}: no images to pack")
     if source.problems and progress:
-        tqdm.write(f"{len(source.problems)} bad item(s) in the listing; checking every image too",
-                   file=sys.stderr)  # fmt: skip
+        listed = f"{len(source.problems)} bad item(s) in the listing; checking every image too"
+        tqdm.write(listed, file=sys.stderr)
     key = f"{FORMAT_VERSION}:{fingerprint}:{len(source)}:{CHUNK}"
     state, images = _start(out / ".partial", key, len(source))
     resumed, start_time = len(state["digests"]) * CHUNK, time.perf_counter()
-    with tqdm(total=len(source), initial=resumed, unit="img", desc=f"packing {out.name}",
-              disable=not progress) as bar:  # fmt: skip
+    shown = dict(total=len(source), initial=resumed, unit="img", desc=f"packing {out.name}")
+    with tqdm(**shown, disable=not progress) as bar:
         content = _decode_chunks(source, out / ".partial", state, images, workers, bar)
     rate = (len(source) - resumed) / max(time.perf_counter() - start_time, 1e-9)
     decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
@@ -303,34 +311,35 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
     frame = pd.DataFrame([vars(p) for p in problems], columns=["id", "where", "reason"])
     atomic_write_text(out / "excluded.csv", frame.to_csv(index=False))
     os.replace(array, out / "images.npy")
-    meta = dict(format=FORMAT_VERSION, source=source.name, fingerprint=fingerprint,
-                count=len(keep), content_digest=_digest([content[k] for k in keep]),
-                excluded=len(problems), created=time.strftime("%Y-%m-%dT%H:%M:%S"))  # fmt: skip
+    meta = dict(format=FORMAT_VERSION, source=source.name, fingerprint=fingerprint)
+    meta.update(count=len(keep), content_digest=_digest([content[k] for k in keep]))
+    meta.update(excluded=len(problems), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1), durable=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
 def _report(cache: PackedCache, rate: float, resumed: int, problems: list[Problem]) -> None:
-    pos = int((cache.labels == 1).sum()) if cache.labels is not None else None
-    classes = "" if pos is None else f" ({pos} tumour, {len(cache) - pos} normal)"
+    pos = int((cache.labels == 1).sum()) if cache.labels is not None else 0
+    classes = f" ({pos} tumour, {len(cache) - pos} normal)" if cache.labels is not None else ""
     extra = f"; excluded {len(problems)}, listed in excluded.csv" if problems else ""
     size, again = f"{cache.images.nbytes / 2**20:,.0f} MiB", " after resuming" if resumed else ""
     text = f"packed {len(cache)} patches{classes} into {cache.path} ({size}) at {rate:,.0f} img/s"
     tqdm.write(text + again + extra, file=sys.stderr)  # stdout stays clean for the CLI's JSON
 
 
-def load_patches(data: str | os.PathLike | PatchSource, split: str = "train", *,
-                 cache_dir: str | os.PathLike | None = None, on_error: str = "raise",
-                 groups_csv: str | os.PathLike | None = None, workers: int | None = None,
-                 progress: bool = True) -> PackedCache:  # fmt: skip
+def load_patches(
+    data: str | os.PathLike | PatchSource,
+    split: str = "train",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    on_error: str = "raise",
+    groups_csv: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PackedCache:
     """The one call: a data path (any supported layout) or a cache dir → a cache, packed on first
-    use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged.
-
-    Examples:
-        >>> cache = load_patches("data/sample")
-        >>> cache.images.shape, cache.labels.mean()
-        ((1600, 96, 96, 3), 0.5)
-    """
+    use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged:
+    ``load_patches("data/sample").images.shape == (1600, 96, 96, 3)``."""
     source, root = data, None
     if not isinstance(data, PatchSource):
         if (Path(data) / "meta.json").is_file():

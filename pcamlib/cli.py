@@ -49,9 +49,13 @@ HELP = {
     "init": "start weights: 'pretrained' (with recipe pcam-cpu), a run directory or .keras file",
 }  # fmt: skip
 # The ranges of the other subcommands' numbers (TrainConfig checks train's).
-RUN_RANGES = {"batch_size": "≥ 1 and ≤ 65536", "operating_point": "> 0 and ≤ 1",
-              "workers": "≥ 1 and ≤ 256", "timeout": "> 0 and ≤ 86400",
-              "poll_interval": "> 0 and ≤ 3600"}  # fmt: skip
+RUN_RANGES = {
+    "batch_size": "≥ 1 and ≤ 65536",
+    "operating_point": "> 0 and ≤ 1",
+    "workers": "≥ 1 and ≤ 256",
+    "timeout": "> 0 and ≤ 86400",
+    "poll_interval": "> 0 and ≤ 3600",
+}
 
 
 def cli_value(value) -> str:
@@ -179,8 +183,10 @@ def cmd_check_submission(args) -> None:
     from .submission import check_submission, expected_test_ids
 
     label = check_submission(args.file, expected_test_ids(args.data))["label"]
-    print(f"{args.file}: OK, {len(label)} rows, probabilities in "
-          f"[{label.min():.4f}, {label.max():.4f}]")  # fmt: skip
+    print(
+        f"{args.file}: OK, {len(label)} rows, probabilities in "
+        f"[{label.min():.4f}, {label.max():.4f}]"
+    )
 
 
 def cmd_pack(args) -> None:

@@ -57,9 +57,12 @@ _PINNED = [  # file, size (None: not published), MD5 or SHA-256
     ("test_x", 800875929, "79174c2201ad521602a5888be8f36ee10875f37403dd3f2086caf2182ef87245"),
     ("train_x", 6421353462, "d619e741468a7ab35c7e4a75e6821b7e7e6c9411705d45708f2a0efc8960656c"),
 ]
-ZENODO_FILES = {f"camelyonpatch_level_2_split_{file}{'.csv' if size is None else '.h5.gz'}":
-                Expected(size, "md5" if size is None else "sha256", digest)
-                for file, size, digest in _PINNED}  # fmt: skip
+ZENODO_FILES = {
+    f"camelyonpatch_level_2_split_{file}{'.csv' if size is None else '.h5.gz'}": Expected(
+        size, "md5" if size is None else "sha256", digest
+    )
+    for file, size, digest in _PINNED
+}
 PCAM_META, PCAM_HDF5 = ([n for n in ZENODO_FILES if n.endswith(end)] for end in (".csv", ".gz"))
 
 
@@ -185,8 +188,10 @@ def _verify(src: Path, name: str, release: Release, progress: bool) -> None:
     if expected.size not in (None, size):
         problem = f"{size:,} bytes downloaded, the release publishes {expected.size:,}"
     elif digest.hexdigest() != expected.digest:
-        problem = (f"{expected.algorithm.upper()} checksum mismatch (got {digest.hexdigest()}, "
-                   f"{release.origin} say {expected.digest})")  # fmt: skip
+        problem = (
+            f"{expected.algorithm.upper()} checksum mismatch (got {digest.hexdigest()}, "
+            f"{release.origin} say {expected.digest})"
+        )
     else:
         return
     src.unlink()
@@ -217,9 +222,14 @@ def pcam_complete(folder: Path) -> bool:
 
 
 def download_pcam(
-    out: str | os.PathLike = "data/pcam", *, mirror: str | None = None,
-    release: Release | None = None, force: bool = False, retries: int = 3, progress: bool = True,
-) -> Path:  # fmt: skip
+    out: str | os.PathLike = "data/pcam",
+    *,
+    mirror: str | None = None,
+    release: Release | None = None,
+    force: bool = False,
+    retries: int = 3,
+    progress: bool = True,
+) -> Path:
     """PCam (Zenodo, or ``mirror``; no credentials) in ``out``, in the PCam HDF5 layout. A file
     resumes after ``retries`` network errors (or a rerun); ``release`` overrides URLs, checksums."""
     out = resolve_out(out)
@@ -247,8 +257,9 @@ def download_pcam(
     return out
 
 
-def get_full_data(out: str | os.PathLike | None = None, *, source: str = "kaggle",
-                  mirror: str | None = None) -> Path | None:  # fmt: skip
+def get_full_data(
+    out: str | os.PathLike | None = None, *, source: str = "kaggle", mirror: str | None = None
+) -> Path | None:
     """The notebooks' one call: the full data in ``out``, downloaded once. ``"kaggle"``: the
     competition (on Kaggle, its attached input), or without credentials a one-line hint and None,
     so the series goes on with the sample. ``"pcam"``: PCam's release."""
@@ -262,7 +273,9 @@ def get_full_data(out: str | os.PathLike | None = None, *, source: str = "kaggle
     if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
         return KAGGLE_INPUT
     if kaggle_credentials() is None and not (out / "train_labels.csv").is_file():
-        print("No Kaggle credentials: the series uses the embedded sample. To get the full data, "
-              f"{HOW_TO_ADD}.")  # fmt: skip
+        print(
+            "No Kaggle credentials: the series uses the embedded sample. To get the full data, "
+            f"{HOW_TO_ADD}."
+        )
         return None
     return download_competition(out)

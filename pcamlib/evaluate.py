@@ -138,9 +138,16 @@ def predict_cache(
 
 
 def evaluate(
-    model, cache: PackedCache, rows=None, *, tta=1, batch_size=256, operating_point=0.95,
-    threshold=0.5, progress=True,
-) -> tuple[dict, np.ndarray]:  # fmt: skip
+    model,
+    cache: PackedCache,
+    rows=None,
+    *,
+    tta=1,
+    batch_size=256,
+    operating_point=0.95,
+    threshold=0.5,
+    progress=True,
+) -> tuple[dict, np.ndarray]:
     """Metrics (ROC/PR AUC; accuracy, sensitivity… at ``threshold``; see binary_metrics), probs."""
     if cache.labels is None:
         raise ValueError(f"{cache.path}: evaluation needs labelled data")

@@ -125,8 +125,10 @@ def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
             raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
         archive.unlink(missing_ok=True)
         if code := subprocess.run(command, env=env).returncode:
-            raise DataError(f"kaggle download failed (exit {code}); check the credentials and "
-                            f"that you accepted the {RULES}; rerun to resume")  # fmt: skip
+            raise DataError(
+                f"kaggle download failed (exit {code}); check the credentials and "
+                f"that you accepted the {RULES}; rerun to resume"
+            )
 
 
 def kaggle_scores(run_dir: PathLike) -> dict[str, float]:
@@ -223,9 +225,15 @@ def _validate(path: Path, data: PathLike | None) -> None:
 
 
 def submit_file(
-    file: PathLike, message: str, *, run: PathLike | None = None, data: PathLike | None = None,
-    timeout: float = 600.0, poll: float = 10.0, progress: bool = True,
-) -> dict:  # fmt: skip
+    file: PathLike,
+    message: str,
+    *,
+    run: PathLike | None = None,
+    data: PathLike | None = None,
+    timeout: float = 600.0,
+    poll: float = 10.0,
+    progress: bool = True,
+) -> dict:
     """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score and print it;
     the record, also in ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
     ``write_submission`` recorded). Raises :class:`KaggleError` when Kaggle did not score it."""

@@ -457,7 +457,9 @@ def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) 
         return class_folders(root / split if (root / split / "0").is_dir() else root)
     if split == "test" and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
         return kaggle_test(root)
-    kinds = (f"train_labels.csv + train/ (Kaggle), camelyonpatch_level_2_split_{split}_x.h5 "
-             f"(PCam HDF5), 0/ and 1/ class folders (or {split}/0 and {split}/1), or a folder of "
-             "test .tif files")  # fmt: skip
+    kinds = (
+        f"train_labels.csv + train/ (Kaggle), camelyonpatch_level_2_split_{split}_x.h5 "
+        f"(PCam HDF5), 0/ and 1/ class folders (or {split}/0 and {split}/1), or a folder of "
+        "test .tif files"
+    )
     raise DataError(f"{root}: not a known layout. Expected one of: {kinds}")

@@ -50,10 +50,6 @@ def split_indices(
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels, index = np.asarray(labels), np.arange(len(labels))
-    if groups is not None and len(groups) != len(labels):
-        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if groups is None:
         split = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
         return np.sort(split[0]), np.sort(split[1])
@@ -67,11 +63,15 @@ def split_indices(
 
 
 def protocol_split(
-    labels: np.ndarray, groups=None, *, seed: int = 42, val_fraction: float = 0.25,
+    labels: np.ndarray,
+    groups=None,
+    *,
+    seed: int = 42,
+    val_fraction: float = 0.25,
     test_fraction: float = 0.2,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty.
-    Both fractions are shares of all labelled rows.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty. Both
+    fractions are shares of all labelled rows (TrainConfig checks their ranges).
 
     Examples:
         >>> train, val, test = protocol_split(cache.labels, seed=1, val_fraction=0.25)
@@ -79,11 +79,6 @@ def protocol_split(
         (880, 400, 320)
     """
     labels = np.asarray(labels)
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if not (0 < val_fraction and val_fraction + test_fraction < 1):
-        rows = f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside"
-        raise ValueError(f"{rows} test_fraction ({test_fraction}): their sum must be < 1")
     rest, test = np.arange(len(labels)), np.arange(0)
     if test_fraction:
         rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
@@ -104,8 +99,10 @@ def _first_not_in(path: Path, frame: pd.DataFrame, column: str, allowed) -> None
     bad = ~frame[column].isin(allowed)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{path}: row {i + 2} has {column} {frame[column].iloc[i]!r}; "
-                         f"expected one of {', '.join(allowed)}")  # fmt: skip
+        raise ValueError(
+            f"{path}: row {i + 2} has {column} {frame[column].iloc[i]!r}; "
+            f"expected one of {', '.join(allowed)}"
+        )
 
 
 def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -120,8 +117,10 @@ def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
     if (twice := split["id"].duplicated()).any():
         raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
     if "content" in split and (i := first_bad_hash(split["content"])) is not None:
-        raise ValueError(f"{path}: row {i + 2} has content {split['content'].iloc[i]!r}; "
-                         "expected 16 hex digits (pcamlib.cache.content_hash)")  # fmt: skip
+        raise ValueError(
+            f"{path}: row {i + 2} has content {split['content'].iloc[i]!r}; "
+            "expected 16 hex digits (pcamlib.cache.content_hash)"
+        )
     return split
 
 
@@ -268,17 +267,24 @@ class PatchStream(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray | None = None, indices=None, *,
-        batch_size: int = 128, shuffle: bool = False, augment: bool = False, shift: int = 0,
-        color_jitter: float = 0.0, hed_jitter: float = 0.0, crop: int | None = None,
-        seed: int = 0, workers: int = 1,
-    ):  # fmt: skip
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        indices=None,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        augment: bool = False,
+        shift: int = 0,
+        color_jitter: float = 0.0,
+        hed_jitter: float = 0.0,
+        crop: int | None = None,
+        seed: int = 0,
+        workers: int = 1,
+    ):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
         _check_stream(images, labels, self.indices, batch_size, crop)
-        if shift < 0 or not 0 <= color_jitter < 1 or not 0 <= hed_jitter < 1:
-            raise ValueError("need shift ≥ 0, 0 ≤ color_jitter < 1, 0 ≤ hed_jitter < 1; "
-                             f"got {shift}, {color_jitter}, {hed_jitter}")  # fmt: skip
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self.shuffle, self.augment, self.shift = shuffle, augment, shift
         self.color_jitter, self.hed_jitter = color_jitter, hed_jitter

@@ -109,8 +109,9 @@ def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None
     if seen is None:
         warnings.warn(
             f"{cache.path}: which of these patches the pretrained model trained on is unknown "
-            "(Kaggle training data holds twins of PCam's train split): not scored", stacklevel=2
-        )  # fmt: skip
+            "(Kaggle training data holds twins of PCam's train split): not scored",
+            stacklevel=2,
+        )
         return None
     parts = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": ""})
     parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
