@@ -231,7 +231,7 @@ RUN += [("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-
 # options). A number whose name is in RUN_RANGES gets its range in its help; main() checks it.
 COMMANDS = {
     "evaluate": (cmd_evaluate, "metrics of a model on labelled data (JSON)", [*RUN,
-        ("--split", "split for HDF5/TFDS sources (default: test for a run with --split pcam, "
+        ("--split", "split of PCam HDF5 data (default: test for a run with --split pcam, "
          "else valid)", dict(choices=SPLITS)),
         ("--subset", "rows of the run's split.csv, by pixels (default test: all it never saw), "
          "or all", dict(choices=["test", "val", "train", "all"])),
@@ -244,7 +244,7 @@ COMMANDS = {
         ("--data", "dataset root, its test folder or its sample_submission.csv", REQUIRED)]),
     "pack": (cmd_pack, "decode a source once into a verified uint8 cache", [
         ("source", None, {}), ("--out", None, REQUIRED),
-        ("--split", "split for HDF5/TFDS sources; train on PCam's HDF5 layout: all three splits",
+        ("--split", "split of PCam HDF5 data; train on PCam's HDF5 layout: all three splits",
          dict(default="train", choices=SPLITS)),
         ("--exclude-bad", None, FLAG), ("--workers", "decoding threads", dict(type=int)),
         ("--verify", "hash every chunk after packing", FLAG)]),

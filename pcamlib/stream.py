@@ -42,11 +42,9 @@ OVERLAP_COLUMNS = ["id", "split", "label", "match", "match_label", "distance"]
 def split_indices(
     labels: np.ndarray, val_fraction: float = 0.25, seed: int = 42, groups=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (default) or slide-grouped train/validation split of row indices.
-
-    With ``groups`` (slide per patch) no slide lands on both sides: patches of one slide are
-    strongly correlated, and a random split inflates validation AUC.
-    """
+    """Stratified (default) or slide-grouped train/validation split of row indices. With
+    ``groups`` (slide per patch) no slide lands on both sides: patches of one slide are strongly
+    correlated, and a random split inflates validation AUC."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels, index = np.asarray(labels), np.arange(len(labels))
@@ -71,7 +69,7 @@ def protocol_split(
     test_fraction: float = 0.2,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty. Both
-    fractions are shares of all labelled rows (TrainConfig checks their ranges).
+    fractions are shares of all labelled rows.
 
     Examples:
         >>> train, val, test = protocol_split(cache.labels, seed=1, val_fraction=0.25)
@@ -79,6 +77,11 @@ def protocol_split(
         (880, 400, 320)
     """
     labels = np.asarray(labels)
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not (0 < val_fraction and val_fraction + test_fraction < 1):
+        rows = f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside"
+        raise ValueError(f"{rows} test_fraction ({test_fraction}): their sum must be < 1")
     rest, test = np.arange(len(labels)), np.arange(0)
     if test_fraction:
         rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
