@@ -1,10 +1,9 @@
 """Label-preserving transforms and stain tools for uint8 NHWC patches, on the host or in the model.
 
 Dihedral views (tissue has no orientation; TTA averages all 8), shifts, colour and HED stain
-jitter (Tellez et al. 2019) run in numpy while batching (``augment_on="host"``, the cheapest on
-2 CPU cores) or as seeded ``keras.ops`` layers before the model (``"model"``, any backend, off
-at inference); both share the stain matrices and affine maps, so a setting means the same on
-either. Reinhard normalisation (Reinhard et al. 2001) is a layer that stays on at inference.
+jitter (Tellez et al. 2019) run in numpy while batching (``augment_on="host"``) or as seeded
+``keras.ops`` layers, off at inference (``"model"``); both share the stain matrices and affine
+maps, so a setting means the same on either. Reinhard normalisation is a layer kept at inference.
 """
 
 import keras
@@ -56,12 +55,12 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 
-def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Move image j's content by ``offsets[j] = (dy, dx)`` pixels; the border is mirrored in."""
-    n, h, w = batch.shape[:3]
-    s = int(np.abs(offsets).max()) if n else 0
+def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each image's content by its own random (dy, dx) in [-shift, shift], border mirrored."""
+    (h, w), s = batch.shape[1:3], int(shift)
     if s >= min(h, w):
         raise ValueError(f"shifts of {s} px do not fit {h}×{w} patches")
+    offsets = rng.integers(-s, s + 1, (len(batch), 2))
     padded = np.pad(batch, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
     out = np.empty_like(batch)
     for j, (dy, dx) in enumerate(offsets):  # one slice copy per image: cheaper than a gather
@@ -69,13 +68,9 @@ def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Shift each image by its own random (dy, dx) in [-shift, shift] (see :func:`shift_images`)."""
-    return shift_images(batch, rng.integers(-shift, shift + 1, (len(batch), 2)))
-
-
 def _colour_affine(mean, u, c: float):
-    """Colour jitter of strength c from ``u`` ~ U(±1), (n, 1, 1, 5), as a scale and an offset."""
+    """Colour jitter of strength c as scale and offset, from ``u`` ~ U(±1) of shape (n, 1, 1, 5):
+    brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2)."""
     contrast, gain, bright = 1 + c * u[..., :1], 1 + c / 2 * u[..., 1:4], c * 128 * u[..., 4:]
     return contrast * gain, mean * (1 - contrast) * gain + bright  # ((x-m)·con + m)·gain + b
 
@@ -97,21 +92,19 @@ def _hed_affine(alpha, beta, xp=np):
 
 
 def apply_hed(batch: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Scale (``alpha``) and shift (``beta``) each image's H, E and DAB, both (n, 3): one matrix
-    per image and an OD lookup, ~4× less host CPU than unmixing and mixing each pixel."""
-    n, shape = len(batch), np.shape(batch)
+    """Scale (``alpha``) and shift (``beta``) each image's H, E, DAB, both (n, 3): one matrix
+    per image and an OD lookup, ~4× less CPU than unmixing and mixing each pixel."""
     matrix, offset = _hed_affine(np.float32(alpha), np.float32(beta))
-    od = np.matmul(_OD[np.asarray(batch)].reshape(n, -1, 3), -matrix)
+    od = np.matmul(_OD[np.asarray(batch)].reshape(len(batch), -1, 3), -matrix)
     od -= offset - np.float32(np.log(I0))  # I0 · exp(od) as exp(od + ln I0)
     rgb = np.exp(od, out=od)
     rgb -= np.float32(0.5)  # - 1 + 0.5: the uint8 cast truncates, so this rounds half up
-    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8).reshape(shape)
+    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8).reshape(np.shape(batch))
 
 
 def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Tellez' HED stain jitter of strength ``sigma``: alpha ~ U(1±σ), beta ~ U(±σ) per stain.
-    σ = 0.05 moves pixels by 3.7 grey levels on average, σ = 0.1 by 7.3 (256 Kaggle patches);
-    not scikit-image's ``rgb2hed`` scale, which divides OD by ln(10⁶) ≈ 13.8."""
+    """Tellez' HED jitter: alpha ~ U(1±σ), beta ~ U(±σ) per stain, on natural-log OD (σ = 0.1
+    moves Kaggle pixels by 7.3 grey levels on average; scikit-image's OD is ln(10⁶)× smaller)."""
     alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
     return apply_hed(batch, alpha, rng.uniform(-sigma, sigma, (len(batch), 3)))
 
@@ -122,9 +115,9 @@ def rgb_to_lab(rgb, xp=np):
     return xp.matmul(xp.log10(xp.maximum(lms, 1.0)), _F32["LAB_FROM_LOGLMS"].T)
 
 
-def reinhard_target(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Target lαβ means and stds: averages over ``limit`` images, as no one patch is typical."""
-    x = np.asarray(images[:limit])
+def reinhard_target(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Target lαβ means and stds: averages over up to 2,000 images, as no one patch is typical."""
+    x = np.asarray(images[:2000])
     lab = rgb_to_lab(x).reshape(len(x), -1, 3)
     return lab.mean(axis=1).mean(axis=0).tolist(), lab.std(axis=1).mean(axis=0).tolist()
 
@@ -148,8 +141,8 @@ def _like(y, x):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Identity unless training; seeded. Subclasses transform float32 pixels in ``augment``;
-    ``setting`` names their strength in the config (0 is the identity)."""
+    """Seeded, identity unless training; ``augment`` maps float32 pixels, ``setting`` names the
+    strength in the saved config (0 is the identity)."""
 
     setting = ""
 
@@ -186,8 +179,7 @@ class RandomDihedral(_RandomLayer):
 
 
 class RandomShift(_RandomLayer):
-    """:func:`random_shift` as a gather: whole pixels, the border mirrored in, no wrap-around.
-    Before PCamNet's centre 64×64 crop a shift ≤ 16 never shows the mirrored border at all."""
+    """:func:`random_shift` as a gather: whole pixels, the border mirrored in, no wrap-around."""
 
     setting = "shift"
 
@@ -221,8 +213,7 @@ class HEDJitter(_RandomLayer):
 
 
 class RandomColour(_RandomLayer):
-    """:func:`jitter_colour` as a layer: ``color_jitter`` means the same on either placement
-    (brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2))."""
+    """:func:`jitter_colour` as a layer, of the same strength (see :func:`_colour_affine`)."""
 
     setting = "strength"
 
@@ -234,8 +225,7 @@ class RandomColour(_RandomLayer):
 
 
 class ReinhardNormalization(keras.layers.Layer):
-    """:func:`reinhard_normalise` in the model, also at inference: a saved model normalises every
-    patch it is given. The target (from :func:`reinhard_target`) is saved in the config."""
+    """:func:`reinhard_normalise` in the model, also at inference; the target is in the config."""
 
     def __init__(self, means, stds, eps: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
@@ -261,8 +251,8 @@ def host_augmentation(config) -> dict:
 
 
 def model_front(config, images=None, rows=None) -> list[keras.layers.Layer]:
-    """The layers to put in front of the training model: stain normalisation, then augmentation.
-    The Reinhard target is measured on an evenly spaced 2,000 of the training ``images[rows]``."""
+    """The layers in front of the training model: stain normalisation (its target from an evenly
+    spaced 2,000 of the training ``images[rows]``), then augmentation."""
     front: list[keras.layers.Layer] = []
     if config.stain_norm == "reinhard":
         if images is None:

@@ -1,9 +1,7 @@
 """Charts from plain arrays, the stain figure and architecture diagrams, so notebooks stay thin.
 
-ROC, precision-recall, confusion-matrix and reliability plots are scikit-learn's Display
-classes. Diagrams are visualkeras' layered view, which reads ``layer.output_shape``: Keras 3
-layers lack it, so visualkeras gets read-only views of the layers and the model is never
-patched. Pictures of patches and Grad-CAM live in :mod:`pcamlib.gallery`.
+ROC, confusion and reliability plots are scikit-learn's Displays; diagrams are visualkeras'
+layered view, given read-only layer views with the ``output_shape`` Keras 3 layers lack.
 """
 
 from __future__ import annotations
@@ -75,10 +73,8 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1).
-
-    The best validation AUC's epoch is marked, else the lowest ``val_loss``'s.
-    """
+    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1), the
+    best validation AUC's epoch marked (else the lowest ``val_loss``'s)."""
     if history.empty:
         raise ValueError("history is empty: no epochs to plot")
     epochs = history["epoch"].to_numpy()
@@ -97,16 +93,12 @@ def plot_history(history: pd.DataFrame) -> Figure:
             i, col, label = best
             ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
             if col == f"val_{base}":
-                y = history[col].iloc[i]
-                ax.plot([epochs[i]], [y], "*", ms=14, color="gold", mec="k", label=label)
+                ax.plot(epochs[i], history[col].iloc[i], "*", ms=14, c="gold", mec="k", label=label)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Training history" + (f" - {best[2]}" if best else ""))
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------- EDA
 
 
 def plot_label_balance(labels: Any) -> Figure:
@@ -124,23 +116,17 @@ def plot_label_balance(labels: Any) -> Figure:
 
 
 def plot_channel_stats(images: Any, labels: Any) -> Figure:
-    """Per-class distributions of each patch's mean R, G, B intensity (stain/brightness EDA).
-
-    A seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches is read, 1024 at a time, so a
-    memmap is never loaded whole.
-    """
+    """Per-class distributions of each patch's mean R, G, B (stain/brightness EDA), over a
+    seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches, so a memmap is never read whole."""
     y = labels01(labels)
     if len(y) != len(images):
         raise ValueError(f"labels has {len(y)} rows but images has {len(images)}")
     idx = np.arange(len(y))
     if len(idx) > MAX_CHANNEL_IMAGES:
-        rng = np.random.default_rng(0)
-        idx = np.sort(rng.choice(idx, size=MAX_CHANNEL_IMAGES, replace=False))
-    chunks = [np.asarray(images[idx[s : s + 1024]]) for s in range(0, len(idx), 1024)]
-    frame = pd.DataFrame(
-        np.concatenate([c.astype(np.float32).mean(axis=(1, 2)) for c in chunks]),
-        columns=["red", "green", "blue"],
-    )
+        idx = np.sort(np.random.default_rng(0).choice(idx, MAX_CHANNEL_IMAGES, replace=False))
+    # float32 sums of uint8 pixels are exact, so no float copy of the subset is needed
+    means = np.asarray(images[idx]).mean(axis=(1, 2), dtype=np.float32)
+    frame = pd.DataFrame(means, columns=["red", "green", "blue"])
     frame["class"] = np.take(CLASS_NAMES, y[idx])
     fig, axes = grid(3, 3, (4.5, 3.6))
     for ax, name in zip(axes.flat, ["red", "green", "blue"], strict=True):
@@ -154,11 +140,8 @@ def plot_channel_stats(images: Any, labels: Any) -> Figure:
 
 
 def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Figure:
-    """What the stain tools do: ``patch``, 4 HED jitters (σ = 0.1) and its Reinhard version.
-
-    Below, one row of 6 patches per entry of ``sources`` (name → uint8 NHWC), whose patches
-    together give the Reinhard target. Jitters should look like H&E from another lab.
-    """
+    """``patch``, 4 HED jitters (σ = 0.1) and its Reinhard version; below, 6 patches of each
+    of ``sources`` (name → uint8 NHWC), whose patches together give the Reinhard target."""
     patch = np.asarray(patch)
     if patch.shape[-3:] != (96, 96, 3) or patch.dtype != np.uint8:
         raise ValueError(f"patch must be a 96×96×3 uint8 image; got {patch.shape} {patch.dtype}")
@@ -188,22 +171,20 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
     """ROC curves of several models (``{name: (y_true, y_prob)}``), AUC in the legend."""
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
-    data = []
+    data = {}
     for name, pair in curves.items():  # all checked before drawing, so a bad one is named
         try:
-            yt, yp = validate_binary(*pair)
-            require_both_classes(yt)
+            data[name] = validate_binary(*pair)
+            require_both_classes(data[name][0])
         except (TypeError, ValueError) as err:
             raise ValueError(f"curve {name!r}: {err}") from err
-        data.append((name, yt, yp))
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    chance = {"label": "chance"}
-    for k, (name, yt, yp) in enumerate(data):
+    for k, (name, (yt, yp)) in enumerate(data.items()):
         label = {"label": f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"}
-        last = k == len(data) - 1  # chance drawn once
-        skm.RocCurveDisplay.from_predictions(
-            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=last, chance_level_kw=chance
-        )
+        skm.RocCurveDisplay.from_predictions(  # the chance line drawn once, last
+            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=k == len(data) - 1,
+            chance_level_kw={"label": "chance"},
+        )  # fmt: skip
     ax.set(xlabel="false positive rate (1 - specificity)", title="ROC")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
@@ -215,8 +196,7 @@ def plot_confusion(y_true: Any, y_prob: Any, threshold: float = 0.5) -> Figure:
     """Confusion matrix at a threshold, with counts and per-true-class percentages."""
     yt, yp = validate_binary(y_true, y_prob)
     cm = skm.confusion_matrix(yt, (yp >= threshold).astype(int), labels=[0, 1])
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # a class with no patches: 0%
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     display = skm.ConfusionMatrixDisplay(frac, display_labels=CLASS_NAMES)
     display.plot(ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0, "vmax": 1})
@@ -263,14 +243,6 @@ class _LayerView(types.SimpleNamespace):
         return getattr(self._layer, name)
 
 
-def _legend_font():
-    """DejaVu Sans where installed, else Pillow's built-in font, at a readable size."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", 14)
-    except OSError:
-        return ImageFont.load_default(size=14)
-
-
 def _stages(layers):
     """Each layer alone, or past MAX_BOXES runs sharing a stem (``conv2_block1_1_conv``)."""
     if len(layers) <= MAX_BOXES:
@@ -284,33 +256,29 @@ def _render(model):
     import visualkeras
 
     if getattr(model, "inputs", None) is None:
-        what = "subclassed model, or a Sequential model built without keras.Input"
-        raise TypeError(
-            f"{type(model).__name__} is not a functional graph ({what}); nothing to draw"
-        )
+        what = "a subclassed model, or a Sequential model built without keras.Input"
+        raise TypeError(f"{type(model).__name__} is not a functional graph ({what})")
     classes, views = {}, []  # visualkeras keys legend and colours by type(layer)
     for stem, run in _stages(list(model.layers)):
         layer = run[-1]  # a stage is drawn as its last layer, labelled by its stem
         key = stem or type(layer)
         if key not in classes:
-            label = key if isinstance(key, str) else key.__name__
-            classes[key] = type(label, (_LayerView,), {})
+            classes[key] = type(key if isinstance(key, str) else key.__name__, (_LayerView,), {})
         out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
         shape = tuple(None if d is None else int(d) for d in out.shape)
         views.append(classes[key](_layer=layer, output_shape=shape))
-    view = types.SimpleNamespace(layers=views)
+    try:  # DejaVu Sans where installed, else Pillow's built-in font, at a readable size
+        font = ImageFont.truetype("DejaVuSans.ttf", 14)
+    except OSError:
+        font = ImageFont.load_default(size=14)
     # legend_text_spacing_offset=0: its default is deprecated and warns on every call
-    return visualkeras.layered_view(
-        view, legend=True, font=_legend_font(), legend_text_spacing_offset=0
-    )
+    view = types.SimpleNamespace(layers=views)
+    return visualkeras.layered_view(view, legend=True, font=font, legend_text_spacing_offset=0)
 
 
 def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | None:
-    """Render ``model`` as a visualkeras layered view; optionally save it to ``path``.
-
-    Never raises: a diagram must not break a training run or notebook, so any failure
-    (subclassed model, render or write error) becomes a warning and ``None``.
-    """
+    """``model`` as a visualkeras layered view, saved to ``path`` if given. Never raises: a
+    diagram must not break a run or notebook, so a failure is a warning and ``None``."""
     try:
         img = _render(model)
         if path is not None:

@@ -16,7 +16,7 @@ from pcamlib.augment import (
     dihedral,
     host_augmentation,
     model_front,
-    shift_images,
+    random_shift,
     with_input_layers,
 )
 from pcamlib.cache import load_patches
@@ -70,27 +70,31 @@ def test_dihedral_layer_gives_the_eight_views_of_each_patch(patches):
     assert [v.shape for v in augment.dihedral_views(x[:2])] == [x[:2].shape] * 8
 
 
-def test_shift_layer_moves_each_patch_by_at_most_shift_pixels_without_wrapping(patches):
+def _shifted(image, dy, dx):
+    """``image``'s content moved by (dy, dx) pixels (at most 3), the border mirrored in."""
+    padded = np.pad(image, ((3, 3), (3, 3), (0, 0)), mode="reflect")
+    return padded[3 - dy : 99 - dy, 3 - dx : 99 - dx]
+
+
+def test_shifts_move_each_patch_by_at_most_shift_pixels_without_wrapping(patches):
     x = patches[:64]
+    shifted = _shifted(x[0], 3, 0)
+    assert np.array_equal(shifted[3:], x[0, :-3])  # content moved down by 3
+    assert np.array_equal(shifted[:3], x[0, 3:0:-1])  # mirrored edge, …
+    assert not np.array_equal(shifted[:3], np.roll(x[0], 3, axis=0)[:3])  # … not wrapped round
+    offsets = np.random.default_rng(5).integers(-3, 4, (len(x), 2))
+    host = random_shift(x, 3, np.random.default_rng(5))
+    assert all(np.array_equal(h, _shifted(im, *d)) for h, im, d in zip(host, x, offsets, strict=True))
     out = run(RandomShift(3, seed=2), x)
     moves = set()
     for original, moved in zip(x, out, strict=True):
-        match = [
-            (dy, dx)
-            for dy in range(-3, 4)
-            for dx in range(-3, 4)
-            if np.array_equal(shift_images(original[None], [(dy, dx)])[0], moved)
-        ]
+        moves_ = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+        match = [d for d in moves_ if np.array_equal(_shifted(original, *d), moved)]
         assert match, "every output is a reflect-padded shift of its own patch"
         moves.add(match[0])
     assert len(moves) > 10
-    rolled = np.roll(x[0], 3, axis=0)
-    shifted = shift_images(x[:1], [(3, 0)])[0]
-    assert np.array_equal(shifted[3:], x[0, :-3])  # content moved down by 3
-    assert np.array_equal(shifted[:3], x[0, 3:0:-1])  # mirrored edge, …
-    assert not np.array_equal(shifted[:3], rolled[:3])  # … not the bottom rows wrapped round
     with pytest.raises(ValueError, match="do not fit"):
-        shift_images(x[:1], [(96, 0)])
+        random_shift(x[:1], 96, np.random.default_rng(0))
 
 
 def test_hed_layer_is_the_numpy_hed_jitter(patches):
