@@ -84,12 +84,13 @@ def test_shifts_move_each_patch_by_at_most_shift_pixels_without_wrapping(patches
     assert not np.array_equal(shifted[:3], np.roll(x[0], 3, axis=0)[:3])  # … not wrapped round
     offsets = np.random.default_rng(5).integers(-3, 4, (len(x), 2))
     host = random_shift(x, 3, np.random.default_rng(5))
-    assert all(np.array_equal(h, _shifted(im, *d)) for h, im, d in zip(host, x, offsets, strict=True))
+    for got, image, (dy, dx) in zip(host, x, offsets, strict=True):
+        assert np.array_equal(got, _shifted(image, dy, dx))
     out = run(RandomShift(3, seed=2), x)
     moves = set()
     for original, moved in zip(x, out, strict=True):
-        moves_ = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
-        match = [d for d in moves_ if np.array_equal(_shifted(original, *d), moved)]
+        candidates = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+        match = [d for d in candidates if np.array_equal(_shifted(original, *d), moved)]
         assert match, "every output is a reflect-padded shift of its own patch"
         moves.add(match[0])
     assert len(moves) > 10
