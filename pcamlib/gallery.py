@@ -121,11 +121,6 @@ def plot_gradcam(images: Any, heatmaps: Any, probs: Any = None, labels: Any = No
     return fig
 
 
-def _rank(layer: Any) -> int:
-    """Rank of a layer's output; 0 for a list of outputs."""
-    return len(getattr(layer.output, "shape", ()))
-
-
 def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
     """The feature map Grad-CAM uses: ``layer_name`` checked, else the last 4-D output that is
     not pooling, dropout, reshaping, preprocessing or a nested model (pcamlib's models are flat)."""
@@ -134,12 +129,12 @@ def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
     if layer_name is not None:
         if layer_name not in {layer.name for layer in model.layers}:
             raise ValueError(f"no layer named {layer_name!r} in model {model.name!r}")
-        if _rank(model.get_layer(layer_name)) != 4:
+        if len(getattr(model.get_layer(layer_name).output, "shape", ())) != 4:
             raise ValueError(f"layer {layer_name!r} does not output a 4-D (N, h, w, C) feature map")
         return layer_name
     for layer in reversed(model.layers):
         skip = isinstance(layer, keras.Model) or any(s in type(layer).__module__ for s in _SKIP)
-        if _rank(layer) == 4 and not skip:
+        if len(getattr(layer.output, "shape", ())) == 4 and not skip:  # 0 for a list
             return layer.name
     raise ValueError("model has no convolutional layer to explain; pass layer_name=")
 

@@ -61,8 +61,7 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
     """One metric's train and validation curves (or the learning rate, on a log scale)."""
     if base == "learning_rate":
         ax.plot(epochs, history[base], color="grey", marker=".")
-        ax.set_yscale("log")
-        ax.set_title("Learning rate")
+        ax.set(yscale="log", title="Learning rate")
     else:
         for col, label in ((base, "train"), (f"val_{base}", "validation")):
             if col in history:
@@ -149,11 +148,8 @@ def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Fi
         raise ValueError("give at least one source of patches to compare with")
     target = reinhard_target(np.concatenate([np.asarray(v) for v in sources.values()]))
     jittered = hed_jitter(np.repeat(patch[None], 4, 0), 0.1, np.random.default_rng(0))
-    rows = [
-        [("original", patch)]
-        + [(f"HED σ=0.1 #{i + 1}", im) for i, im in enumerate(jittered)]
-        + [("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]
-    ]
+    first = [("original", patch), *((f"HED σ=0.1 #{i + 1}", im) for i, im in enumerate(jittered))]
+    rows = [[*first, ("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]]
     rows += [[(name * (j == 0), im) for j, im in enumerate(v[:6])] for name, v in sources.items()]
     fig, axes = plt.subplots(len(rows), 6, figsize=(1.6 * 6, 1.8 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows, strict=True):
@@ -229,9 +225,8 @@ def plot_prob_hist(y_true: Any, y_prob: Any) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, 51)
     sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=edges, ax=ax, **_STEPS, **_BY_CLASS)
-    ax.set_yscale("log")
     ax.axvline(0.5, color="k", linestyle="--", linewidth=1)
-    ax.set(xlabel="predicted tumour probability", ylabel="patches")
+    ax.set(yscale="log", xlabel="predicted tumour probability", ylabel="patches")
     ax.set_title("Predicted probability by true class")
     return fig
 
@@ -287,8 +282,6 @@ def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | No
                 (img.convert("RGB") if fmt in ("JPEG", "BMP") else img).save(tmp, format=fmt)
         return img
     except Exception as exc:  # noqa: BLE001 - by design, see docstring
-        name = getattr(model, "name", type(model).__name__)
-        warnings.warn(
-            f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}", stacklevel=2
-        )
+        what = f"{getattr(model, 'name', type(model).__name__)!r}: {type(exc).__name__}: {exc}"
+        warnings.warn(f"draw_model: could not draw {what}", stacklevel=2)
         return None
