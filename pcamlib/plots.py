@@ -239,11 +239,11 @@ class _LayerView(types.SimpleNamespace):
 
 
 def _stages(layers):
-    """Each layer alone, or past MAX_BOXES runs sharing a stem (``conv2_block1_1_conv``)."""
+    """(None, layer) each, or past MAX_BOXES (stem, last layer) per run of ``conv2_block1_*``."""
     if len(layers) <= MAX_BOXES:
-        return [(None, [layer]) for layer in layers]
-    runs = itertools.groupby(layers, key=lambda layer: layer.name.split("_")[0])
-    return [(stem if len(run) > 1 else None, run) for stem, run in ((s, list(r)) for s, r in runs)]
+        return [(None, layer) for layer in layers]
+    runs = [list(r) for _, r in itertools.groupby(layers, key=lambda la: la.name.split("_")[0])]
+    return [(run[0].name.split("_")[0] if len(run) > 1 else None, run[-1]) for run in runs]
 
 
 def _render(model):
@@ -254,8 +254,7 @@ def _render(model):
         what = "a subclassed model, or a Sequential model built without keras.Input"
         raise TypeError(f"{type(model).__name__} is not a functional graph ({what})")
     classes, views = {}, []  # visualkeras keys legend and colours by type(layer)
-    for stem, run in _stages(list(model.layers)):
-        layer = run[-1]  # a stage is drawn as its last layer, labelled by its stem
+    for stem, layer in _stages(list(model.layers)):
         key = stem or type(layer)
         if key not in classes:
             classes[key] = type(key if isinstance(key, str) else key.__name__, (_LayerView,), {})
