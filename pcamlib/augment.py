@@ -91,22 +91,18 @@ def _hed_affine(alpha, beta, xp=np):
     return matrix, xp.matmul(beta, _F32["RGB_FROM_HED"])[:, None, :]
 
 
-def apply_hed(batch: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Scale (``alpha``) and shift (``beta``), both (n, 3), each image's H, E, DAB: one matrix
-    per image and an OD lookup, ~4× less CPU than unmixing and mixing each pixel."""
+def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Tellez' HED jitter: alpha ~ U(1±σ), beta ~ U(±σ) per stain, on natural-log OD (σ = 0.1
+    moves Kaggle pixels by 7.3 grey levels on average; scikit-image's OD is ln(10⁶)× smaller),
+    as one matrix per image and an OD lookup: ~4× less CPU than unmixing each pixel."""
+    alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
+    beta = rng.uniform(-sigma, sigma, (len(batch), 3))
     matrix, offset = _hed_affine(np.float32(alpha), np.float32(beta))
     od = np.matmul(_OD[np.asarray(batch)].reshape(len(batch), -1, 3), -matrix)
     od -= offset - np.float32(np.log(I0))  # I0 · exp(od) as exp(od + ln I0)
     rgb = np.exp(od, out=od)
     rgb -= np.float32(0.5)  # - 1 + 0.5: the uint8 cast truncates, so this rounds half up
     return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8).reshape(np.shape(batch))
-
-
-def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Tellez' HED jitter: alpha ~ U(1±σ), beta ~ U(±σ) per stain, on natural-log OD (σ = 0.1
-    moves Kaggle pixels by 7.3 grey levels on average; scikit-image's OD is ln(10⁶)× smaller)."""
-    alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
-    return apply_hed(batch, alpha, rng.uniform(-sigma, sigma, (len(batch), 3)))
 
 
 def rgb_to_lab(rgb, xp=np):
@@ -140,8 +136,8 @@ def _like(y, x):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Seeded, identity unless training; ``augment`` maps float32 pixels, ``setting`` names the
-    strength in the saved config (0 is the identity)."""
+    """Seeded, identity unless training; ``augment`` maps float32 pixels; ``setting`` is the
+    strength's key in the saved config (0: the identity)."""
 
     setting = ""
 

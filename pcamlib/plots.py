@@ -1,8 +1,5 @@
-"""Charts from plain arrays, the stain figure and architecture diagrams, so notebooks stay thin.
-
-ROC, confusion and reliability plots are scikit-learn's Displays; diagrams are visualkeras'
-layered view, given read-only layer views with the ``output_shape`` Keras 3 layers lack.
-"""
+"""Charts from plain arrays (scikit-learn's Displays where they exist), the stain figure and
+architecture diagrams (visualkeras' layered view), so notebooks stay thin."""
 
 from __future__ import annotations
 
@@ -123,7 +120,6 @@ def plot_channel_stats(images: Any, labels: Any) -> Figure:
     idx = np.arange(len(y))
     if len(idx) > MAX_CHANNEL_IMAGES:
         idx = np.sort(np.random.default_rng(0).choice(idx, MAX_CHANNEL_IMAGES, replace=False))
-    # float32 sums of uint8 pixels are exact, so no float copy of the subset is needed
     means = np.asarray(images[idx]).mean(axis=(1, 2), dtype=np.float32)
     frame = pd.DataFrame(means, columns=["red", "green", "blue"])
     frame["class"] = np.take(CLASS_NAMES, y[idx])
@@ -232,7 +228,7 @@ def plot_prob_hist(y_true: Any, y_prob: Any) -> Figure:
 
 
 class _LayerView(types.SimpleNamespace):
-    """A layer with the ``output_shape`` visualkeras reads; other attributes delegate."""
+    """A read-only layer with the ``output_shape`` visualkeras reads (Keras 3 layers lack it)."""
 
     def __getattr__(self, name):  # only called for attributes not set on the view
         return getattr(self._layer, name)

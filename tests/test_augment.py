@@ -97,19 +97,36 @@ def test_shifts_move_each_patch_by_at_most_shift_pixels_without_wrapping(patches
         random_shift(x[:1], 96, np.random.default_rng(0))
 
 
-def test_hed_layer_is_the_numpy_hed_jitter(patches):
-    shape = (len(patches), 2, 3)
-    factors = keras.random.uniform(shape, -0.1, 0.1, seed=keras.random.SeedGenerator(5))
-    factors = keras.ops.convert_to_numpy(factors)  # the layer's own draws: alpha - 1, beta
-    expected = augment.apply_hed(patches, 1.0 + factors[:, 0], factors[:, 1])
-    got = run(HEDJitter(0.1, seed=5), patches)
+def _unmix_and_mix(x, alpha, beta):
+    """HED jitter pixel by pixel: RGB to stain OD, each stain scaled and shifted, back to RGB."""
+    hed = -np.log((x.reshape(len(x), -1, 3) + 1.0) / augment.I0) @ augment.HED_FROM_RGB
+    od = (hed * alpha[:, None] + beta[:, None]) @ augment.RGB_FROM_HED
+    return np.clip(np.round(augment.I0 * np.exp(-od) - 1), 0, 255).reshape(x.shape)
+
+
+def _assert_close(got, expected):
     assert np.abs(got.astype(int) - expected).max() <= 1  # float32 rounding only
     assert (np.abs(got.astype(int) - expected) > 0).mean() < 0.01
 
 
+def test_hed_jitter_on_host_and_in_the_model_is_the_stain_unmix_and_remix(patches):
+    rng = np.random.default_rng(0)  # hed_jitter's own draws: alpha, then beta
+    alpha, beta = (
+        rng.uniform(0.9, 1.1, (len(patches), 3)),
+        rng.uniform(-0.1, 0.1, (len(patches), 3)),
+    )
+    host = augment.hed_jitter(patches, 0.1, np.random.default_rng(0))
+    _assert_close(host, _unmix_and_mix(patches, alpha, beta))
+    shape = (len(patches), 2, 3)
+    factors = keras.random.uniform(shape, -0.1, 0.1, seed=keras.random.SeedGenerator(5))
+    factors = keras.ops.convert_to_numpy(factors)  # the layer's own draws: alpha - 1, beta
+    got = run(HEDJitter(0.1, seed=5), patches)
+    _assert_close(got, _unmix_and_mix(patches, 1.0 + factors[:, 0], factors[:, 1]))
+
+
 def test_no_hed_jitter_gives_the_patch_back_and_the_matrix_is_ruifrok_johnston(patches):
-    ones, zeros = np.ones((len(patches), 3)), np.zeros((len(patches), 3))
-    assert np.abs(augment.apply_hed(patches, ones, zeros).astype(int) - patches).max() <= 1
+    same = augment.hed_jitter(patches, 0.0, np.random.default_rng(0))
+    assert np.abs(same.astype(int) - patches).max() <= 1
     assert augment.RGB_FROM_HED[0].tolist() == [0.65, 0.70, 0.29]  # haematoxylin
     np.testing.assert_allclose(augment.HED_FROM_RGB @ augment.RGB_FROM_HED, np.eye(3), atol=1e-12)
     # H&E tissue: haematoxylin and eosin dominate DAB (no DAB in H&E) on average.
