@@ -29,6 +29,7 @@ from .sources import labels01
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class
 _STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
+_DENSITY = {"bins": 50, "stat": "density", **_STEPS, **_BY_CLASS}
 _TITLES = {"loss": "Loss", "accuracy": "Accuracy", "auc": "ROC AUC"}  # train()'s metrics
 MAX_CHANNEL_IMAGES = 5000  # plot_channel_stats reads a seeded subset of at most this many
 MAX_BOXES = 40  # a diagram of a longer model draws one box per stage
@@ -74,11 +75,10 @@ def plot_history(history: pd.DataFrame) -> Figure:
     if history.empty:
         raise ValueError("history is empty: no epochs to plot")
     epochs = history["epoch"].to_numpy()
-    skip = {"epoch", "learning_rate", "seconds"}
-    numeric = [c for c in history if c not in skip and pd.api.types.is_numeric_dtype(history[c])]
-    order = [*_TITLES, *sorted({c.removeprefix("val_") for c in numeric} - set(_TITLES))]
-    bases = [b for b in order if b in history or f"val_{b}" in history]
-    panels = bases + (["learning_rate"] if "learning_rate" in history else [])
+    found = {c.removeprefix("val_") for c in history.select_dtypes("number")}
+    found -= {"epoch", "learning_rate", "seconds"}
+    panels = [b for b in _TITLES if b in found] + sorted(found - set(_TITLES))
+    panels += ["learning_rate"] if "learning_rate" in history else []
     if not panels:
         raise ValueError(f"history has no numeric metric columns; columns are {list(history)}")
     best = _best(history, epochs)
@@ -125,9 +125,7 @@ def plot_channel_stats(images: Any, labels: Any) -> Figure:
     frame["class"] = np.take(CLASS_NAMES, y[idx])
     fig, axes = grid(3, 3, (4.5, 3.6))
     for ax, name in zip(axes.flat, ["red", "green", "blue"], strict=True):
-        sns.histplot(
-            frame, x=name, hue="class", bins=50, stat="density", ax=ax, **_STEPS, **_BY_CLASS
-        )
+        sns.histplot(frame, x=name, hue="class", ax=ax, **_DENSITY)
         ax.set(xlabel=f"mean {name} intensity per patch", title=name.capitalize())
     fig.suptitle(f"Per-class channel intensity (n = {len(idx):,} patches)")
     fig.tight_layout()
