@@ -1,9 +1,8 @@
 """Label-preserving transforms and stain tools for uint8 NHWC patches, on the host or in the model.
 
-Dihedral views (tissue has no orientation; TTA averages all 8), shifts, colour and HED stain
-jitter (Tellez et al. 2019) run in numpy while batching (``augment_on="host"``) or as seeded
-``keras.ops`` layers, off at inference (``"model"``); both share the stain matrices and affine
-maps, so a setting means the same on either. Reinhard normalisation is a layer kept at inference.
+Dihedral views (tissue has no orientation), shifts, colour and HED stain jitter (Tellez et al.
+2019) run in numpy while batching (``augment_on="host"``) or as seeded ``keras.ops`` layers off at
+inference (``"model"``), with the same maths; Reinhard normalisation is a layer kept at inference.
 """
 
 import keras
@@ -19,9 +18,7 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 I0 = 256.0  # incident light: OD = -ln((I + 1) / I0) is finite for I = 0 and 0 for white
 
 # Reinhard's lαβ: RGB → LMS (linear), log10, then a decorrelating rotation.
-LMS_FROM_RGB = np.array(
-    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]]
-)
+LMS_FROM_RGB = np.array([[3811, 5783, 402], [1967, 7244, 782], [241, 1288, 8444]]) / 1e4
 LAB_FROM_LOGLMS = np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]]) / np.sqrt([[3.0], [6.0], [2.0]])
 RGB_FROM_LMS = np.linalg.inv(LMS_FROM_RGB)
 LOGLMS_FROM_LAB = np.linalg.inv(LAB_FROM_LOGLMS)
@@ -113,8 +110,7 @@ def rgb_to_lab(rgb, xp=np):
 
 def reinhard_target(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Target lαβ means and stds: averages over up to 2,000 images, as no one patch is typical."""
-    x = np.asarray(images[:2000])
-    lab = rgb_to_lab(x).reshape(len(x), -1, 3)
+    lab = rgb_to_lab(np.asarray(images[:2000])).reshape(len(images[:2000]), -1, 3)
     return lab.mean(axis=1).mean(axis=0).tolist(), lab.std(axis=1).mean(axis=0).tolist()
 
 
