@@ -240,9 +240,8 @@ def model_front(config, images=None, rows=None) -> list[keras.layers.Layer]:
     spaced 2,000 of the training ``images[rows]``), then augmentation."""
     front: list[keras.layers.Layer] = []
     if config.stain_norm == "reinhard":
-        if images is None:
-            raise ValueError("stain_norm='reinhard' needs training images for its target")
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        if images is None or rows is None:
+            raise ValueError("stain_norm='reinhard' needs training images[rows] for its target")
         target = reinhard_target(images[np.sort(rows[:: max(1, len(rows) // 2000)])])
         front.append(ReinhardNormalization(*target, name="stain_norm"))
     if config.augment_on == "model":

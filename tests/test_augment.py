@@ -179,7 +179,7 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
     keras.utils.set_random_seed(0)
     base = build_model("pcamnet", image_size=64, widths=(8, 16))
     plain = base.predict(x, verbose=0)
-    model = with_input_layers(base, model_front(config, x))
+    model = with_input_layers(base, model_front(config, x, np.arange(len(x))))
     names = [layer.name for layer in model.layers]
     assert names[:7] == [
         "patch", "stain_norm", "aug_dihedral", "aug_shift", "aug_hed", "aug_colour", "centre_crop"
@@ -189,7 +189,7 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
     generators = [g for layer in model._flatten_layers() for g in layer._seed_generators]
     assert len(generators) == 5  # 4 augmentations + Dropout
 
-    no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), x))
+    no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), x, range(64)))
     np.testing.assert_allclose(no_norm.predict(x, verbose=0), plain, atol=1e-6)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
