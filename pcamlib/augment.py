@@ -89,9 +89,8 @@ def _hed_affine(alpha, beta, xp=np):
 
 
 def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Tellez' HED jitter: alpha ~ U(1±σ), beta ~ U(±σ) per stain, on natural-log OD (σ = 0.1
-    moves Kaggle pixels by 7.3 grey levels on average; scikit-image's OD is ln(10⁶)× smaller),
-    as one matrix per image and an OD lookup: ~4× less CPU than unmixing each pixel."""
+    """Tellez' HED jitter, alpha ~ U(1±σ), beta ~ U(±σ) per stain on natural-log OD (σ = 0.1: 7.3
+    grey levels on Kaggle patches), as one matrix per image: ~4× less CPU than unmixing pixels."""
     alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
     beta = rng.uniform(-sigma, sigma, (len(batch), 3))
     matrix, offset = _hed_affine(np.float32(alpha), np.float32(beta))
@@ -132,8 +131,7 @@ def _like(y, x):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Seeded, identity unless training; ``augment`` maps float32 pixels; ``setting`` is the
-    strength's key in the saved config (0: the identity)."""
+    """Seeded, identity unless training; ``setting`` is the strength's config key (0: identity)."""
 
     setting = ""
 
@@ -204,8 +202,7 @@ class RandomColour(_RandomLayer):
 
     def augment(self, y):
         u = self._uniform(y, (1, 1, 5), -1.0, 1.0)
-        mean = ops.mean(y, axis=(1, 2, 3), keepdims=True)
-        scale, offset = _colour_affine(mean, u, self.strength)
+        scale, offset = _colour_affine(ops.mean(y, axis=(1, 2, 3), keepdims=True), u, self.strength)
         return y * scale + offset
 
 
