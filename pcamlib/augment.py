@@ -1,10 +1,8 @@
 """Label-preserving transforms and stain tools for uint8 NHWC patches, on the host or in the model.
 
-Dihedral views (tissue has no orientation; TTA averages all 8), shifts, colour and HED stain
-jitter (Tellez et al. 2019) run in numpy while batching (``augment_on="host"``, the cheapest on
-2 CPU cores) or as seeded ``keras.ops`` layers before the model (``"model"``, any backend, off
-at inference); both share the stain matrices and affine maps, so a setting means the same on
-either. Reinhard normalisation (Reinhard et al. 2001) is a layer that stays on at inference.
+Dihedral views (tissue has no orientation), shifts, colour and HED stain jitter (Tellez et al.
+2019) run in numpy while batching (``augment_on="host"``) or as seeded ``keras.ops`` layers off at
+inference (``"model"``), with the same maths; Reinhard normalisation is a layer kept at inference.
 """
 
 import keras
@@ -20,9 +18,7 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 I0 = 256.0  # incident light: OD = -ln((I + 1) / I0) is finite for I = 0 and 0 for white
 
 # Reinhard's lαβ: RGB → LMS (linear), log10, then a decorrelating rotation.
-LMS_FROM_RGB = np.array(
-    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]]
-)
+LMS_FROM_RGB = np.array([[3811, 5783, 402], [1967, 7244, 782], [241, 1288, 8444]]) / 1e4
 LAB_FROM_LOGLMS = np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]]) / np.sqrt([[3.0], [6.0], [2.0]])
 RGB_FROM_LMS = np.linalg.inv(LMS_FROM_RGB)
 LOGLMS_FROM_LAB = np.linalg.inv(LAB_FROM_LOGLMS)
@@ -56,12 +52,12 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
     return [dihedral(batch, k) for k in range(N_DIHEDRAL)]
 
 
-def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Move image j's content by ``offsets[j] = (dy, dx)`` pixels; the border is mirrored in."""
-    n, h, w = batch.shape[:3]
-    s = int(np.abs(offsets).max()) if n else 0
+def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each image's content by its own random (dy, dx) in [-shift, shift], border mirrored."""
+    (h, w), s = batch.shape[1:3], int(shift)
     if s >= min(h, w):
         raise ValueError(f"shifts of {s} px do not fit {h}×{w} patches")
+    offsets = rng.integers(-s, s + 1, (len(batch), 2))
     padded = np.pad(batch, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
     out = np.empty_like(batch)
     for j, (dy, dx) in enumerate(offsets):  # one slice copy per image: cheaper than a gather
@@ -69,13 +65,9 @@ def shift_images(batch: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Shift each image by its own random (dy, dx) in [-shift, shift] (see :func:`shift_images`)."""
-    return shift_images(batch, rng.integers(-shift, shift + 1, (len(batch), 2)))
-
-
 def _colour_affine(mean, u, c: float):
-    """Colour jitter of strength c from ``u`` ~ U(±1), (n, 1, 1, 5), as a scale and an offset."""
+    """Colour jitter of strength c as scale and offset, from ``u`` ~ U(±1) of shape (n, 1, 1, 5):
+    brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2)."""
     contrast, gain, bright = 1 + c * u[..., :1], 1 + c / 2 * u[..., 1:4], c * 128 * u[..., 4:]
     return contrast * gain, mean * (1 - contrast) * gain + bright  # ((x-m)·con + m)·gain + b
 
@@ -96,24 +88,17 @@ def _hed_affine(alpha, beta, xp=np):
     return matrix, xp.matmul(beta, _F32["RGB_FROM_HED"])[:, None, :]
 
 
-def apply_hed(batch: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Scale (``alpha``) and shift (``beta``) each image's H, E and DAB, both (n, 3): one matrix
-    per image and an OD lookup, ~4× less host CPU than unmixing and mixing each pixel."""
-    n, shape = len(batch), np.shape(batch)
+def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Tellez' HED jitter, alpha ~ U(1±σ), beta ~ U(±σ) per stain on natural-log OD (σ = 0.1: 7.3
+    grey levels on Kaggle patches), as one matrix per image: ~4× less CPU than unmixing pixels."""
+    alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
+    beta = rng.uniform(-sigma, sigma, (len(batch), 3))
     matrix, offset = _hed_affine(np.float32(alpha), np.float32(beta))
-    od = np.matmul(_OD[np.asarray(batch)].reshape(n, -1, 3), -matrix)
+    od = np.matmul(_OD[np.asarray(batch)].reshape(len(batch), -1, 3), -matrix)
     od -= offset - np.float32(np.log(I0))  # I0 · exp(od) as exp(od + ln I0)
     rgb = np.exp(od, out=od)
     rgb -= np.float32(0.5)  # - 1 + 0.5: the uint8 cast truncates, so this rounds half up
-    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8).reshape(shape)
-
-
-def hed_jitter(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Tellez' HED stain jitter of strength ``sigma``: alpha ~ U(1±σ), beta ~ U(±σ) per stain.
-    σ = 0.05 moves pixels by 3.7 grey levels on average, σ = 0.1 by 7.3 (256 Kaggle patches);
-    not scikit-image's ``rgb2hed`` scale, which divides OD by ln(10⁶) ≈ 13.8."""
-    alpha = rng.uniform(1 - sigma, 1 + sigma, (len(batch), 3))
-    return apply_hed(batch, alpha, rng.uniform(-sigma, sigma, (len(batch), 3)))
+    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8).reshape(np.shape(batch))
 
 
 def rgb_to_lab(rgb, xp=np):
@@ -122,16 +107,14 @@ def rgb_to_lab(rgb, xp=np):
     return xp.matmul(xp.log10(xp.maximum(lms, 1.0)), _F32["LAB_FROM_LOGLMS"].T)
 
 
-def reinhard_target(images: np.ndarray, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Target lαβ means and stds: averages over ``limit`` images, as no one patch is typical."""
-    x = np.asarray(images[:limit])
-    lab = rgb_to_lab(x).reshape(len(x), -1, 3)
+def reinhard_target(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Target lαβ means and stds: averages over up to 2,000 images, as no one patch is typical."""
+    lab = rgb_to_lab(np.asarray(images[:2000])).reshape(len(images[:2000]), -1, 3)
     return lab.mean(axis=1).mean(axis=0).tolist(), lab.std(axis=1).mean(axis=0).tolist()
 
 
 def reinhard_normalise(batch, means, stds, eps: float = 1e-3, xp=np):
-    """Each image of an NHWC batch moved to the target lαβ ``means`` and ``stds``: uint8 in
-    numpy, unrounded float32 with ``xp=keras.ops``."""
+    """Each image moved to the target lαβ ``means`` and ``stds``: uint8, or float32 via ``ops``."""
     lab = rgb_to_lab(batch, xp)
     mu, sd = xp.mean(lab, axis=(1, 2), keepdims=True), xp.std(lab, axis=(1, 2), keepdims=True)
     lab = (lab - mu) / (sd + eps) * np.float32(stds) + np.float32(means)
@@ -148,8 +131,7 @@ def _like(y, x):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Identity unless training; seeded. Subclasses transform float32 pixels in ``augment``;
-    ``setting`` names their strength in the config (0 is the identity)."""
+    """Seeded, identity unless training; ``setting`` is the strength's config key (0: identity)."""
 
     setting = ""
 
@@ -186,8 +168,7 @@ class RandomDihedral(_RandomLayer):
 
 
 class RandomShift(_RandomLayer):
-    """:func:`random_shift` as a gather: whole pixels, the border mirrored in, no wrap-around.
-    Before PCamNet's centre 64×64 crop a shift ≤ 16 never shows the mirrored border at all."""
+    """:func:`random_shift` as a gather: whole pixels, the border mirrored in, no wrap-around."""
 
     setting = "shift"
 
@@ -202,14 +183,6 @@ class RandomShift(_RandomLayer):
         return ops.reshape(y, (n, h, w, c))
 
 
-def apply_hed_ops(x, alpha, beta):
-    """:func:`apply_hed` in ``keras.ops``: float32 RGB (0–255) out, unrounded."""
-    shape = ops.shape(x)
-    matrix, offset = _hed_affine(alpha, beta, ops)
-    od = -ops.log((ops.reshape(ops.cast(x, "float32"), (shape[0], -1, 3)) + 1.0) / I0)
-    return ops.reshape(I0 * ops.exp(-(ops.matmul(od, matrix) + offset)) - 1.0, shape)
-
-
 class HEDJitter(_RandomLayer):
     """:func:`hed_jitter` in the graph: the same σ, the same per-image affine map."""
 
@@ -217,25 +190,24 @@ class HEDJitter(_RandomLayer):
 
     def augment(self, y):
         factors = self._uniform(y, (2, 3), -self.strength, self.strength)  # alpha - 1, beta
-        return apply_hed_ops(y, 1.0 + factors[:, 0], factors[:, 1])
+        matrix, offset = _hed_affine(1.0 + factors[:, 0], factors[:, 1], ops)
+        od = -ops.log((ops.reshape(y, (ops.shape(y)[0], -1, 3)) + 1.0) / I0)
+        return ops.reshape(I0 * ops.exp(-(ops.matmul(od, matrix) + offset)) - 1.0, ops.shape(y))
 
 
 class RandomColour(_RandomLayer):
-    """:func:`jitter_colour` as a layer: ``color_jitter`` means the same on either placement
-    (brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2))."""
+    """:func:`jitter_colour` as a layer, of the same strength (see :func:`_colour_affine`)."""
 
     setting = "strength"
 
     def augment(self, y):
         u = self._uniform(y, (1, 1, 5), -1.0, 1.0)
-        mean = ops.mean(y, axis=(1, 2, 3), keepdims=True)
-        scale, offset = _colour_affine(mean, u, self.strength)
+        scale, offset = _colour_affine(ops.mean(y, axis=(1, 2, 3), keepdims=True), u, self.strength)
         return y * scale + offset
 
 
 class ReinhardNormalization(keras.layers.Layer):
-    """:func:`reinhard_normalise` in the model, also at inference: a saved model normalises every
-    patch it is given. The target (from :func:`reinhard_target`) is saved in the config."""
+    """:func:`reinhard_normalise` in the model, also at inference; the target is in the config."""
 
     def __init__(self, means, stds, eps: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
@@ -261,13 +233,12 @@ def host_augmentation(config) -> dict:
 
 
 def model_front(config, images=None, rows=None) -> list[keras.layers.Layer]:
-    """The layers to put in front of the training model: stain normalisation, then augmentation.
-    The Reinhard target is measured on an evenly spaced 2,000 of the training ``images[rows]``."""
+    """The layers in front of the training model: stain normalisation (its target from an evenly
+    spaced 2,000 of the training ``images[rows]``), then augmentation."""
     front: list[keras.layers.Layer] = []
     if config.stain_norm == "reinhard":
-        if images is None:
-            raise ValueError("stain_norm='reinhard' needs training images for its target")
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        if images is None or rows is None:
+            raise ValueError("stain_norm='reinhard' needs training images[rows] for its target")
         target = reinhard_target(images[np.sort(rows[:: max(1, len(rows) // 2000)])])
         front.append(ReinhardNormalization(*target, name="stain_norm"))
     if config.augment_on == "model":

@@ -1,13 +1,9 @@
 """Pictures of patches: grids with the labelled centre box, confident errors, Grad-CAM.
 
 PCam labels a patch by its centre 32×32 pixels only, so every patch is drawn with that box.
-Grad-CAM is keras-io's recipe (``examples/vision/grad_cam.py``) on public Keras API, batched
-and resized: cut the model at a feature map, take one gradient of the tumour logit with
-respect to it, weight its channels by their mean gradient, sum, ReLU, divide by the max. It
-works on TensorFlow and JAX; the gradient is the only per-backend step.
+Grad-CAM is keras-io's recipe (``examples/vision/grad_cam.py``), batched and resized, on
+TensorFlow or JAX: the gradient of the tumour logit is the only per-backend step.
 """
-
-from __future__ import annotations
 
 import math
 from collections.abc import Callable
@@ -30,53 +26,42 @@ BATCH = 32  # Grad-CAM images per gradient step
 _SKIP = ("pooling", "regularization", "preprocessing", "input_layer", "reshaping")
 
 
-def _draw_centre_box(ax: Axes, h: int, w: int, color: str = "lime") -> None:
-    """Outline the labelled centre square (pixels 32..63 of a 96 px patch)."""
-    xy = ((w - CENTRE) // 2 - 0.5, (h - CENTRE) // 2 - 0.5)
-    ax.add_patch(Rectangle(xy, CENTRE, CENTRE, fill=False, edgecolor=color, linewidth=1.0))
-
-
-def _show_patch(ax: Axes, img: np.ndarray, box: bool, caption: str, fontsize: float = 7) -> None:
-    """One patch without ticks, optionally with the labelled centre region outlined."""
+def _show_patch(ax: Axes, img: np.ndarray, caption: str, box="lime", fontsize=7.0) -> None:
+    """One patch without ticks, its labelled centre (pixels 32..63 of 96) outlined in ``box``."""
     ax.imshow(img)
-    if box:
-        _draw_centre_box(ax, *img.shape[:2])
     ax.set_axis_off()
+    h, w = img.shape[:2]
+    xy = ((w - CENTRE) // 2 - 0.5, (h - CENTRE) // 2 - 0.5)
+    ax.add_patch(Rectangle(xy, CENTRE, CENTRE, fill=False, edgecolor=box, linewidth=1.0))
     if caption:
         ax.set_title(caption, fontsize=fontsize, pad=2)
 
 
-def _caption(i: int, y: np.ndarray | None, p: np.ndarray | None) -> str:
-    """``y=1 p=0.93`` for whichever of label and probability is known."""
-    parts = [f"y={y[i]}" if y is not None else "", f"p={p[i]:.2f}" if p is not None else ""]
-    return " ".join(s for s in parts if s)
-
-
-def _captions_data(n: int, labels: Any, probs: Any) -> tuple[np.ndarray | None, ...]:
-    """Labels and probabilities as arrays (or None), each with one row per image."""
+def _captions(n: int, labels: Any, probs: Any) -> tuple[np.ndarray | None, Any, list[str]]:
+    """Labels and probabilities (or None), one row per image, and captions ``y=1 p=0.93``."""
     y = None if labels is None else labels01(labels)
     p = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)
     for name, arr in (("labels", y), ("probs", p)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} rows but images has {n}")
-    return y, p
+    ys = [f"y={v}" for v in y] if y is not None else [""] * n
+    ps = [f"p={v:.2f}" for v in p] if p is not None else [""] * n
+    return y, p, [f"{a} {b}".strip() for a, b in zip(ys, ps, strict=True)]
 
 
 def plot_patch_grid(
     images: Any, labels: Any = None, probs: Any = None, n: int = 100, title: str | None = None
 ) -> Figure:
-    """The first ``n`` patches, 10 a row, centre 32x32 outlined, label/probability as captions.
-
-    Captions are green when the 0.5-thresholded probability matches the label, red otherwise.
-    """
+    """The first ``n`` patches, 10 a row, centre outlined, label and probability as captions:
+    green when the 0.5-thresholded probability matches the label, red otherwise."""
     m = min(int(n), len(images))
     if m < 1:
         raise ValueError("no images to plot")
-    y, p = _captions_data(len(images), labels, probs)
+    y, p, captions = _captions(len(images), labels, probs)
     imgs = np.asarray(images[:m])
     fig, axes = grid(m, 10, (1.25, 1.25), extra_h=0.6 if title else 0.3)
     for i, ax in enumerate(axes.flat[:m]):
-        _show_patch(ax, imgs[i], True, _caption(i, y, p))
+        _show_patch(ax, imgs[i], captions[i])
         if y is not None and p is not None:
             ax.title.set_color("green" if int(p[i] >= 0.5) == y[i] else "red")
     if title:
@@ -104,15 +89,13 @@ def plot_confident_errors(
     for sub, (label, idx) in zip(fig.subfigures(2, 1), groups, strict=True):
         shown = idx[:n]
         sub.suptitle(f"Most confident {label}: showing {len(shown)} of {len(idx)}", fontsize=12)
-        axes = sub.subplots(rows, cols, squeeze=False)
-        for k, ax in enumerate(axes.flat):
-            if k < len(shown):
-                img = np.asarray(images[int(shown[k])])
-                _show_patch(ax, img, True, f"#{shown[k]} p={yp[shown[k]]:.3f}", fontsize=10)
-            else:
-                ax.axis("off")
+        axes = sub.subplots(rows, cols, squeeze=False).ravel()
+        for ax in axes:
+            ax.axis("off")
+        for ax, i in zip(axes, shown, strict=False):
+            _show_patch(ax, np.asarray(images[int(i)]), f"#{i} p={yp[i]:.3f}", fontsize=10)
         if not len(shown):
-            axes.flat[0].text(0, 0.5, "none", fontsize=12)
+            axes[0].text(0, 0.5, "none", fontsize=12)
     return fig
 
 
@@ -121,19 +104,15 @@ def plot_gradcam(images: Any, heatmaps: Any, probs: Any = None, labels: Any = No
     imgs = np.asarray(images)
     heat = np.asarray(heatmaps, dtype=np.float32)
     if imgs.ndim != 4 or imgs.shape[:3] != heat.shape:
-        raise ValueError(
-            f"heatmaps {heat.shape} do not match images {imgs.shape}: "
-            "expected images (N, H, W, C) and heatmaps (N, H, W)"
-        )
+        raise ValueError(f"heatmaps {heat.shape} do not match images (N, H, W, C) {imgs.shape}")
     if not np.isfinite(heat).all():
         raise ValueError("heatmaps contain non-finite values")
-    y, p = _captions_data(len(imgs), labels, probs)
+    captions = _captions(len(imgs), labels, probs)[2]
     fig, axes = grid(len(imgs) * 2, 8, (1.6, 1.6), extra_h=0.4)
     for i, img in enumerate(imgs):
-        _show_patch(axes.flat[2 * i], img, True, _caption(i, y, p))
-        _show_patch(axes.flat[2 * i + 1], img, False, "")
+        _show_patch(axes.flat[2 * i], img, captions[i])
+        _show_patch(axes.flat[2 * i + 1], img, "", box="white")  # patches draw over images
         shown = axes.flat[2 * i + 1].imshow(heat[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        _draw_centre_box(axes.flat[2 * i + 1], *heat.shape[1:], color="white")
     fig.tight_layout(pad=0.3)
     if len(imgs):  # one scale for every map: each is divided by its own maximum
         fig.subplots_adjust(right=0.93)
@@ -142,40 +121,27 @@ def plot_gradcam(images: Any, heatmaps: Any, probs: Any = None, labels: Any = No
     return fig
 
 
-def _rank(layer: Any) -> int | None:
-    """Rank of a layer's (single) output, or None when it has none or several."""
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError, TypeError):
-        return None
-
-
 def find_target_layer(model: keras.Model, layer_name: str | None = None) -> str:
-    """The feature map Grad-CAM uses: ``layer_name`` checked, else the last conv-like 4-D output.
-
-    Pooling, dropout, reshaping and preprocessing outputs are skipped, as are nested models:
-    pcamlib builds backbones on the model's own tensor, so their layers are the model's.
-    """
+    """The feature map Grad-CAM uses: ``layer_name`` checked, else the last 4-D output that is
+    not pooling, dropout, reshaping, preprocessing or a nested model (pcamlib's models are flat)."""
     if getattr(model, "inputs", None) is None:
         raise ValueError(f"gradcam needs a Sequential or functional model; got {type(model)}")
     if layer_name is not None:
         if layer_name not in {layer.name for layer in model.layers}:
             raise ValueError(f"no layer named {layer_name!r} in model {model.name!r}")
-        if _rank(model.get_layer(layer_name)) != 4:
+        if len(getattr(model.get_layer(layer_name).output, "shape", ())) != 4:
             raise ValueError(f"layer {layer_name!r} does not output a 4-D (N, h, w, C) feature map")
         return layer_name
     for layer in reversed(model.layers):
         skip = isinstance(layer, keras.Model) or any(s in type(layer).__module__ for s in _SKIP)
-        if _rank(layer) == 4 and not skip:
+        if len(getattr(layer.output, "shape", ())) == 4 and not skip:  # 0 for a list
             return layer.name
     raise ValueError("model has no convolutional layer to explain; pass layer_name=")
 
 
 def _cut(model: keras.Model, layer_name: str) -> tuple[keras.Model, Callable[[Any], Any]]:
-    """``features`` (input → feature map) and ``head`` (feature map → tumour logit).
-
-    The logit, not the probability: a saturated sigmoid (p = 1.0 in float32) has no gradient.
-    """
+    """``features`` (input → feature map) and ``head`` (feature map → tumour logit, as a
+    saturated sigmoid, p = 1.0 in float32, has no gradient)."""
     feature_map = model.get_layer(layer_name).output
     names = {layer.name for layer in model.layers}
     score = model.get_layer("tumor_logit").output if "tumor_logit" in names else model.outputs[0]
@@ -234,9 +200,8 @@ def _cam_batch(model, features, head, x: np.ndarray, start: int) -> np.ndarray:
 
 
 def gradcam(model: keras.Model, images: Any, *, layer_name: str | None = None) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) in [0, 1] at input resolution for the tumour logit.
-
-    The feature map is ``layer_name`` or the one :func:`find_target_layer` picks.
+    """Grad-CAM maps (N, H, W) in [0, 1] at input resolution for the tumour logit, on the feature
+    map ``layer_name`` or the one :func:`find_target_layer` picks.
 
     Examples:
         >>> heat = gradcam(model, images[:8])
@@ -249,6 +214,4 @@ def gradcam(model: keras.Model, images: Any, *, layer_name: str | None = None) -
         if x.ndim != 4:
             raise ValueError(f"images must be NHWC; images[{start}:] has shape {x.shape}")
         chunks.append(_cam_batch(model, features, head, x, start))
-    if not chunks:
-        return np.zeros((0, *np.shape(images)[1:3]), np.float32)
-    return np.concatenate(chunks)
+    return np.concatenate(chunks) if chunks else np.zeros((0, *np.shape(images)[1:3]), np.float32)

@@ -1,10 +1,5 @@
-"""Charts from plain arrays, the stain figure and architecture diagrams, so notebooks stay thin.
-
-ROC, precision-recall, confusion-matrix and reliability plots are scikit-learn's Display
-classes. Diagrams are visualkeras' layered view, which reads ``layer.output_shape``: Keras 3
-layers lack it, so visualkeras gets read-only views of the layers and the model is never
-patched. Pictures of patches and Grad-CAM live in :mod:`pcamlib.gallery`.
-"""
+"""Charts from plain arrays (scikit-learn's Displays where they exist), the stain figure and
+architecture diagrams (visualkeras' layered view), so notebooks stay thin."""
 
 from __future__ import annotations
 
@@ -34,6 +29,7 @@ from .sources import labels01
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class
 _STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
+_DENSITY = {"bins": 50, "stat": "density", **_STEPS, **_BY_CLASS}
 _TITLES = {"loss": "Loss", "accuracy": "Accuracy", "auc": "ROC AUC"}  # train()'s metrics
 MAX_CHANNEL_IMAGES = 5000  # plot_channel_stats reads a seeded subset of at most this many
 MAX_BOXES = 40  # a diagram of a longer model draws one box per stage
@@ -63,8 +59,7 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
     """One metric's train and validation curves (or the learning rate, on a log scale)."""
     if base == "learning_rate":
         ax.plot(epochs, history[base], color="grey", marker=".")
-        ax.set_yscale("log")
-        ax.set_title("Learning rate")
+        ax.set(yscale="log", title="Learning rate")
     else:
         for col, label in ((base, "train"), (f"val_{base}", "validation")):
             if col in history:
@@ -75,18 +70,15 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1).
-
-    The best validation AUC's epoch is marked, else the lowest ``val_loss``'s.
-    """
+    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1), the
+    best validation AUC's epoch marked (else the lowest ``val_loss``'s)."""
     if history.empty:
         raise ValueError("history is empty: no epochs to plot")
     epochs = history["epoch"].to_numpy()
-    skip = {"epoch", "learning_rate", "seconds"}
-    numeric = [c for c in history if c not in skip and pd.api.types.is_numeric_dtype(history[c])]
-    order = [*_TITLES, *sorted({c.removeprefix("val_") for c in numeric} - set(_TITLES))]
-    bases = [b for b in order if b in history or f"val_{b}" in history]
-    panels = bases + (["learning_rate"] if "learning_rate" in history else [])
+    found = {c.removeprefix("val_") for c in history.select_dtypes("number")}
+    found -= {"epoch", "learning_rate", "seconds"}
+    panels = [b for b in _TITLES if b in found] + sorted(found - set(_TITLES))
+    panels += ["learning_rate"] if "learning_rate" in history else []
     if not panels:
         raise ValueError(f"history has no numeric metric columns; columns are {list(history)}")
     best = _best(history, epochs)
@@ -97,16 +89,12 @@ def plot_history(history: pd.DataFrame) -> Figure:
             i, col, label = best
             ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
             if col == f"val_{base}":
-                y = history[col].iloc[i]
-                ax.plot([epochs[i]], [y], "*", ms=14, color="gold", mec="k", label=label)
+                ax.plot(epochs[i], history[col].iloc[i], "*", ms=14, c="gold", mec="k", label=label)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle("Training history" + (f" - {best[2]}" if best else ""))
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------- EDA
 
 
 def plot_label_balance(labels: Any) -> Figure:
@@ -124,29 +112,20 @@ def plot_label_balance(labels: Any) -> Figure:
 
 
 def plot_channel_stats(images: Any, labels: Any) -> Figure:
-    """Per-class distributions of each patch's mean R, G, B intensity (stain/brightness EDA).
-
-    A seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches is read, 1024 at a time, so a
-    memmap is never loaded whole.
-    """
+    """Per-class distributions of each patch's mean R, G, B (stain/brightness EDA), over a
+    seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches, so a memmap is never read whole."""
     y = labels01(labels)
     if len(y) != len(images):
         raise ValueError(f"labels has {len(y)} rows but images has {len(images)}")
     idx = np.arange(len(y))
     if len(idx) > MAX_CHANNEL_IMAGES:
-        rng = np.random.default_rng(0)
-        idx = np.sort(rng.choice(idx, size=MAX_CHANNEL_IMAGES, replace=False))
-    chunks = [np.asarray(images[idx[s : s + 1024]]) for s in range(0, len(idx), 1024)]
-    frame = pd.DataFrame(
-        np.concatenate([c.astype(np.float32).mean(axis=(1, 2)) for c in chunks]),
-        columns=["red", "green", "blue"],
-    )
+        idx = np.sort(np.random.default_rng(0).choice(idx, MAX_CHANNEL_IMAGES, replace=False))
+    means = np.asarray(images[idx]).mean(axis=(1, 2), dtype=np.float32)
+    frame = pd.DataFrame(means, columns=["red", "green", "blue"])
     frame["class"] = np.take(CLASS_NAMES, y[idx])
     fig, axes = grid(3, 3, (4.5, 3.6))
     for ax, name in zip(axes.flat, ["red", "green", "blue"], strict=True):
-        sns.histplot(
-            frame, x=name, hue="class", bins=50, stat="density", ax=ax, **_STEPS, **_BY_CLASS
-        )
+        sns.histplot(frame, x=name, hue="class", ax=ax, **_DENSITY)
         ax.set(xlabel=f"mean {name} intensity per patch", title=name.capitalize())
     fig.suptitle(f"Per-class channel intensity (n = {len(idx):,} patches)")
     fig.tight_layout()
@@ -154,11 +133,8 @@ def plot_channel_stats(images: Any, labels: Any) -> Figure:
 
 
 def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Figure:
-    """What the stain tools do: ``patch``, 4 HED jitters (σ = 0.1) and its Reinhard version.
-
-    Below, one row of 6 patches per entry of ``sources`` (name → uint8 NHWC), whose patches
-    together give the Reinhard target. Jitters should look like H&E from another lab.
-    """
+    """``patch``, 4 HED jitters (σ = 0.1) and its Reinhard version; below, 6 patches of each
+    of ``sources`` (name → uint8 NHWC), whose patches together give the Reinhard target."""
     patch = np.asarray(patch)
     if patch.shape[-3:] != (96, 96, 3) or patch.dtype != np.uint8:
         raise ValueError(f"patch must be a 96×96×3 uint8 image; got {patch.shape} {patch.dtype}")
@@ -166,11 +142,8 @@ def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Fi
         raise ValueError("give at least one source of patches to compare with")
     target = reinhard_target(np.concatenate([np.asarray(v) for v in sources.values()]))
     jittered = hed_jitter(np.repeat(patch[None], 4, 0), 0.1, np.random.default_rng(0))
-    rows = [
-        [("original", patch)]
-        + [(f"HED σ=0.1 #{i + 1}", im) for i, im in enumerate(jittered)]
-        + [("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]
-    ]
+    first = [("original", patch), *((f"HED σ=0.1 #{i + 1}", im) for i, im in enumerate(jittered))]
+    rows = [[*first, ("Reinhard-normalised", reinhard_normalise(patch[None], *target)[0])]]
     rows += [[(name * (j == 0), im) for j, im in enumerate(v[:6])] for name, v in sources.items()]
     fig, axes = plt.subplots(len(rows), 6, figsize=(1.6 * 6, 1.8 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows, strict=True):
@@ -188,22 +161,20 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
     """ROC curves of several models (``{name: (y_true, y_prob)}``), AUC in the legend."""
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
-    data = []
+    data = {}
     for name, pair in curves.items():  # all checked before drawing, so a bad one is named
         try:
-            yt, yp = validate_binary(*pair)
-            require_both_classes(yt)
+            data[name] = validate_binary(*pair)
+            require_both_classes(data[name][0])
         except (TypeError, ValueError) as err:
             raise ValueError(f"curve {name!r}: {err}") from err
-        data.append((name, yt, yp))
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    chance = {"label": "chance"}
-    for k, (name, yt, yp) in enumerate(data):
+    for k, (name, (yt, yp)) in enumerate(data.items()):
         label = {"label": f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"}
-        last = k == len(data) - 1  # chance drawn once
-        skm.RocCurveDisplay.from_predictions(
-            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=last, chance_level_kw=chance
-        )
+        skm.RocCurveDisplay.from_predictions(  # the chance line drawn once, last
+            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=k == len(data) - 1,
+            chance_level_kw={"label": "chance"},
+        )  # fmt: skip
     ax.set(xlabel="false positive rate (1 - specificity)", title="ROC")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
@@ -215,8 +186,7 @@ def plot_confusion(y_true: Any, y_prob: Any, threshold: float = 0.5) -> Figure:
     """Confusion matrix at a threshold, with counts and per-true-class percentages."""
     yt, yp = validate_binary(y_true, y_prob)
     cm = skm.confusion_matrix(yt, (yp >= threshold).astype(int), labels=[0, 1])
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # a class with no patches: 0%
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     display = skm.ConfusionMatrixDisplay(frac, display_labels=CLASS_NAMES)
     display.plot(ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0, "vmax": 1})
@@ -249,34 +219,25 @@ def plot_prob_hist(y_true: Any, y_prob: Any) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     edges = np.linspace(0, 1, 51)
     sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=edges, ax=ax, **_STEPS, **_BY_CLASS)
-    ax.set_yscale("log")
     ax.axvline(0.5, color="k", linestyle="--", linewidth=1)
-    ax.set(xlabel="predicted tumour probability", ylabel="patches")
+    ax.set(yscale="log", xlabel="predicted tumour probability", ylabel="patches")
     ax.set_title("Predicted probability by true class")
     return fig
 
 
 class _LayerView(types.SimpleNamespace):
-    """A layer with the ``output_shape`` visualkeras reads; other attributes delegate."""
+    """A read-only layer with the ``output_shape`` visualkeras reads (Keras 3 layers lack it)."""
 
     def __getattr__(self, name):  # only called for attributes not set on the view
         return getattr(self._layer, name)
 
 
-def _legend_font():
-    """DejaVu Sans where installed, else Pillow's built-in font, at a readable size."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", 14)
-    except OSError:
-        return ImageFont.load_default(size=14)
-
-
 def _stages(layers):
-    """Each layer alone, or past MAX_BOXES runs sharing a stem (``conv2_block1_1_conv``)."""
+    """(None, layer) each, or past MAX_BOXES (stem, last layer) per run of ``conv2_block1_*``."""
     if len(layers) <= MAX_BOXES:
-        return [(None, [layer]) for layer in layers]
-    runs = itertools.groupby(layers, key=lambda layer: layer.name.split("_")[0])
-    return [(stem if len(run) > 1 else None, run) for stem, run in ((s, list(r)) for s, r in runs)]
+        return [(None, layer) for layer in layers]
+    runs = [list(r) for _, r in itertools.groupby(layers, key=lambda la: la.name.split("_")[0])]
+    return [(run[0].name.split("_")[0] if len(run) > 1 else None, run[-1]) for run in runs]
 
 
 def _render(model):
@@ -284,33 +245,28 @@ def _render(model):
     import visualkeras
 
     if getattr(model, "inputs", None) is None:
-        what = "subclassed model, or a Sequential model built without keras.Input"
-        raise TypeError(
-            f"{type(model).__name__} is not a functional graph ({what}); nothing to draw"
-        )
+        what = "a subclassed model, or a Sequential model built without keras.Input"
+        raise TypeError(f"{type(model).__name__} is not a functional graph ({what})")
     classes, views = {}, []  # visualkeras keys legend and colours by type(layer)
-    for stem, run in _stages(list(model.layers)):
-        layer = run[-1]  # a stage is drawn as its last layer, labelled by its stem
+    for stem, layer in _stages(list(model.layers)):
         key = stem or type(layer)
         if key not in classes:
-            label = key if isinstance(key, str) else key.__name__
-            classes[key] = type(label, (_LayerView,), {})
+            classes[key] = type(key if isinstance(key, str) else key.__name__, (_LayerView,), {})
         out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
         shape = tuple(None if d is None else int(d) for d in out.shape)
         views.append(classes[key](_layer=layer, output_shape=shape))
-    view = types.SimpleNamespace(layers=views)
+    try:  # DejaVu Sans where installed, else Pillow's built-in font, at a readable size
+        font = ImageFont.truetype("DejaVuSans.ttf", 14)
+    except OSError:
+        font = ImageFont.load_default(size=14)
     # legend_text_spacing_offset=0: its default is deprecated and warns on every call
-    return visualkeras.layered_view(
-        view, legend=True, font=_legend_font(), legend_text_spacing_offset=0
-    )
+    view = types.SimpleNamespace(layers=views)
+    return visualkeras.layered_view(view, legend=True, font=font, legend_text_spacing_offset=0)
 
 
 def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | None:
-    """Render ``model`` as a visualkeras layered view; optionally save it to ``path``.
-
-    Never raises: a diagram must not break a training run or notebook, so any failure
-    (subclassed model, render or write error) becomes a warning and ``None``.
-    """
+    """``model`` as a visualkeras layered view, saved to ``path`` if given. Never raises: a
+    diagram must not break a run or notebook, so a failure is a warning and ``None``."""
     try:
         img = _render(model)
         if path is not None:
@@ -319,8 +275,6 @@ def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | No
                 (img.convert("RGB") if fmt in ("JPEG", "BMP") else img).save(tmp, format=fmt)
         return img
     except Exception as exc:  # noqa: BLE001 - by design, see docstring
-        name = getattr(model, "name", type(model).__name__)
-        warnings.warn(
-            f"draw_model: could not draw {name!r}: {type(exc).__name__}: {exc}", stacklevel=2
-        )
+        what = f"{getattr(model, 'name', type(model).__name__)!r}: {type(exc).__name__}: {exc}"
+        warnings.warn(f"draw_model: could not draw {what}", stacklevel=2)
         return None

@@ -12,11 +12,10 @@ from pcamlib.augment import (
     RandomDihedral,
     RandomShift,
     ReinhardNormalization,
-    apply_hed_ops,
     dihedral,
     host_augmentation,
     model_front,
-    shift_images,
+    random_shift,
     with_input_layers,
 )
 from pcamlib.cache import load_patches
@@ -70,43 +69,64 @@ def test_dihedral_layer_gives_the_eight_views_of_each_patch(patches):
     assert [v.shape for v in augment.dihedral_views(x[:2])] == [x[:2].shape] * 8
 
 
-def test_shift_layer_moves_each_patch_by_at_most_shift_pixels_without_wrapping(patches):
+def _shifted(image, dy, dx):
+    """``image``'s content moved by (dy, dx) pixels (at most 3), the border mirrored in."""
+    padded = np.pad(image, ((3, 3), (3, 3), (0, 0)), mode="reflect")
+    return padded[3 - dy : 99 - dy, 3 - dx : 99 - dx]
+
+
+def test_shifts_move_each_patch_by_at_most_shift_pixels_without_wrapping(patches):
     x = patches[:64]
+    shifted = _shifted(x[0], 3, 0)
+    assert np.array_equal(shifted[3:], x[0, :-3])  # content moved down by 3
+    assert np.array_equal(shifted[:3], x[0, 3:0:-1])  # mirrored edge, …
+    assert not np.array_equal(shifted[:3], np.roll(x[0], 3, axis=0)[:3])  # … not wrapped round
+    offsets = np.random.default_rng(5).integers(-3, 4, (len(x), 2))
+    host = random_shift(x, 3, np.random.default_rng(5))
+    for got, image, (dy, dx) in zip(host, x, offsets, strict=True):
+        assert np.array_equal(got, _shifted(image, dy, dx))
     out = run(RandomShift(3, seed=2), x)
     moves = set()
     for original, moved in zip(x, out, strict=True):
-        match = [
-            (dy, dx)
-            for dy in range(-3, 4)
-            for dx in range(-3, 4)
-            if np.array_equal(shift_images(original[None], [(dy, dx)])[0], moved)
-        ]
+        candidates = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+        match = [d for d in candidates if np.array_equal(_shifted(original, *d), moved)]
         assert match, "every output is a reflect-padded shift of its own patch"
         moves.add(match[0])
     assert len(moves) > 10
-    rolled = np.roll(x[0], 3, axis=0)
-    shifted = shift_images(x[:1], [(3, 0)])[0]
-    assert np.array_equal(shifted[3:], x[0, :-3])  # content moved down by 3
-    assert np.array_equal(shifted[:3], x[0, 3:0:-1])  # mirrored edge, …
-    assert not np.array_equal(shifted[:3], rolled[:3])  # … not the bottom rows wrapped round
     with pytest.raises(ValueError, match="do not fit"):
-        shift_images(x[:1], [(96, 0)])
+        random_shift(x[:1], 96, np.random.default_rng(0))
 
 
-def test_hed_layer_is_the_numpy_hed_jitter(patches):
-    rng = np.random.default_rng(0)
-    alpha = rng.uniform(0.9, 1.1, (len(patches), 3)).astype(np.float32)
-    beta = rng.uniform(-0.1, 0.1, (len(patches), 3)).astype(np.float32)
-    expected = augment.apply_hed(patches, alpha, beta)
-    got = keras.ops.convert_to_numpy(apply_hed_ops(patches, alpha, beta))
-    got = np.clip(np.round(got), 0, 255).astype(np.uint8)
+def _unmix_and_mix(x, alpha, beta):
+    """HED jitter pixel by pixel: RGB to stain OD, each stain scaled and shifted, back to RGB."""
+    hed = -np.log((x.reshape(len(x), -1, 3) + 1.0) / augment.I0) @ augment.HED_FROM_RGB
+    od = (hed * alpha[:, None] + beta[:, None]) @ augment.RGB_FROM_HED
+    return np.clip(np.round(augment.I0 * np.exp(-od) - 1), 0, 255).reshape(x.shape)
+
+
+def _assert_close(got, expected):
     assert np.abs(got.astype(int) - expected).max() <= 1  # float32 rounding only
     assert (np.abs(got.astype(int) - expected) > 0).mean() < 0.01
 
 
+def test_hed_jitter_on_host_and_in_the_model_is_the_stain_unmix_and_remix(patches):
+    rng = np.random.default_rng(0)  # hed_jitter's own draws: alpha, then beta
+    alpha, beta = (
+        rng.uniform(0.9, 1.1, (len(patches), 3)),
+        rng.uniform(-0.1, 0.1, (len(patches), 3)),
+    )
+    host = augment.hed_jitter(patches, 0.1, np.random.default_rng(0))
+    _assert_close(host, _unmix_and_mix(patches, alpha, beta))
+    shape = (len(patches), 2, 3)
+    factors = keras.random.uniform(shape, -0.1, 0.1, seed=keras.random.SeedGenerator(5))
+    factors = keras.ops.convert_to_numpy(factors)  # the layer's own draws: alpha - 1, beta
+    got = run(HEDJitter(0.1, seed=5), patches)
+    _assert_close(got, _unmix_and_mix(patches, 1.0 + factors[:, 0], factors[:, 1]))
+
+
 def test_no_hed_jitter_gives_the_patch_back_and_the_matrix_is_ruifrok_johnston(patches):
-    ones, zeros = np.ones((len(patches), 3)), np.zeros((len(patches), 3))
-    assert np.abs(augment.apply_hed(patches, ones, zeros).astype(int) - patches).max() <= 1
+    same = augment.hed_jitter(patches, 0.0, np.random.default_rng(0))
+    assert np.abs(same.astype(int) - patches).max() <= 1
     assert augment.RGB_FROM_HED[0].tolist() == [0.65, 0.70, 0.29]  # haematoxylin
     np.testing.assert_allclose(augment.HED_FROM_RGB @ augment.RGB_FROM_HED, np.eye(3), atol=1e-12)
     # H&E tissue: haematoxylin and eosin dominate DAB (no DAB in H&E) on average.
@@ -159,7 +179,7 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
     keras.utils.set_random_seed(0)
     base = build_model("pcamnet", image_size=64, widths=(8, 16))
     plain = base.predict(x, verbose=0)
-    model = with_input_layers(base, model_front(config, x))
+    model = with_input_layers(base, model_front(config, x, np.arange(len(x))))
     names = [layer.name for layer in model.layers]
     assert names[:7] == [
         "patch", "stain_norm", "aug_dihedral", "aug_shift", "aug_hed", "aug_colour", "centre_crop"
@@ -169,7 +189,7 @@ def test_front_layers_make_a_flat_training_model_whose_inference_is_unchanged(pa
     generators = [g for layer in model._flatten_layers() for g in layer._seed_generators]
     assert len(generators) == 5  # 4 augmentations + Dropout
 
-    no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), x))
+    no_norm = with_input_layers(base, model_front(config.replace(stain_norm=None), x, range(64)))
     np.testing.assert_allclose(no_norm.predict(x, verbose=0), plain, atol=1e-6)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
