@@ -172,9 +172,13 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
     for k, (name, (yt, yp)) in enumerate(data.items()):
         label = {"label": f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"}
         skm.RocCurveDisplay.from_predictions(  # the chance line drawn once, last
-            yt, yp, ax=ax, curve_kwargs=label, plot_chance_level=k == len(data) - 1,
+            yt,
+            yp,
+            ax=ax,
+            curve_kwargs=label,
+            plot_chance_level=k == len(data) - 1,
             chance_level_kw={"label": "chance"},
-        )  # fmt: skip
+        )
     ax.set(xlabel="false positive rate (1 - specificity)", title="ROC")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
