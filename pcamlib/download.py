@@ -20,7 +20,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto warns in kernels without ipywidgets
 
 from .config import KAGGLE_INPUT, on_kaggle
 from .kaggle import FULL_DATA, HOW_TO_ADD, download_competition, kaggle_credentials, resolve_out
