@@ -1,9 +1,7 @@
 """Atomic writes (pcamlib.cache) and the shared input checks (pcamlib.sources)."""
 
-import ast
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,38 +75,3 @@ def test_format_problems_lists_the_first_and_counts_the_rest():
         "  (+2 more)",
     ]
     assert format_problems(problems[:1], "data") == "data: 1 bad item(s)\n  id0 (f0.tif): corrupt"
-
-
-def _imports(path: Path) -> set[str]:
-    """pcamlib modules imported anywhere in ``path`` (function-level imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names = [node.module] if node.module else [a.name for a in node.names]
-            found.update(n.split(".")[0] for n in names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pcamlib."):
-            found.add(node.module.split(".")[1])
-    return found
-
-
-# Modules of this change's scope; the lead widens this to every module once the others are
-# free of cycles.
-CHECKED = {"cache", "gallery", "metrics", "stream"}
-CHECKED |= {"models", "plots", "sources"}
-
-
-def test_no_import_cycles():
-    package = Path(__file__).resolve().parents[1] / "pcamlib"
-    graph = {p.stem: _imports(p) for p in package.glob("*.py")}
-
-    def reachable(module: str) -> set[str]:
-        seen, todo = set(), [module]
-        while todo:
-            new = graph.get(todo.pop(), set()) - seen
-            seen |= new
-            todo += new
-        return seen
-
-    assert "sources" in reachable("cache")  # the graph is read, not empty
-    cycles = sorted(m for m in CHECKED if m in reachable(m))
-    assert not cycles, f"modules that import themselves through others: {cycles}"
