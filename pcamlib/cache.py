@@ -1,9 +1,9 @@
 """Pack once, stream many epochs: a verified uint8 memmap cache of decoded patches.
 
-Decoding runs at a few thousand images/s, a memmap reads at 50k+, so ``pack`` decodes each item
-once, in threads, chunk by chunk (a killed run resumes at its last chunk). A cache holds
-``images.npy``, ``index.csv`` (id, label or -1, group, content: the pixel hash that finds
-repeated patches and corrupt rows), ``excluded.csv`` and ``meta.json``, written last.
+``pack`` decodes each item once (a few thousand/s; a memmap reads 50k+/s), in threads, chunk by
+chunk: a killed run resumes at its last chunk. A cache holds ``images.npy``, ``index.csv`` (id,
+label or -1, group, content: the pixel hash that finds repeated patches and corrupt rows),
+``excluded.csv`` and ``meta.json``, written last.
 """
 
 from __future__ import annotations
@@ -35,32 +35,25 @@ QUICK_ROWS = 4096  # rows re-hashed by verify="quick": all of a small cache, a s
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temp path next to ``path`` (same suffix, for writers that check it) that replaces
-    ``path`` on success and vanishes on error: readers never see half a file. ``durable`` also
-    fsyncs the folder, so the rename survives a power cut (for files that mark work done)."""
+    ``path`` on success and vanishes on error: readers never see half a file."""
     path = Path(path)
     fd, name = tempfile.mkstemp(f".tmp{path.suffix}", f".{path.stem}.", path.parent)
     os.close(fd)
-    tmp = Path(name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; caches and run dirs may be shared
-        with open(tmp, "rb+") as f:
+        yield Path(name)
+        os.chmod(name, 0o644)  # mkstemp makes 0600; caches and run dirs may be shared
+        with open(name, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(name, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(name).unlink(missing_ok=True)
         raise
-    if durable and os.name == "posix":  # Windows cannot open a folder to fsync it
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
-    """Replace ``path`` by ``text`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, durable=durable) as tmp:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
@@ -101,15 +94,13 @@ class PackedCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: str = "quick") -> PackedCache:
-        """Open and check a cache; ``verify`` re-hashes 'full': every row, 'quick': a sample."""
-        if verify not in ("quick", "full", "none"):
-            raise ValueError(f"verify must be 'quick', 'full' or 'none', got {verify!r}")
+        """Open and check a cache; ``verify`` re-hashes 'full': every row, 'quick': all of a
+        small cache, both ends and a new random sample of a big one, 'none': no row."""
         meta, images, index = _read(path := Path(path))
         content, n = index["content"].tolist(), len(images)
-        rows = range(n if verify != "none" else 0)
-        if verify == "quick" and n > QUICK_ROWS:  # a different sample each open
-            rows = {0, n - 1, *np.random.default_rng().choice(n, QUICK_ROWS)}
-        for i in sorted(rows):
+        sample = sorted({0, n - 1, *np.random.default_rng().choice(n, QUICK_ROWS)})
+        rows = {"full": range(n), "quick": sample if n > QUICK_ROWS else range(n), "none": []}
+        for i in rows[verify]:
             if content_hash(images[i]) != content[i]:
                 corrupt = "the cache is corrupt: delete it and pack again"
                 raise DataError(
@@ -169,7 +160,7 @@ def _bad_items_error(problems: list[Problem], name: str) -> DataError:
 def _reuse(out: Path, fingerprint: str, on_error: str, source_name: str) -> PackedCache | None:
     """The finished cache at ``out`` if it is of this source and sound, else None (cleared)."""
     try:
-        cache = PackedCache.open(out, verify="quick")
+        cache = PackedCache.open(out)
     except DataError as exc:
         warnings.warn(f"{exc}; packing it again", stacklevel=3)
         cache = None
@@ -208,13 +199,12 @@ def pack(
     if source.problems and progress:
         listed = f"{len(source.problems)} bad item(s) in the listing; checking every image too"
         tqdm.write(listed, file=sys.stderr)
-    key = f"{FORMAT_VERSION}:{fingerprint}:{len(source)}:{CHUNK}"
-    state, images = _start(out / ".partial", key, len(source))
-    resumed, start_time = len(state["digests"]) * CHUNK, time.perf_counter()
-    shown = dict(total=len(source), initial=resumed, unit="img", desc=f"packing {out.name}")
+    key, start = f"{FORMAT_VERSION}:{fingerprint}:{len(source)}:{CHUNK}", time.perf_counter()
+    state, images, content = _start(out / ".partial", key, len(source))
+    shown = dict(total=len(source), initial=len(content), unit="img", desc=f"packing {out.name}")
     with tqdm(**shown, disable=not progress) as bar:
-        content = _decode_chunks(source, out / ".partial", state, images, workers, bar)
-    rate = (len(source) - resumed) / max(time.perf_counter() - start_time, 1e-9)
+        resumed = _decode_chunks(source, out / ".partial", state, images, content, workers, bar)
+    rate = (len(source) - resumed) / max(time.perf_counter() - start, 1e-9)
     decoded = [Problem(source.ids[i], source.where(i), why) for i, why in state["bad"]]
     problems = source.problems + decoded
     if problems and on_error == "raise":  # .partial stays: 'exclude' then needs no decoding
@@ -226,27 +216,28 @@ def pack(
     return cache
 
 
-def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap]:
-    """(state, writable array) of an interrupted pack with this ``key``, else a fresh one; its
-    finished chunks are hashed again, so a resume never trusts writes that were lost."""
+def _start(work: Path, key: str, n: int) -> tuple[dict, np.memmap, list[str]]:
+    """(state, writable array, content hashes of its sound chunks) of an interrupted pack with
+    this ``key``, else of a fresh one. A resume re-hashes: it never trusts writes that were lost."""
     try:
         state = json.loads((work / "state.json").read_text())
         images = np.load(work / "images.npy", mmap_mode="r+")
     except (OSError, ValueError):
         state = {}
-    if state.get("key") == key:
-        digests = state["digests"]
-        rows = (images[c * CHUNK : (c + 1) * CHUNK] for c in range(len(digests)))
-        sound = (_digest([*map(content_hash, x)]) == d for x, d in zip(rows, digests, strict=True))
-        done = next((c for c, ok in enumerate(sound) if not ok), len(digests))
-        state.update(digests=digests[:done], bad=[b for b in state["bad"] if b[0] < done * CHUNK])
-        return state, images
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    images = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
-    state = {"key": key, "digests": [], "bad": []}
-    atomic_write_text(work / "state.json", json.dumps(state))
-    return state, images
+    if state.get("key") != key:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        images = np.lib.format.open_memmap(work / "images.npy", "w+", np.uint8, (n, *PATCH_SHAPE))
+        state = {"key": key, "digests": [], "bad": []}
+    content = []
+    for c, digest in enumerate(state["digests"]):
+        hashes = [*map(content_hash, images[c * CHUNK : (c + 1) * CHUNK])]
+        if _digest(hashes) != digest:
+            del state["digests"][c:]
+            break
+        content += hashes
+    state["bad"] = [b for b in state["bad"] if b[0] < len(content)]
+    return state, images, content
 
 
 def _decode_slice(source, block: np.ndarray, hashes: list, lo: int, span: range) -> list:
@@ -262,14 +253,13 @@ def _decode_slice(source, block: np.ndarray, hashes: list, lo: int, span: range)
     return bad
 
 
-def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, bar) -> list[str]:
-    """Decode the chunks not done yet into ``images``, recording each in ``state.json``;
-    returns every row's content hash."""
-    n, workers = len(source), workers or min(8, 2 * (os.cpu_count() or 1))
-    content = list(map(content_hash, images[: len(state["digests"]) * CHUNK]))
+def _decode_chunks(source, work, state, images, content: list, workers, bar) -> int:
+    """Decode the chunks after ``content`` into ``images``, each then recorded in ``state.json``
+    and its hashes added to ``content``; returns how many rows were done already."""
+    n, resumed, workers = len(source), len(content), workers or min(8, 2 * (os.cpu_count() or 1))
     block = np.zeros((min(CHUNK, n), *PATCH_SHAPE), np.uint8)  # decoded in RAM: no page faults
     with ThreadPoolExecutor(workers) as pool, open(work / "images.npy", "r+b") as f:
-        for lo in range(len(content), n, CHUNK):
+        for lo in range(resumed, n, CHUNK):
             hi = min(lo + CHUNK, n)
             hashes, bad = [""] * (hi - lo), []
             if source.block_reads:
@@ -290,21 +280,23 @@ def _decode_chunks(source, work: Path, state: dict, images: np.memmap, workers, 
             if state["bad"]:
                 bar.set_postfix(bad=len(state["bad"]), refresh=False)
         os.fsync(f.fileno())  # a finished cache is on disk before its meta.json says so
-    return content
+    return resumed
 
 
 def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], content) -> None:
     """Write index + meta, then move the array into place; meta.json last marks completion."""
-    n, work, array = len(source), out / ".partial", out / ".partial" / "images.npy"
+    work, array = out / ".partial", out / ".partial" / "images.npy"
     keep = np.flatnonzero(~np.isin(source.ids, [p.id for p in problems]))
     if len(keep) == 0:
         raise _bad_items_error(problems, f"{source.name} (nothing left to pack)")
-    if len(keep) < n:  # the good rows into a new array (the full one stays for a rerun until done)
-        full, array = np.load(array, mmap_mode="r"), work / "kept.npy"
-        kept = np.lib.format.open_memmap(array, "w+", np.uint8, (len(keep), *PATCH_SHAPE))
-        np.take(full, keep, axis=0, out=kept, mode="clip")  # "clip": no RAM buffer for ``out``
+    if len(keep) < len(source):  # the good rows into a new array (the full one stays until done)
+        kept = np.lib.format.open_memmap(
+            work / "kept.npy", "w+", np.uint8, (len(keep), *PATCH_SHAPE)
+        )
+        np.take(np.load(array, mmap_mode="r"), keep, axis=0, out=kept, mode="clip")  # no RAM copy
         kept.flush()
-        del full, kept  # closed before the move
+        del kept  # closed before the move
+        array = work / "kept.npy"
     index = pd.DataFrame({"id": source.ids, "label": source.labels, "group": source.groups})
     index = index.fillna({"label": -1}).dropna(axis=1).assign(content=content)  # no group: none
     atomic_write_text(out / "index.csv", index.iloc[keep].to_csv(index=False))
@@ -314,7 +306,7 @@ def _finalise(source, out: Path, fingerprint: str, problems: list[Problem], cont
     meta = dict(format=FORMAT_VERSION, source=source.name, fingerprint=fingerprint)
     meta.update(count=len(keep), content_digest=_digest([content[k] for k in keep]))
     meta.update(excluded=len(problems), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1), durable=True)
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -334,16 +326,14 @@ def load_patches(
     cache_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
     groups_csv: str | os.PathLike | None = None,
-    workers: int | None = None,
     progress: bool = True,
 ) -> PackedCache:
-    """The one call: a data path (any supported layout) or a cache dir → a cache, packed on first
-    use (into ``cache_dir``, default :func:`default_cache_dir`), reused while the data is unchanged:
-    ``load_patches("data/sample").images.shape == (1600, 96, 96, 3)``."""
+    """The one call: a data path (any layout) or a cache dir → a cache, packed on first use into
+    ``cache_dir`` (default :func:`default_cache_dir`), reused while the data is unchanged."""
     source, root = data, None
     if not isinstance(data, PatchSource):
         if (Path(data) / "meta.json").is_file():
             return PackedCache.open(data)
         source, root = open_source(data, split, groups_csv), Path(data)
     out = Path(cache_dir) if cache_dir else default_cache_dir(source, split, root)
-    return pack(source, out, split=split, on_error=on_error, workers=workers, progress=progress)
+    return pack(source, out, split=split, on_error=on_error, progress=progress)

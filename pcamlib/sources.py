@@ -1,9 +1,8 @@
 """Where patches come from: one reader over the layouts users have, and the input checks.
 
 Kaggle (``train_labels.csv`` + ``train/``, ``test/``), PCam's HDF5 release and class folders
-``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. A source lists items and decodes one; ``cache.py``
-packs them. Listing problems go to ``PatchSource.problems``; a bad image raises a ``DataError``
-naming the file and the reason, so nothing is dropped without a word.
+``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. Listing problems go to ``PatchSource.problems``; a
+bad image raises a ``DataError`` naming the file and the reason: nothing is dropped unsaid.
 """
 
 from __future__ import annotations
@@ -90,12 +89,17 @@ def format_problems(problems: list[Problem], header: str, limit: int = 50) -> st
     return f"{header}: {len(problems)} bad item(s){listed}\n  {lines}"
 
 
-def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
-    """Pixels of an uncompressed single-page 96×96 8-bit RGB TIFF, the way Kaggle stores patches.
+# TIFF tag → the values a Kaggle patch has (None: absent): 96×96, 8-bit, uncompressed, RGB,
+# 3 interleaved unsigned samples, no extra (alpha) sample.
+PLAIN_TAGS = {
+    256: [(96,)], 257: [(96,)], 258: [(8, 8, 8), (8,)], 259: [(1,), None], 262: [(2,)],
+    277: [(3,)], 284: [(1,), None], 338: [None], 339: [(1,), (1, 1, 1), None],
+}  # fmt: skip
 
-    Reads only the tags that matter, 2× faster than ``tifffile.imread``; returns None
-    for any other TIFF so that tifffile decodes (or rejects) it.
-    """
+
+def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
+    """Pixels of a single-page TIFF with ``PLAIN_TAGS``, as Kaggle stores patches, read 2× faster
+    than ``tifffile.imread``; None for any other TIFF, for tifffile to decode (or reject)."""
     bo = "<" if data[:2] == b"II" else ">"
     try:  # a header or IFD cut short raises struct.error: let tifffile explain
         (ifd,) = struct.unpack_from(bo + "I", data, 4)
@@ -105,38 +109,22 @@ def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
         tags = {}
         for k in range(n):
             tag, kind, count, raw = struct.unpack_from(bo + "HHI4s", data, ifd + 2 + 12 * k)
-            if kind not in (3, 4) or count > 1024:  # only SHORT / LONG tags matter here
-                continue
-            fmt, size = ("H", 2) if kind == 3 else ("I", 4)
-            inline = count * size <= 4
-            offset = 0 if inline else struct.unpack_from(bo + "I", raw)[0]
-            tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", raw if inline else data, offset)
+            if kind in (3, 4) and count <= 1024:  # only SHORT / LONG tags matter here
+                fmt, size = ("H", 2) if kind == 3 else ("I", 4)
+                inline = count * size <= 4
+                offset = 0 if inline else struct.unpack_from(bo + "I", raw)[0]
+                tags[tag] = struct.unpack_from(f"{bo}{count}{fmt}", raw if inline else data, offset)
     except struct.error:
         return None
-    plain = (
-        tags.get(256) == (96,)
-        and tags.get(257) == (96,)
-        and tags.get(258) in ((8, 8, 8), (8,))
-        and tags.get(259, (1,)) == (1,)  # no compression
-        and tags.get(262) == (2,)  # RGB
-        and tags.get(277) == (3,)
-        and tags.get(284, (1,)) == (1,)  # interleaved
-        and 338 not in tags  # no extra (alpha) samples
-        and tags.get(339, (1,)) in ((1,), (1, 1, 1))  # unsigned integers
-        and 273 in tags
-        and len(tags[273]) == len(tags.get(279, ()))
-    )
-    if not plain or sum(tags[279]) != PATCH_BYTES:
+    starts, counts = tags.get(273, ()), tags.get(279, ())
+    plain = all(tags.get(tag) in ok for tag, ok in PLAIN_TAGS.items())
+    if not plain or len(starts) != len(counts) or sum(counts) != PATCH_BYTES:
         return None
-    strips = list(zip(tags[273], tags[279], strict=True))
-    last = max(o + c for o, c in strips)
-    if last > len(data):
-        raise DataError(f"{where}: truncated TIFF ({len(data)} bytes, image data ends at {last})")
-    if len(strips) == 1:
-        pixels = np.frombuffer(data, np.uint8, PATCH_BYTES, strips[0][0])
-    else:
-        pixels = np.frombuffer(b"".join(data[o : o + c] for o, c in strips), np.uint8)
-    return pixels.reshape(PATCH_SHAPE)
+    if (end := max(o + c for o, c in zip(starts, counts, strict=True))) > len(data):
+        raise DataError(f"{where}: truncated TIFF ({len(data)} bytes, image data ends at {end})")
+    if len(starts) > 1:
+        data, starts = b"".join(data[o : o + c] for o, c in zip(starts, counts, strict=True)), (0,)
+    return np.frombuffer(data, np.uint8, PATCH_BYTES, starts[0]).reshape(PATCH_SHAPE)
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
@@ -148,7 +136,7 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
 
             with Image.open(io.BytesIO(data)) as im:
                 if im.mode != "RGB":  # named by its mode: grayscale, RGBA, P (palette), CMYK, …
-                    kind = {"L": "grayscale", "LA": "grayscale"}.get(im.mode, im.mode)
+                    kind = "grayscale" if im.mode in ("L", "LA") else im.mode
                     raise DataError(f"{where}: {kind} image, expected RGB")
                 image = np.asarray(im)
         elif (image := _plain_tiff(data, where)) is None:
@@ -163,11 +151,10 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
         raise DataError(f"{where}: unreadable image (no image data)")
     if image.dtype != np.uint8:
         raise DataError(f"{where}: dtype {image.dtype}, expected uint8 RGB")
-    if (channels := {2: 1, 3: image.shape[-1]}.get(image.ndim)) in (1, 4):
-        kind = "RGBA" if channels == 4 else "grayscale"
-        raise DataError(f"{where}: {kind} image {image.shape}, expected RGB 96×96×3")
     if image.shape != PATCH_SHAPE:
-        raise DataError(f"{where}: size {image.shape}, expected {PATCH_SHAPE}")
+        channels = {2: 1, 3: image.shape[-1]}.get(image.ndim)  # 2-D: grayscale
+        kind = {1: "grayscale image", 4: "RGBA image"}.get(channels, "size")
+        raise DataError(f"{where}: {kind} {image.shape}, expected RGB {PATCH_SHAPE}")
     return image
 
 
@@ -211,7 +198,6 @@ class PatchSource:
             lo += n
 
     def where(self, index: int) -> str:
-        """Where item ``index`` lives, for messages."""
         if self.paths is not None:
             return str(self.paths[index])
         path, first, _ = next(self._spans(index, index + 1))
@@ -220,17 +206,9 @@ class PatchSource:
     def read(self, index: int) -> np.ndarray:
         return read_image(self.paths[index]) if self.paths else self.read_many(index, index + 1)[0]
 
-    def read_many(self, start: int, stop: int) -> np.ndarray:
-        if self.paths:
-            return np.stack([read_image(p) for p in self.paths[start:stop]])
+    def read_many(self, start: int, stop: int) -> np.ndarray:  # for block_reads
         spans = self._spans(start, stop)
         return np.concatenate([_read_h5(path, "x", slice(a, b)) for path, a, b in spans])
-
-    def files(self) -> list[Path]:
-        """Files whose size and mtime identify this source's content (HDF5: the y files too)."""
-        xs = [path for path, _ in self.parts]
-        ys = [y for x in xs if (y := x.with_name(x.name[:-4] + "y.h5")).is_file()]
-        return (self.paths or []) + xs + ys
 
     def fingerprint(self) -> str:
         """Cheap identity: ids, labels, groups, listing problems, file sizes and mtimes."""
@@ -239,7 +217,7 @@ class PatchSource:
         for extra in (self.labels, self.groups):
             h.update(b"-" if extra is None else "\n".join(map(str, extra.tolist())).encode())
         h.update(repr([(p.id, p.reason) for p in self.problems]).encode())
-        for path in self.files():
+        for path in (self.paths or []) + [path for path, _ in self.parts]:
             try:
                 st = os.stat(path)
             except OSError as exc:
@@ -268,10 +246,11 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
     frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
-        Problem(i, f"{csv_path}:{row}", f"label {label!r} is not 0/1") if i
+        Problem(i, f"{csv_path}:{row}", f"label {label!r} is not 0/1")
+        if i
         else Problem(f"line {row}", str(csv_path), "empty id")
         for i, label, row in frame[bad][["id", "label", "row"]].itertuples(index=False)
-    ]  # fmt: skip
+    ]
     dup = frame["id"].duplicated(keep=False) & ~bad
     problems += [
         Problem(i, f"{csv_path}:{','.join(map(str, rows))}", "duplicate id (listed twice)")
@@ -283,15 +262,15 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
 
 def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     """Map id (file stem) → path of the images in ``folder``; one id for two files is a problem."""
-    found: dict[str, list[Path]] = {}
+    found: dict[str, list[str]] = {}
     for entry in os.scandir(folder):
         if entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
-            found.setdefault(entry.name.rsplit(".", 1)[0], []).append(Path(entry.path))
+            found.setdefault(entry.name.rsplit(".", 1)[0], []).append(entry.name)
+    twice = {stem: ", ".join(sorted(names)) for stem, names in found.items() if len(names) > 1}
     problems = [
-        Problem(stem, str(folder), f"duplicate id: files {', '.join(sorted(p.name for p in ps))}")
-        for stem, ps in sorted(found.items()) if len(ps) > 1
-    ]  # fmt: skip
-    return {stem: ps[0] for stem, ps in found.items() if len(ps) == 1}, problems
+        Problem(s, str(folder), f"duplicate id: files {n}") for s, n in sorted(twice.items())
+    ]
+    return {s: folder / names[0] for s, names in found.items() if s not in twice}, problems
 
 
 def _paired(name: str, listed: pd.DataFrame, files: dict, problems: list, no_file, unlisted: str):
@@ -370,8 +349,7 @@ def _read_h5(path: Path, name: str, rows: slice | None = None) -> Any:
         with h5py.File(path, "r") as f:
             if rows is not None:
                 return np.asarray(f[name][rows], np.uint8)
-            d = f[name]
-            return (d.shape, d.dtype) if name == "x" else np.asarray(d).reshape(-1)
+            return (f[name].shape, f[name].dtype) if name == "x" else np.asarray(f[name]).ravel()
     except Exception as exc:
         raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
 
@@ -410,14 +388,14 @@ def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> Pa
     if isinstance(split, str):
         return _h5_split(Path(root), split, need_labels=False)
     splits = [_h5_split(Path(root), s, need_labels=True) for s in split]
-    groups = None if any(s.groups is None for s in splits) else [s.groups for s in splits]
+    groups = [s.groups for s in splits]
     return PatchSource(
         f"{PCAM_SPLITS}:{Path(root).resolve()}",
-        sum((s.ids for s in splits), []),
+        [i for s in splits for i in s.ids],
         np.concatenate([s.labels for s in splits]),
-        None if groups is None else np.concatenate(groups),
-        problems=sum((s.problems for s in splits), []),
-        parts=sum((s.parts for s in splits), []),
+        None if any(g is None for g in groups) else np.concatenate(groups),
+        problems=[p for s in splits for p in s.problems],
+        parts=[p for s in splits for p in s.parts],
     )
 
 

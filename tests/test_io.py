@@ -13,7 +13,7 @@ from pcamlib.sources import Problem, few, first_bad, format_problems, labels01, 
 def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
     path = tmp_path / "meta.json"
     path.write_text("old")
-    atomic_write_text(path, "new", durable=True)
+    atomic_write_text(path, "new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["meta.json"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
