@@ -25,6 +25,15 @@ def _isin(ids, wanted) -> np.ndarray:
     return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
 
 
+def _split(run_dir) -> pd.DataFrame:
+    """A run's :func:`read_split` with the columns today's train() writes, or a refusal."""
+    split = read_split(run_dir)
+    if missing := {"protocol", "content"} - set(split.columns):
+        columns = ", ".join(sorted(missing))
+        raise ValueError(f"{split.attrs['path']}: missing column(s) {columns}; retrain it")
+    return split
+
+
 def subset_rows(
     cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
 ) -> np.ndarray:
@@ -36,15 +45,14 @@ def subset_rows(
         raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
     rows = np.arange(len(cache))
     if subset != "all":
-        split = read_split(run_dir)
+        split = _split(run_dir)
         if (wanted := split["content"][split["subset"] == subset]).empty:
             hint = " (test_fraction=0): retrain it, or score subset 'val'" * (subset == "test")
             raise ValueError(f"{split.attrs['path']} has no {subset!r} rows{hint}")
         if missing := int((~_isin(wanted, cache.content)).sum()):
-            raise ValueError(
-                f"{split.attrs['path']}: {missing} of its {len(wanted)} {subset} patches are not "
-                f"in {cache.path} (by content); use the run's data, or subset 'all'"
-            )
+            gone = f"{missing} of its {len(wanted)} {subset} patches are not in {cache.path}"
+            how = "(compared by content); evaluate on the run's data, or subset 'all'"
+            raise ValueError(f"{split.attrs['path']}: {gone} {how}")
         rows = np.flatnonzero(_isin(cache.content, wanted))
     if limit is None or limit >= len(rows) or cache.labels is None:
         return rows
@@ -65,7 +73,7 @@ def scoring_rows(
         raise ValueError(f"{model}: no split.csv beside it; pass subset 'all' to score every row")
     if run_dir is None:
         return np.arange(len(cache)), {"subset": "all", "train_rows": None}
-    split = read_split(run_dir)
+    split = _split(run_dir)
     unseen = not _isin(cache.content, split["content"]).any()
     subset = ("all" if unseen else "test") if subset is None else subset
     rows = subset_rows(cache, run_dir, subset)
@@ -207,7 +215,7 @@ def results_table(
 
     if not (run_dirs := [Path(r) for r in run_dirs]):
         raise ValueError("results_table needs at least one run directory")
-    splits = [read_split(r) for r in run_dirs]
+    splits = [_split(r) for r in run_dirs]
     # The protocol's test rows, with those an init model had seen: one set for every run.
     sets = [fingerprint(s.loc[s["protocol"] == "test", "id"]) for s in splits]
     if other := [r for r, t in zip(run_dirs, sets, strict=True) if t != sets[0]]:

@@ -73,19 +73,20 @@ def _first_bad(path: Path, frame: pd.DataFrame, column: str, bad: pd.Series, exp
 
 
 def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``split.csv`` (ids as strings; ``attrs["path"]``), checked: the columns train()
-    writes, known subsets, no id twice, content hashes."""
+    """A run's ``split.csv`` (ids as strings; ``attrs["path"]``), checked: known subsets, no id
+    twice, content hashes."""
     path = Path(run_dir) / "split.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")
     split = pd.read_csv(path, dtype={"id": str, "content": str}, keep_default_na=False)
-    if missing := {"id", "subset", "protocol", "content"} - set(split.columns):
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; retrain it")
+    if missing := {"id", "subset"} - set(split.columns):
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     _first_bad(path, split, "subset", ~split["subset"].isin(SUBSETS), "one of train, val, test")
     if (twice := split["id"].duplicated()).any():
         raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
-    hashes = "16 hex digits (pcamlib.cache.content_hash)"
-    _first_bad(path, split, "content", ~split["content"].str.fullmatch("[0-9a-f]{16}"), hashes)
+    if "content" in split:
+        hashes = "16 hex digits (pcamlib.cache.content_hash)"
+        _first_bad(path, split, "content", ~split["content"].str.fullmatch("[0-9a-f]{16}"), hashes)
     split.attrs["path"] = path
     return split
 
@@ -142,7 +143,7 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
         warnings.warn(f"{config.data}: {unknown}: its test score may count some", stacklevel=2)
     seen = pd.Series(cache.ids, dtype=object).isin(seen or set()).to_numpy()
     # Rows it trained on go to train: never validate or test on them.
-    train_idx = np.flatnonzero((protocol == "train") | seen & (protocol != ""))
+    train_idx = np.flatnonzero((protocol == "train") | (seen & (protocol != "")))
     val_idx, test_idx = (np.flatnonzero((protocol == p) & ~seen) for p in ("val", "test"))
     if config.val_limit is not None:
         per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
@@ -156,8 +157,7 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
 
 
 def _protocol_rows(config: TrainConfig, cache: PackedCache):
-    """PCam's own splits with ``split="pcam"``, else :func:`protocol_split`'s (of the PCam
-    train rows where several PCam splits are there)."""
+    """PCam's own splits with split pcam, else :func:`protocol_split` (of PCam train, if mixed)."""
     parts = pd.Series(cache.ids, dtype=object).str.extract(f"^{PCAM_ID}$", expand=False)
     found = set() if parts.isna().any() else set(parts)
     if config.split == "pcam" and found != set(SPLITS):
@@ -184,14 +184,10 @@ def write_split(run_dir: Path, config: TrainConfig, cache: PackedCache, rows, pr
 
 class PatchStream(keras.utils.PyDataset):
     """Batches ``(uint8 images, float32 labels)`` (``(images,)`` without labels) of the rows
-    ``indices`` of an (N, 96, 96, 3) memmap, one sorted fancy-index read each. The order and
-    the augmentation depend on (seed, epoch) only, so a resumed run sees the same batches.
-
-    ``augment``: a random dihedral view; ``shift``: translation up to that many pixels, the
-    border mirrored in; ``color_jitter`` c: brightness ±c·128, contrast ×1±c, channel gain
-    ×1±c/2; ``hed_jitter``: HED stain jitter σ; ``crop``: the centre ``crop``×``crop`` pixels;
-    ``workers``: PyDataset threads (1 lets tf.data prefetch).
-    """
+    ``indices`` of an (N, 96, 96, 3) memmap; order and augmentation depend on (seed, epoch) only,
+    so a resumed run sees the same batches. ``augment``: a random dihedral view; ``shift``: up to
+    that many pixels, border mirrored; ``color_jitter`` c: brightness ±c·128, contrast ×1±c, gain
+    ×1±c/2; ``hed_jitter``: HED stain σ; ``crop``: the centre pixels; ``workers``: threads."""
 
     def __init__(
         self,

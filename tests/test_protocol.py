@@ -104,8 +104,7 @@ def test_a_run_without_test_rows_is_refused(runs, cache, tmp_path):
         results_table([old], cache, limit=8)
     bad = tmp_path / "bad"
     bad.mkdir()
-    columns = {"id": ["x", "y"], "subset": ["train", "holdout"], "protocol": "train"}
-    pd.DataFrame(columns | {"content": "0" * 16}).to_csv(bad / "split.csv")
+    pd.DataFrame({"id": ["x", "y"], "subset": ["train", "holdout"]}).to_csv(bad / "split.csv")
     with pytest.raises(ValueError, match="row 3 has subset 'holdout'"):
         read_split(bad)
 

@@ -59,8 +59,8 @@ def card() -> dict:
 
 def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on (by content hash; the sample's
-    twins by ``sample_overlap.csv``); None where ``rows`` (those to be scored) hold other Kaggle
-    or PCam training data, whose twins no list names. Kaggle/PCam test sets are other slides."""
+    twins by ``sample_overlap.csv``); None where ``rows`` (to be scored) hold other Kaggle or
+    PCam training data: no list names their twins (Kaggle/PCam test sets are other slides)."""
     from ..stream import fingerprint, read_overlap
 
     ids = [str(i) for i in cache.ids]
@@ -82,9 +82,8 @@ def _train_content() -> frozenset[str]:
 
 
 def pretrained_run(run_dir: str | os.PathLike, cache) -> Path | None:
-    """A run directory of the shipped model on ``cache``, for the leaderboard and best_run: the
-    protocol's val and test rows but those it trained on (:func:`seen_ids`), which are its
-    ``train``; None, after a warning, where those are unknown."""
+    """A run directory of the shipped model on ``cache`` for the leaderboard: the protocol's val
+    and test rows less its twins (:func:`seen_ids`, its ``train``); None, warned, if unknown."""
     from ..config import TrainConfig
     from ..evaluate import evaluate
     from ..stream import run_split, write_split
