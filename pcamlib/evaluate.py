@@ -1,8 +1,7 @@
 """Score models on packed data: the rows a run may be scored on, its metrics, the leaderboard.
 
-Rows come from a run's ``split.csv`` (:mod:`pcamlib.stream`), matched by pixels: runs are
-reported on the protocol's test rows, the same for every run on the same data, and never on the
-patches they trained on unless asked to (``include_train``); validation rows pick thresholds.
+Rows are a run's ``split.csv`` rows matched by pixels: runs are reported on the protocol's test
+rows, never on patches they trained on unless asked to; validation rows pick thresholds.
 """
 
 from __future__ import annotations
@@ -23,42 +22,16 @@ from .stream import SUBSETS, fingerprint, read_split
 
 
 def _isin(ids, wanted) -> np.ndarray:
-    """Hashed membership: a boolean mask of ``ids`` that are in ``wanted``."""
     return pd.Series(ids, dtype=object).isin(set(wanted)).to_numpy()
 
 
-def _split(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``split.csv`` with the columns today's ``train()`` writes, or a refusal."""
+def _split(run_dir) -> pd.DataFrame:
+    """A run's :func:`read_split` with the columns today's train() writes, or a refusal."""
     split = read_split(run_dir)
-    split.attrs["path"] = path = Path(run_dir) / "split.csv"
     if missing := {"protocol", "content"} - set(split.columns):
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; retrain it")
+        columns = ", ".join(sorted(missing))
+        raise ValueError(f"{split.attrs['path']}: missing column(s) {columns}; retrain it")
     return split
-
-
-def _rows(cache: PackedCache, split: pd.DataFrame | None, subset: str, limit=None) -> np.ndarray:
-    """:func:`subset_rows` of a run's ``split`` (None: no run)."""
-    where = None if split is None else split.attrs["path"]
-    if subset == "all":
-        rows = np.arange(len(cache))
-    elif subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
-    elif split is None:
-        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
-    elif (wanted := split["content"][split["subset"] == subset]).empty:
-        hint = " (test_fraction=0): retrain it, or score subset 'val', which chose its best.keras"
-        raise ValueError(f"{where} has no {subset!r} rows" + hint * (subset == "test"))
-    elif missing := int((~_isin(wanted, cache.content)).sum()):
-        raise ValueError(
-            f"{where}: {missing} of its {len(wanted)} {subset} patches are not in {cache.path} "
-            "(compared by content); evaluate on the data the run trained on, or subset 'all'"
-        )
-    else:
-        rows = np.flatnonzero(_isin(cache.content, wanted))
-    if limit is None or limit >= len(rows) or cache.labels is None:
-        return rows
-    per_class = [rows[cache.labels[rows] == c][: limit // 2] for c in (0, 1)]
-    return np.sort(np.concatenate(per_class))
 
 
 def subset_rows(
@@ -66,8 +39,24 @@ def subset_rows(
 ) -> np.ndarray:
     """Row indices of ``cache``: 'all', or the run's 'train', 'val' or 'test' rows (by pixels),
     with ``limit`` the first ``limit // 2`` of each class (smoke runs; the same for every run)."""
-    has_split = run_dir is not None and (Path(run_dir) / "split.csv").is_file()
-    return _rows(cache, _split(run_dir) if has_split and subset != "all" else None, subset, limit)
+    if subset not in (*SUBSETS, "all"):
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
+    if run_dir is None and subset != "all":
+        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
+    rows = np.arange(len(cache))
+    if subset != "all":
+        split = _split(run_dir)
+        if (wanted := split["content"][split["subset"] == subset]).empty:
+            hint = " (test_fraction=0): retrain it, or score subset 'val'" * (subset == "test")
+            raise ValueError(f"{split.attrs['path']} has no {subset!r} rows{hint}")
+        if missing := int((~_isin(wanted, cache.content)).sum()):
+            gone = f"{missing} of its {len(wanted)} {subset} patches are not in {cache.path}"
+            how = "(compared by content); evaluate on the run's data, or subset 'all'"
+            raise ValueError(f"{split.attrs['path']}: {gone} {how}")
+        rows = np.flatnonzero(_isin(cache.content, wanted))
+    if limit is None or limit >= len(rows) or cache.labels is None:
+        return rows
+    return np.sort(np.concatenate([rows[cache.labels[rows] == c][: limit // 2] for c in (0, 1)]))
 
 
 def scoring_rows(
@@ -75,26 +64,21 @@ def scoring_rows(
 ) -> tuple[np.ndarray, dict]:
     """Rows of ``cache`` to score ``model`` (a run directory or .keras file) on, and what:
     ``subset=None`` is the run's test rows, or all rows of data holding none of its patches.
-    Rows it trained on are refused unless ``include_train``; the dict says how many there are.
-    """
+    Rows it trained on are refused unless ``include_train``; the dict counts them."""
     if is_pretrained(model):
         return _pretrained_rows(cache, subset, include_train)
     model = Path(model)
     run_dir = next((d for d in (model, model.parent) if (d / "split.csv").is_file()), None)
+    if run_dir is None and subset != "all":
+        raise ValueError(f"{model}: no split.csv beside it; pass subset 'all' to score every row")
     if run_dir is None:
-        if subset != "all":
-            raise ValueError(
-                f"{model} has no split.csv beside it, so which rows it trained on is unknown; "
-                "pass subset 'all' to score every row anyway"
-            )
         return np.arange(len(cache)), {"subset": "all", "train_rows": None}
     split = _split(run_dir)
     unseen = not _isin(cache.content, split["content"]).any()
     subset = ("all" if unseen else "test") if subset is None else subset
-    rows = _rows(cache, split, subset)
+    rows = subset_rows(cache, run_dir, subset)
     trained = split["content"][split["subset"] == "train"]
-    n_train = int(_isin(cache.content, trained)[rows].sum())
-    if n_train and not include_train:
+    if (n_train := int(_isin(cache.content, trained)[rows].sum())) and not include_train:
         raise ValueError(
             f"subset {subset!r} of {cache.path} holds {n_train} of the {len(trained)} rows "
             f"{run_dir} trained on (its split.csv, matched by content); pass include_train "
@@ -106,16 +90,11 @@ def scoring_rows(
 def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool):
     """Every row of ``cache`` but those the shipped model trained on (:func:`seen_ids`)."""
     if subset not in (None, "all"):
+        raise ValueError(f"subset {subset!r} needs a run's split.csv; leave it unset")
+    if (seen := seen_ids(cache)) is None:
         raise ValueError(
-            f"subset {subset!r} needs a run's split.csv; the pretrained model is scored on all "
-            "rows of the data but those it trained on (leave subset unset)"
-        )
-    seen = seen_ids(cache)
-    if seen is None:
-        raise ValueError(
-            f"{cache.path}: which of these patches the pretrained model trained on is unknown "
-            "(Kaggle training data holds twins of PCam's train split); score it on the "
-            "sample, on Kaggle's test set or on PCam valid/test"
+            f"{cache.path}: which patches the pretrained model trained on is unknown (Kaggle "
+            "training data); score it on the sample, Kaggle's test set or PCam valid/test"
         )
     mask = _isin(cache.ids, seen)
     rows = np.flatnonzero(~mask | include_train)
@@ -126,15 +105,9 @@ def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool
 def predict_cache(
     model, cache: PackedCache, rows=None, *, tta=1, batch_size=256, progress=True, per_view=False
 ) -> np.ndarray:
-    """Tumour probabilities for ``rows`` of a packed cache (all rows by default).
-
-    Examples:
-        >>> test = load_patches("data/sample", "test")
-        >>> probs = predict_cache(load_model("pretrained"), test, tta=8)  # (29,) float32
-    """
-    rows = None if rows is None else np.asarray(rows)
-    kwargs = {"tta": tta, "progress": progress, "per_view": per_view}
-    return predict_proba(model, cache.images, rows=rows, batch_size=batch_size, **kwargs)
+    """Tumour probabilities for ``rows`` of a packed cache (all rows by default)."""
+    how = {"tta": tta, "batch_size": batch_size, "progress": progress, "per_view": per_view}
+    return predict_proba(model, cache.images, rows=rows, **how)
 
 
 def evaluate(
@@ -158,8 +131,7 @@ def evaluate(
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict:
-    """Model name, best val AUC and epochs of a finished (or interrupted) run directory, or of
-    the shipped model's file (not scored on this data: its card's numbers, on its own val rows)."""
+    """Model, epochs and best val AUC of a run directory, or of the shipped model's file (card)."""
     if is_pretrained(run_dir) and not Path(run_dir).is_dir():
         name, config = NAME, card()
         state = {"epoch": len(config["history"]), **config}
@@ -170,16 +142,13 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
 
 
 def best_run(runs_dir: str | os.PathLike) -> Path:
-    """The run under ``runs_dir`` with the highest VALIDATION AUC (ties: the first by name),
-    never its test rows: they are only reported (see :func:`results_table`)."""
-    runs = sorted(p.parent for p in Path(runs_dir).glob("*/state.json"))
-    if not runs:
+    """The run under ``runs_dir`` with the highest VALIDATION AUC (ties: the first by name)."""
+    if not (runs := sorted(p.parent for p in Path(runs_dir).glob("*/state.json"))):
         raise FileNotFoundError(f"{runs_dir}: no training runs found (run notebooks 02/03 first)")
     return max(runs, key=lambda r: run_summary(r)["best_val_auc"])
 
 
 def _run_files(run_dir: Path) -> tuple[dict, dict]:
-    """A run's ``state.json`` and ``config.json``."""
     return tuple(json.loads((run_dir / f).read_text()) for f in ("state.json", "config.json"))
 
 
@@ -193,12 +162,12 @@ def _training_facts(run_dir: Path, split: pd.DataFrame) -> dict:
     n_train = state.get("train_rows") or int((split["subset"] == "train").sum())
     batch = config["batch_size"] * state.get("replicas", 1)
     steps = min(max(1, n_train // batch), config["steps_per_epoch"] or np.inf)
+    images = steps * batch * len(state["history"])
     # A transfer setup that resolve_weights() left without ImageNet weights is no transfer result.
     frozen_random = (config["weights"], config["trainable"]) == (None, False)
     fallback = config["model"] in BACKBONE_NAMES and frozen_random
-    init = config["init"]
-    weights = config["weights"] or ("random" if init is None else f"from {Path(init).name}")
-    images = steps * batch * len(state["history"])
+    init = config["init"] and f"from {Path(config['init']).name}"
+    weights = config["weights"] or init or "random"
     facts = {"model": config["model"], "weights": "random, frozen" if fallback else weights}
     facts |= {"no_imagenet": fallback, "epochs": state["epoch"], "best_epoch": state["best_epoch"]}
     facts |= {"train_s": round(seconds, 1), "val_auc": float(state["best_val_auc"])}
@@ -213,12 +182,11 @@ SHOWN = [
 ]  # fmt: skip
 
 
-def _score_run(run_dir: Path, split, test_set: str, cache: PackedCache, limit, progress) -> tuple:
+def _score_run(run_dir: Path, split, cache: PackedCache, limit, progress) -> tuple[dict, tuple]:
     """One leaderboard row of ``run_dir`` and its test ``(labels, TTA-8 probabilities)``."""
-    from .kaggle import kaggle_scores
     from .train import load_model
 
-    test, val = _rows(cache, split, "test", limit), _rows(cache, split, "val", limit)
+    test, val = (subset_rows(cache, run_dir, s, limit) for s in ("test", "val"))
     model, y = load_model(run_dir), cache.labels[test]
     row = {"run": run_dir.name, **_training_facts(run_dir, split), "params": model.count_params()}
     seen = (split["protocol"] == "test").sum() - (split["subset"] == "test").sum()
@@ -232,41 +200,34 @@ def _score_run(run_dir: Path, split, test_set: str, cache: PackedCache, limit, p
     val_probs = predict_cache(model, cache, val, tta=8, progress=progress)
     row["threshold"] = youden_threshold(cache.labels[val], val_probs)
     at = binary_metrics(y, probs[8], threshold=row["threshold"])
-    row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity")}
-    row |= {"acc@0.5": binary_metrics(y, probs[8])["accuracy"], "ece": at["ece"]}
-    row |= {"test_set": test_set, **kaggle_scores(run_dir)}
+    row |= {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "ece")}
+    row["acc@0.5"] = binary_metrics(y, probs[8])["accuracy"]
     return row, (y, probs[8])
 
 
 def results_table(
     run_dirs, cache: PackedCache, *, csv=None, limit: int | None = None, progress: bool = False
 ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """The leaderboard: every run on the protocol's test rows, and ``{run: (y, TTA-8 probs)}``.
+    """The leaderboard of runs on the protocol's test rows, and ``{run: (y, TTA-8 probs)}``:
+    DeLong 95% CIs at TTA 1 and 8, metrics at the Youden threshold of the VALIDATION rows,
+    ``overlaps_top_ci``; with ``csv``, merged into it (other test sets dropped with a warning)."""
+    from .kaggle import kaggle_scores
 
-    Per run: training facts, test ROC AUC with its 95% DeLong interval at TTA 1 and 8, metrics
-    at the Youden threshold of its VALIDATION rows, ``overlaps_top_ci`` with the best run's
-    interval. With ``csv``, merged into that file (other test sets dropped with a warning).
-    """
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
+    if not (run_dirs := [Path(r) for r in run_dirs]):
         raise ValueError("results_table needs at least one run directory")
     splits = [_split(r) for r in run_dirs]
     # The protocol's test rows, with those an init model had seen: one set for every run.
     sets = [fingerprint(s.loc[s["protocol"] == "test", "id"]) for s in splits]
     if other := [r for r, t in zip(run_dirs, sets, strict=True) if t != sets[0]]:
-        raise ValueError(
-            f"{other[0]} and {run_dirs[0]} have different test rows (another test_fraction, "
-            "split or data): a leaderboard compares runs on one test set"
-        )
+        what = "different test rows (another test_fraction, split or data)"
+        raise ValueError(f"{other[0]} and {run_dirs[0]} have {what}: a leaderboard needs one")
     rows, curves = [], {}
-    for run_dir, split, test_set in zip(run_dirs, splits, sets, strict=True):
-        row, curve = _score_run(run_dir, split, test_set, cache, limit, progress)
+    for run_dir, split in zip(run_dirs, splits, strict=True):
+        row, curve = _score_run(run_dir, split, cache, limit, progress)
         # Figures name the run as tables do: a transfer run without ImageNet weights says so.
         curves[run_dir.name + (" (no ImageNet)" if row["no_imagenet"] else "")] = curve
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if csv is not None:
-        table = _merge(Path(csv), table)
+        rows.append(row | {"test_set": sets[0], **kaggle_scores(run_dir)})
+    table = pd.DataFrame(rows) if csv is None else _merge(Path(csv), pd.DataFrame(rows))
     table = table.set_index("run")
     lo, hi, top = table["auc_tta8_lo"], table["auc_tta8_hi"], table["auc_tta8"].idxmax()
     table["overlaps_top_ci"] = (lo <= hi[top]) & (hi >= lo[top])
@@ -286,17 +247,15 @@ def _merge(csv: Path, new: pd.DataFrame) -> pd.DataFrame:
     if missing := {"run", "test_set"} - set(old.columns):
         raise ValueError(f"{csv}: not a results table (no {' or '.join(sorted(missing))} column)")
     old = old[~old["run"].isin(new["run"])]
-    same = old["test_set"] == new["test_set"].iloc[0]
-    if not same.all():
+    if not (same := old["test_set"] == new["test_set"].iloc[0]).all():
         dropped = ", ".join(map(str, old["run"][~same]))
         warnings.warn(f"{csv}: dropping {dropped}: scored on another test set", stacklevel=3)
     return pd.concat([old[same], new], ignore_index=True)
 
 
 def batchnorm_gap(model, cache: PackedCache, rows, batch_size: int = 64) -> dict[str, float]:
-    """ROC AUC with BatchNorm on its moving averages (inference) and on batch statistics: a
-    large gap says a short run left the averages (momentum 0.99) far from what it trained with
-    (training mode also turns Dropout on, which only adds noise to the second number)."""
+    """ROC AUC with BatchNorm on moving averages and on batch statistics: a large gap says a
+    short run left the averages (momentum 0.99) far off (training mode also turns Dropout on)."""
     import keras
 
     rows, aucs = np.asarray(rows), {}

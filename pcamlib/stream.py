@@ -1,16 +1,7 @@
-"""Which rows a run trains, chooses and reports on, and the batch stream that feeds it.
+"""Which rows a run trains, chooses and reports on (docs/protocol.md), and its batch stream.
 
-The protocol cuts the labelled data into three disjoint parts, recorded in every run's
-``split.csv`` (``id,label,subset,split,content``): **test**, only reported, drawn from the data
-alone (labels, slide groups, ``test_fraction``, the fixed :data:`PROTOCOL_SEED`), so every run
-on the same data is reported on the same rows; **val**, which picks the epoch, drawn from the
-rest with the run's seed; **train**, what is left. With a patch→slide map the parts are
-slide-grouped; ``split="pcam"`` takes PCam's own splits (:func:`pcam_parts`). ``content`` is
-each patch's pixel hash, so which patches a run saw is decided by content, not by file names.
-
-``PatchStream`` is a ``keras.utils.PyDataset``, so one class feeds every backend. A batch is
-one fancy-index read of sorted memmap rows; the order depends only on (seed, epoch), so a
-resumed run sees the batches it would have seen.
+A run's ``split.csv`` records its parts: test, drawn from the data alone (so every run on the
+same data reports on the same rows), val (the run's seed) and train; and each row's pixel hash.
 """
 
 from __future__ import annotations
@@ -18,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import keras
@@ -27,10 +17,9 @@ import pandas as pd
 
 from .augment import dihedral, jitter_colour, random_shift
 from .augment import hed_jitter as jitter_hed
-from .cache import PackedCache, atomic_write_text, first_bad_hash, load_patches
+from .cache import PackedCache, atomic_write_text, load_patches
 from .config import SettingError, TrainConfig
-from .pretrained import NAME as PRETRAINED
-from .pretrained import seen_ids
+from .pretrained import NAME, seen_ids
 from .sources import H5_PATTERN, SPLITS, DataError, is_pcam_layout
 
 PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
@@ -42,9 +31,8 @@ OVERLAP_COLUMNS = ["id", "split", "label", "match", "match_label", "distance"]
 def split_indices(
     labels: np.ndarray, val_fraction: float = 0.25, seed: int = 42, groups=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (default) or slide-grouped train/validation split of row indices. With
-    ``groups`` (slide per patch) no slide lands on both sides: patches of one slide are strongly
-    correlated, and a random split inflates validation AUC."""
+    """Stratified or, with ``groups`` (slide per patch), slide-grouped train/val row indices:
+    patches of one slide are strongly correlated, and a random split inflates validation AUC."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels, index = np.asarray(labels), np.arange(len(labels))
@@ -61,27 +49,13 @@ def split_indices(
 
 
 def protocol_split(
-    labels: np.ndarray,
-    groups=None,
-    *,
-    seed: int = 42,
-    val_fraction: float = 0.25,
-    test_fraction: float = 0.2,
+    labels: np.ndarray, groups=None, *, seed=42, val_fraction=0.25, test_fraction=0.2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted row indices ``(train, val, test)``; ``test_fraction=0`` leaves test empty. Both
-    fractions are shares of all labelled rows.
-
-    Examples:
-        >>> train, val, test = protocol_split(cache.labels, seed=1, val_fraction=0.25)
-        >>> len(train), len(val), len(test)  # 1,600 sample patches; test is seed-independent
-        (880, 400, 320)
-    """
+    """Sorted rows ``(train, val, test)``; fractions of all rows (``test_fraction=0``: no test)."""
     labels = np.asarray(labels)
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if not (0 < val_fraction and val_fraction + test_fraction < 1):
-        rows = f"val_fraction ({val_fraction}) must be > 0 and leave training rows beside"
-        raise ValueError(f"{rows} test_fraction ({test_fraction}): their sum must be < 1")
+    if not (0 <= test_fraction and 0 < val_fraction and val_fraction + test_fraction < 1):
+        rows = f"val_fraction ({val_fraction}) > 0 and test_fraction ({test_fraction}) ≥ 0"
+        raise ValueError(f"{rows} must leave training rows: their sum must be < 1")
     rest, test = np.arange(len(labels)), np.arange(0)
     if test_fraction:
         rest, test = split_indices(labels, test_fraction, PROTOCOL_SEED, groups)
@@ -90,66 +64,41 @@ def protocol_split(
     return rest[train], rest[val], test
 
 
-def pcam_parts(ids: Iterable[str]) -> np.ndarray | None:
-    """Each row's PCam split ('train', 'valid' or 'test') when every id is one that
-    :func:`pcamlib.sources.pcam_h5` gives (``valid/7``), else None (not PCam's HDF5 data)."""
-    parts = pd.Series(list(ids), dtype=object).str.extract(f"^{PCAM_ID}$", expand=False)
-    return None if parts.empty or parts.isna().any() else parts.to_numpy(dtype=object)
-
-
-def _first_not_in(path: Path, frame: pd.DataFrame, column: str, allowed) -> None:
-    """An error naming the csv row of the first value of ``column`` outside ``allowed``."""
-    bad = ~frame[column].isin(allowed)
+def _first_bad(path: Path, frame: pd.DataFrame, column: str, bad: pd.Series, expected: str):
+    """Refuse the csv row of the first ``bad`` value of ``column``, naming it."""
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(
-            f"{path}: row {i + 2} has {column} {frame[column].iloc[i]!r}; "
-            f"expected one of {', '.join(allowed)}"
-        )
+        value = frame[column].iloc[i]
+        raise ValueError(f"{path}: row {i + 2} has {column} {value!r}; expected {expected}")
 
 
 def read_split(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``split.csv`` (ids as strings), checked: known subsets, no id twice, hashes."""
+    """A run's ``split.csv`` (ids as strings; ``attrs["path"]``), checked: known subsets, no id
+    twice, content hashes."""
     path = Path(run_dir) / "split.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split.csv (is {run_dir} a training run directory?)")
     split = pd.read_csv(path, dtype={"id": str, "content": str}, keep_default_na=False)
     if missing := {"id", "subset"} - set(split.columns):
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    _first_not_in(path, split, "subset", SUBSETS)
+    _first_bad(path, split, "subset", ~split["subset"].isin(SUBSETS), "one of train, val, test")
     if (twice := split["id"].duplicated()).any():
         raise ValueError(f"{path}: id {split['id'][twice].iloc[0]} is listed twice")
-    if "content" in split and (i := first_bad_hash(split["content"])) is not None:
-        raise ValueError(
-            f"{path}: row {i + 2} has content {split['content'].iloc[i]!r}; "
-            "expected 16 hex digits (pcamlib.cache.content_hash)"
-        )
+    if "content" in split:
+        hashes = "16 hex digits (pcamlib.cache.content_hash)"
+        _first_bad(path, split, "content", ~split["content"].str.fullmatch("[0-9a-f]{16}"), hashes)
+    split.attrs["path"] = path
     return split
 
 
-def seen_rows(cache: PackedCache, *, ids: Iterable[str] = (), content: Iterable[str] = ()):
-    """Mask of the rows of ``cache`` whose id is in ``ids`` or whose pixel hash is in ``content``.
-
-    For the leaderboard: ``content=`` a run's training hashes (split.csv), ``ids=`` the sample
-    ids with a twin in a model's training data (:func:`read_overlap`).
-    """
-    by_id = pd.Series(cache.ids, dtype=object).isin(set(ids))
-    return (by_id | pd.Series(cache.content, dtype=object).isin(set(content))).to_numpy()
-
-
 def read_overlap(path: str | os.PathLike, split: str | None = None) -> set[str]:
-    """Sample ids listed in an overlap CSV (``benchmarks/overlap.py``), of one ``split`` or all.
-
-    Each listed patch has a near-identical twin (the same tissue, re-encoded) in a model's
-    training data, so scores of that model leave them out.
-    """
+    """Sample ids in an overlap CSV (``benchmarks/overlap.py``: each has a near-identical twin
+    in a model's training data, so its scores leave them out), of one ``split`` or all."""
     path = Path(path)
     frame = pd.read_csv(path, dtype={"id": str, "split": str}, keep_default_na=False)
     if missing := [c for c in OVERLAP_COLUMNS if c not in frame.columns]:
-        raise ValueError(
-            f"{path}: missing column(s) {', '.join(missing)} (see benchmarks/overlap.py)"
-        )
-    _first_not_in(path, frame, "split", ("train", "test"))
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (benchmarks/overlap.py)")
+    _first_bad(path, frame, "split", ~frame["split"].isin(["train", "test"]), "one of train, test")
     return set(frame["id"] if split is None else frame["id"][frame["split"] == split])
 
 
@@ -158,25 +107,17 @@ def fingerprint(ids) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:12]
 
 
-def _check_pcam_data(data: str) -> None:
-    """Refuse split pcam on data that is neither PCam's HDF5 layout nor a packed cache (whose
-    ids tell later)."""
-    if not (is_pcam_layout(data) or (Path(data) / "meta.json").is_file()):
-        raise SettingError("split", "pcam", _needs_pcam(data, "is not that layout"))
-
-
-def _needs_pcam(data: str, what: str) -> str:
+def _needs_pcam(data, what: str) -> SettingError:
     files = H5_PATTERN.format(split="{train,valid,test}", xy="{x,y}")
-    return (
-        f"needs PCam's train, valid and test splits ({files}, as pcam download --source pcam "
-        f"writes them); {data} {what}"
-    )
+    why = f"needs PCam's train, valid and test splits ({files}, as pcam download --source pcam"
+    return SettingError("split", "pcam", f"{why} writes them); {data} {what}")
 
 
 def training_cache(config: TrainConfig, cache: PackedCache | None = None) -> PackedCache:
     """``cache``, else ``config.data`` packed: labelled, with slides for split slide."""
-    if cache is None and config.split == "pcam":
-        _check_pcam_data(str(config.data))  # before packing a layout that cannot be split so
+    if cache is None and config.split == "pcam":  # a packed cache's ids tell later
+        if not (is_pcam_layout(config.data) or (Path(config.data) / "meta.json").is_file()):
+            raise _needs_pcam(config.data, "is not that layout")
     if cache is None:
         on_error = "exclude" if config.exclude_bad else "raise"
         where = dict(cache_dir=config.cache_dir, groups_csv=config.groups_csv)
@@ -195,11 +136,15 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
     train_idx, val_idx, test_idx = _protocol_rows(config, cache)
     protocol = np.full(len(cache), "", dtype=object)
     protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
-    seen = _seen_by_init(config, cache, np.concatenate([val_idx, test_idx]))
-    if seen.any():  # never validate or test on them
-        moved = np.flatnonzero(seen & (protocol != "train"))
-        train_idx = np.sort(np.concatenate([train_idx, moved]))
-        val_idx, test_idx = val_idx[~seen[val_idx]], test_idx[~seen[test_idx]]
+    scored = np.concatenate([val_idx, test_idx])  # the rows whose overlap must be known
+    seen = seen_ids(cache, scored) if config.init == NAME else set()
+    if seen is None:
+        unknown = "which patches the pretrained model trained on is unknown (Kaggle train data)"
+        warnings.warn(f"{config.data}: {unknown}: its test score may count some", stacklevel=2)
+    seen = pd.Series(cache.ids, dtype=object).isin(seen or set()).to_numpy()
+    # Rows it trained on go to train: never validate or test on them.
+    train_idx = np.flatnonzero((protocol == "train") | (seen & (protocol != "")))
+    val_idx, test_idx = (np.flatnonzero((protocol == p) & ~seen) for p in ("val", "test"))
     if config.val_limit is not None:
         per_class = [val_idx[cache.labels[val_idx] == c][: config.val_limit // 2] for c in (0, 1)]
         val_idx = np.sort(np.concatenate(per_class))
@@ -212,14 +157,13 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
 
 
 def _protocol_rows(config: TrainConfig, cache: PackedCache):
-    """PCam's own splits with ``split="pcam"``, else :func:`protocol_split`'s (of the PCam
-    train rows where several PCam splits are there)."""
-    parts = pcam_parts(cache.ids)
-    found = set() if parts is None else set(parts)
+    """PCam's own splits with split pcam, else :func:`protocol_split` (of PCam train, if mixed)."""
+    parts = pd.Series(cache.ids, dtype=object).str.extract(f"^{PCAM_ID}$", expand=False)
+    found = set() if parts.isna().any() else set(parts)
     if config.split == "pcam" and found != set(SPLITS):
         what = f"holds only PCam's {' and '.join(sorted(found))} split"
         what = what if found else "has no PCam HDF5 ids (train/N, valid/N, test/N)"
-        raise SettingError("split", "pcam", _needs_pcam(str(cache.path), what))
+        raise _needs_pcam(cache.path, what)
     if config.split == "pcam":
         return tuple(np.flatnonzero(parts == part) for part in SPLITS)
     pool = np.flatnonzero(parts == "train") if len(found) > 1 else np.arange(len(cache))
@@ -229,23 +173,8 @@ def _protocol_rows(config: TrainConfig, cache: PackedCache):
     return tuple(pool[r] for r in rows)  # test: the same rows for every run
 
 
-def _seen_by_init(config: TrainConfig, cache: PackedCache, scored: np.ndarray) -> np.ndarray:
-    """Rows the shipped model trained on, when the run starts from it (``scored``: the rows
-    whose overlap must be known)."""
-    seen = seen_ids(cache, scored) if config.init == PRETRAINED else set()
-    if seen is None:
-        warnings.warn(
-            f"{config.data}: which patches the pretrained model trained on is unknown (Kaggle "
-            "training data holds twins of PCam's train split): this run's test score may "
-            "count some of them",
-            stacklevel=3,
-        )
-    return pd.Series(cache.ids, dtype=object).isin(seen or set()).to_numpy()
-
-
 def write_split(run_dir: Path, config: TrainConfig, cache: PackedCache, rows, protocol) -> None:
-    """``split.csv``: the used rows' ids, labels, subsets, protocol parts and content hashes
-    (what a run saw is pixels, not file names)."""
+    """``split.csv``: the used rows' ids, labels, subsets, protocol parts and content hashes."""
     subset = np.full(len(cache), "", dtype=object)
     subset[rows[0]], subset[rows[1]], subset[rows[2]] = "train", "val", "test"
     split = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": subset})
@@ -254,20 +183,11 @@ def write_split(run_dir: Path, config: TrainConfig, cache: PackedCache, rows, pr
 
 
 class PatchStream(keras.utils.PyDataset):
-    """Batches ``(uint8 images, float32 labels)`` read from the rows ``indices`` of a memmap.
-
-    Args:
-        images: (N, 96, 96, 3) uint8 array or memmap (``PackedCache.images``).
-        labels: (N,) 0/1 labels, or None for prediction (batches are then ``(images,)``).
-        indices: rows to use (default all), e.g. from :func:`split_indices`.
-        shuffle: a new order every epoch (see :meth:`set_epoch`).
-        augment: a random dihedral view per image (tissue has no orientation).
-        shift: random translation of up to ``shift`` pixels per axis, the border mirrored in.
-        color_jitter: strength c of brightness (±c·128), contrast (×1±c), channel gain (×1±c/2).
-        hed_jitter: HED stain jitter strength σ, for slides from other centres.
-        crop: centre-crop to ``crop``×``crop`` pixels (None: the full 96).
-        workers: Keras PyDataset threads; 1 (default) lets tf.data prefetch batches.
-    """
+    """Batches ``(uint8 images, float32 labels)`` (``(images,)`` without labels) of the rows
+    ``indices`` of an (N, 96, 96, 3) memmap; order and augmentation depend on (seed, epoch) only,
+    so a resumed run sees the same batches. ``augment``: a random dihedral view; ``shift``: up to
+    that many pixels, border mirrored; ``color_jitter`` c: brightness ±c·128, contrast ×1±c, gain
+    ×1±c/2; ``hed_jitter``: HED stain σ; ``crop``: the centre pixels; ``workers``: threads."""
 
     def __init__(
         self,
@@ -287,7 +207,16 @@ class PatchStream(keras.utils.PyDataset):
     ):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.indices = np.arange(len(images)) if indices is None else np.asarray(indices)
-        _check_stream(images, labels, self.indices, batch_size, crop)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if crop is not None and not 0 < crop <= images.shape[1]:
+            raise ValueError(f"crop must be in 1..{images.shape[1]}, got {crop}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        if len(self.indices) == 0:
+            raise DataError("no images to stream (empty index)")
+        if self.indices.min() < 0 or self.indices.max() >= len(images):
+            raise IndexError(f"indices outside 0..{len(images) - 1}")
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self.shuffle, self.augment, self.shift = shuffle, augment, shift
         self.color_jitter, self.hed_jitter = color_jitter, hed_jitter
@@ -296,7 +225,7 @@ class PatchStream(keras.utils.PyDataset):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Jump to ``epoch``'s order (used when resuming); it depends on (seed, epoch) only."""
+        """Jump to ``epoch``'s order (used when resuming)."""
         self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
         self._order = rng.permutation(self.indices) if self.shuffle else self.indices
@@ -319,19 +248,6 @@ class PatchStream(keras.utils.PyDataset):
         x = jitter_hed(x, self.hed_jitter, rng) if self.hed_jitter else x
         x = jitter_colour(x, self.color_jitter, rng) if self.color_jitter else x
         return (x,) if self.labels is None else (x, np.asarray(self.labels[rows], np.float32))
-
-
-def _check_stream(images, labels, indices: np.ndarray, batch_size: int, crop) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"{len(labels)} labels for {len(images)} images")
-    if crop is not None and not 0 < crop <= images.shape[1]:
-        raise ValueError(f"crop must be in 1..{images.shape[1]}, got {crop}")
-    if len(indices) == 0:
-        raise DataError("no images to stream (empty index)")
-    if indices.min() < 0 or indices.max() >= len(images):
-        raise IndexError(f"indices outside 0..{len(images) - 1}")
 
 
 class EpochBatches(keras.utils.PyDataset):

@@ -1,12 +1,6 @@
-"""The shipped model: ``pcam-cpu`` trained on 20,000 PCam *train* patches, usable offline.
-
-Beside ``pcam-cpu.keras``: ``card.json`` (how it was made and scores; ``MODEL_CARD.md`` for
-people), ``train_content.txt.gz`` (its training patches' hashes) and ``sample_overlap.csv`` (the
-sample's ids with a twin in them, by ``benchmarks/overlap.py``): no score of it counts those.
-
-Examples:
-    >>> probs = predict_cache(load_pretrained(), load_patches("data/sample", "test"), tta=8)
-"""
+"""The shipped model: ``pcam-cpu`` trained on 20,000 PCam *train* patches, usable offline;
+beside it ``card.json`` (how it was made and scores), its training patches' hashes and the
+sample's ids with a twin among them (``benchmarks/overlap.py``): no score of it counts those."""
 
 from __future__ import annotations
 
@@ -20,7 +14,6 @@ import zipfile
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..cache import atomic_path, atomic_write_text, load_patches
@@ -28,9 +21,7 @@ from ..cache import atomic_path, atomic_write_text, load_patches
 NAME = "pretrained"  # what --model and --init accept for this model
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE / "pcam-cpu.keras"
-CARD_FILE = HERE / "card.json"
 OVERLAP_FILE = HERE / "sample_overlap.csv"
-CONTENT_FILE = HERE / "train_content.txt.gz"
 
 
 class PretrainedError(FileNotFoundError):
@@ -43,7 +34,6 @@ def is_pretrained(model: str | os.PathLike | None) -> bool:
 
 
 def _shipped(path: Path, what: str) -> Path:
-    """``path``, or a one-line refusal naming it."""
     if not path.is_file():
         raise PretrainedError(f"{path}: {what} missing (reinstall)")
     return path
@@ -64,13 +54,13 @@ def load_pretrained():
 @cache
 def card() -> dict:
     """How the shipped model was made and how it scores (``card.json``)."""
-    return json.loads(_shipped(CARD_FILE, "the pretrained model's card is").read_text())
+    return json.loads(_shipped(HERE / "card.json", "the pretrained model's card is").read_text())
 
 
 def seen_ids(cache, rows=None) -> set[str] | None:
     """Ids of ``cache`` whose patch the shipped model trained on (by content hash; the sample's
-    twins by ``sample_overlap.csv``); None where ``rows`` (those to be scored) hold other Kaggle
-    or PCam training data, whose twins no list names. Kaggle/PCam test sets are other slides."""
+    twins by ``sample_overlap.csv``); None where ``rows`` (to be scored) hold other Kaggle or
+    PCam training data: no list names their twins (Kaggle/PCam test sets are other slides)."""
     from ..stream import fingerprint, read_overlap
 
     ids = [str(i) for i in cache.ids]
@@ -87,46 +77,37 @@ def seen_ids(cache, rows=None) -> set[str] | None:
 @cache
 def _train_content() -> frozenset[str]:
     """Content hashes (:func:`pcamlib.cache.content_hash`) of the patches it trained on."""
-    path = _shipped(CONTENT_FILE, "its training patches' hashes are")
+    path = _shipped(HERE / "train_content.txt.gz", "its training patches' hashes are")
     return frozenset(gzip.decompress(path.read_bytes()).decode().split())
 
 
-def pretrained_run(run_dir: str | os.PathLike, cache, **settings) -> Path | None:
-    """A run directory for the shipped model on ``cache``, for the leaderboard and best_run:
-    the protocol's val and test rows (``settings`` as TrainConfig's), those it trained on
-    (:func:`seen_ids`) moved to ``train``; None, after a warning, where those are unknown."""
+def pretrained_run(run_dir: str | os.PathLike, cache) -> Path | None:
+    """A run directory of the shipped model on ``cache`` for the leaderboard: the protocol's val
+    and test rows less its twins (:func:`seen_ids`, its ``train``); None, warned, if unknown."""
     from ..config import TrainConfig
-    from ..evaluate import predict_cache
-    from ..metrics import auc_ci
-    from ..stream import run_split
+    from ..evaluate import evaluate
+    from ..stream import run_split, write_split
 
-    run_dir = Path(run_dir)
-    defaults = TrainConfig.from_recipe(card()["recipe"], init=NAME, data=str(cache.path))
-    config = defaults.replace(out=str(run_dir), **settings)
+    run_dir, made = Path(run_dir), card()
+    config = TrainConfig.from_recipe(
+        made["recipe"], init=NAME, data=str(cache.path), out=str(run_dir)
+    )
     # The protocol's rows alone (nothing trains here); the rows it saw are decided below.
     _, val, test, protocol = run_split(config.replace(init=None, batch_size=1), cache, 1)
-    seen = seen_ids(cache, np.concatenate([val, test]))
-    if seen is None:
-        warnings.warn(
-            f"{cache.path}: which of these patches the pretrained model trained on is unknown "
-            "(Kaggle training data holds twins of PCam's train split): not scored",
-            stacklevel=2,
-        )
+    if (seen := seen_ids(cache, [*val, *test])) is None:
+        unknown = "which of these patches the pretrained model trained on is unknown"
+        warnings.warn(f"{cache.path}: {unknown} (Kaggle train data): not scored", stacklevel=2)
         return None
-    parts = pd.DataFrame({"id": cache.ids, "label": cache.labels, "subset": ""})
-    parts.loc[val, "subset"], parts.loc[test, "subset"] = "val", "test"
-    parts.loc[parts["id"].isin(seen), "subset"] = "train"  # it trained on twins of these
-    parts = parts.assign(split=config.split, protocol=protocol, content=cache.content)
-    val = np.flatnonzero(parts["subset"] == "val")
-    probs = predict_cache(load_pretrained(), cache, val, progress=False)
-    state = {"epoch": len(card()["history"]), "best_epoch": card()["best_epoch"]}
-    state |= {"best_val_auc": auc_ci(cache.labels[val], probs)[0], "history": card()["history"]}
-    state["train_rows"] = card()["data"]["train_rows"]  # what it trained on: not in split.csv
+    seen = pd.Series(cache.ids, dtype=object).isin(seen).to_numpy()
+    rows = (seen.nonzero()[0], val[~seen[val]], test[~seen[test]])
+    auc = evaluate(load_pretrained(), cache, rows[1], progress=False)[0]["roc_auc"]
+    state = {"epoch": len(made["history"]), **{k: made[k] for k in ("best_epoch", "history")}}
+    state |= {"best_val_auc": auc, "train_rows": made["data"]["train_rows"]}  # not in split.csv
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "best.keras") as tmp:
         shutil.copyfile(MODEL_FILE, tmp)
     atomic_write_text(run_dir / "config.json", config.to_json())
-    atomic_write_text(run_dir / "split.csv", parts[parts.subset != ""].to_csv(index=False))
+    write_split(run_dir, config, cache, rows, protocol)
     atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
     return run_dir
 
