@@ -55,12 +55,9 @@ def value_problem(value, allowed: str | tuple, kind: str) -> str | None:
     return f"must be {what} {allowed}" + (", or unset" if optional else "")
 
 
-# Named recipes: every setting that makes a result (docs/results.md). pcam-cpu: 20k patches in
-# < 30 min on 2 CPU cores; a stride-2 stem sees the whole patch, the tissue around the labelled
-# centre; dihedral views, small shifts and mild colour jitter fight overfitting (numpy: cheaper
-# than TF layers on a CPU). pcam-gpu: 4× wider for one GPU and the full data, bigger batches with
-# the LR scaled along, a longer warm-up, mixed precision, and augmentation as the model's first
-# layers, so 2 host cores keep up (benchmarks/pipeline.py).
+# Named recipes: every setting that makes a result, and why (docs/results.md). pcam-cpu: 20k
+# PCam patches in < 30 min on 2 CPU cores; pcam-gpu: 4× wider, for one GPU and the full data,
+# with augmentation in the model so that 2 host cores keep up (benchmarks/pipeline.py).
 # fmt: off
 RECIPES: dict[str, dict] = {"pcam-cpu": dict(
     model="pcamnet", image_size=96, model_kwargs={"widths": [24, 48, 96, 192], "stem": 24},
