@@ -14,48 +14,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
 import json
 import os
+import re
 import sys
+import tokenize
 from pathlib import Path
 
-from .config import RECIPES, TTA_VIEWS, SettingError, range_problem  # neither imports Keras
+from .config import TTA_VIEWS, SettingError, value_problem  # neither imports Keras
 from .notebook import quiet_keras
 
 # Before anything can import TensorFlow: keep its C++ info and warning lines out (errors show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
-# pcam train's help where a flag's name and values do not say it all (docs/cli.md: the rest).
-HELP = {
-    "data": "dataset root (any layout) or a packed cache", "batch_size": "per replica",
-    "out": "run directory (rerun to resume)", "lr": "peak learning rate (× replicas)",
-    "image_size": "model input side (per model; see docs/cli.md)",
-    "test_fraction": "held out, the same rows every run; 0: separate test data",
-    "weights": "imagenet: pretrained backbone; none: from scratch",
-    "trainable": "backbone trainable (default: not with imagenet weights)",
-    "augment": "random dihedral views", "shift": "random shifts of up to N pixels",
-    "hed_jitter": "HED stain jitter σ", "workers": "threads preparing batches",
-    "augment_on": "host: numpy while batching; model: first layers, on the accelerator",
-    "early_stopping": "patience: epochs without a val-AUC gain",
-    "steps_per_epoch": "cap on batches per epoch",
-    "val_limit": "validate on a class-balanced subset of N rows",
-    "split": "stratified; slide (groups-csv or HDF5 meta); pcam: PCam's own splits "
-    "(default on PCam's HDF5 layout or a cache of it)",
-    "groups_csv": "patch→slide csv (id,wsi) for split slide",
-    "exclude_bad": "leave out unreadable items (listed in excluded.csv)",
-    "recipe": f"named recipe, one of {', '.join(RECIPES)}; explicit settings win",
-    "tta": "views evaluate/predict use by default",
-    "init": "start weights: 'pretrained' (with recipe pcam-cpu), a run directory or .keras file",
-}  # fmt: skip
 # The ranges of the other subcommands' numbers (TrainConfig checks train's).
-RUN_RANGES = {
-    "batch_size": "≥ 1 and ≤ 65536",
-    "operating_point": "> 0 and ≤ 1",
-    "workers": "≥ 1 and ≤ 256",
-    "timeout": "> 0 and ≤ 86400",
-    "poll_interval": "> 0 and ≤ 3600",
-}
+RUN_RANGES = {"batch_size": "≥ 1 and ≤ 65536", "operating_point": "> 0 and ≤ 1",
+              "workers": "≥ 1 and ≤ 256", "timeout": "> 0 and ≤ 86400",
+              "poll_interval": "> 0 and ≤ 3600"}  # fmt: skip
 
 
 def cli_value(value) -> str:
@@ -65,30 +43,34 @@ def cli_value(value) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
-def _train_parser(sub) -> None:
-    """One flag per TrainConfig field (model_kwargs is Python only), with its type and values."""
-    from .config import TrainConfig
+def field_comments(cls) -> dict[str, str]:
+    """Each field's trailing comment in the source of ``cls`` and its bases: its one text."""
+    found = {}
+    for klass in reversed(cls.__mro__[:-1]):  # not object
+        for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(klass)).readline):
+            if token.type == tokenize.COMMENT and (name := re.match(r"\s+(\w+): \w", token.line)):
+                found[name[1]] = token.string.lstrip("# ")
+    return found
 
+
+def _train_parser(sub, cls, comments: dict[str, str]) -> None:
+    """A flag per field of ``cls``, TrainConfig (model_kwargs is Python only), with its values."""
     p = sub.add_parser("train", help="train a model into a run directory (resumable)")
     p.description = "Every setting is checked before anything is written; unset ones come from "
     p.description += "--recipe, else TrainConfig's defaults."
-    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+    fields = [f for f in dataclasses.fields(cls) if f.name != "model_kwargs"]
     for f in fields:
-        flag, allowed, text = (
-            "--" + f.name.replace("_", "-"),
-            f.metadata.get("allowed"),
-            HELP.get(f.name),
-        )
-        if isinstance(allowed, tuple):
-            p.add_argument(flag, choices=[cli_value(o) for o in allowed], help=text)
-        elif allowed:
-            integer = f.type.startswith("int")
-            what = f"{'an integer' if integer else 'a number'} {allowed}"
-            p.add_argument(flag, type=int if integer else float, help=f"{text or ''} ({what})")
-        elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        allowed, how = f.metadata.get("allowed"), {"help": comments[f.name]}
+        if f.type == "bool":
+            how["action"] = argparse.BooleanOptionalAction
+        elif isinstance(allowed, tuple):
+            how["choices"] = [cli_value(o) for o in allowed]
+        elif allowed:  # and its range as value_problem words it: "an integer ≥ 1, or unset"
+            how["type"] = int if f.type.startswith("int") else float
+            how["help"] += f" ({value_problem('', allowed, f.type).removeprefix('must be ')})"
         else:  # a path or a name
-            p.add_argument(flag, required=f.name in ("data", "out"), help=text)
+            how["required"] = f.name in ("data", "out")
+        p.add_argument("--" + f.name.replace("_", "-"), **how)
     p.set_defaults(func=cmd_train, _fields=fields)
 
 
@@ -112,27 +94,20 @@ def cmd_train(args) -> None:
     print(json.dumps(summary))
 
 
+def _run_config(*paths: Path) -> dict:
+    """The first of ``paths`` (config.json files) that exists, read; {} if none does."""
+    return next((json.loads(path.read_text()) for path in paths if path.is_file()), {})
+
+
 def _model_and_tta(args):
     """The model and its views: --tta, else the shipped model's card, the run's config, 1."""
     quiet_keras()
+    from .pretrained import card
     from .train import load_model
 
-    tta, config = args.tta, Path(args.model) / "config.json"
-    if tta is None and args.model == "pretrained":
-        from .pretrained import card
-
-        tta = card()["tta"]
-    if tta is None:
-        tta = json.loads(config.read_text()).get("tta", 1) if config.is_file() else 1
-    return load_model(args.model), tta
-
-
-def _evaluate_split(model: str) -> str:
-    """--data's HDF5 split by default: test for a run trained on PCam's own splits, else valid."""
-    found = [d / "config.json" for d in (Path(model), Path(model).parent)]
-    config = next((c for c in found if c.is_file()), None)
-    split = json.loads(config.read_text()).get("split") if config else None
-    return "test" if split == "pcam" else "valid"
+    pretrained = args.model == "pretrained"
+    config = card() if pretrained else _run_config(Path(args.model) / "config.json")
+    return load_model(args.model), args.tta or config.get("tta", 1)
 
 
 def cmd_evaluate(args) -> None:
@@ -140,11 +115,11 @@ def cmd_evaluate(args) -> None:
     from .cache import load_patches
     from .evaluate import evaluate, scoring_rows
 
-    split = args.split or _evaluate_split(args.model)
+    # By default the HDF5 split a run trained on PCam's own splits never saw: test, else valid.
+    found = _run_config(*(d / "config.json" for d in (Path(args.model), Path(args.model).parent)))
+    split = args.split or ("test" if found.get("split") == "pcam" else "valid")
     cache = load_patches(args.data, split, cache_dir=args.cache_dir)
-    # Default: the run's held-out test rows (all rows of data it never saw); training rows
-    # only with --include-train, and the JSON then counts them. Seen means the same pixels
-    # (split.csv's content hashes), not the same file name: other datasets repeat names.
+    # Default: the run's test rows (all rows of data it never saw, by pixels: names repeat).
     rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
     model, tta = _model_and_tta(args)
     how = dict(tta=tta, batch_size=args.batch_size, operating_point=args.operating_point)
@@ -183,10 +158,8 @@ def cmd_check_submission(args) -> None:
     from .submission import check_submission, expected_test_ids
 
     label = check_submission(args.file, expected_test_ids(args.data))["label"]
-    print(
-        f"{args.file}: OK, {len(label)} rows, probabilities in "
-        f"[{label.min():.4f}, {label.max():.4f}]"
-    )
+    span = f"[{label.min():.4f}, {label.max():.4f}]"
+    print(f"{args.file}: OK, {len(label)} rows, probabilities in {span}")
 
 
 def cmd_pack(args) -> None:
@@ -223,12 +196,15 @@ def cmd_submit(args) -> None:
 
 
 FLAG, REQUIRED = dict(action="store_true"), dict(required=True)
-MODEL = ("--model", "run directory, .keras file or 'pretrained'", REQUIRED)
-RUN = [MODEL, ("--data", HELP["data"], REQUIRED)]  # evaluate's and predict's
-RUN += [("--tta", "default: the run's, else 1", dict(type=int, choices=TTA_VIEWS))]
-RUN += [("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-dir", None, {})]
+RUN = [  # evaluate's and predict's
+    ("--model", "run directory, .keras file or 'pretrained'", REQUIRED),
+    ("--data", None, REQUIRED),
+    ("--tta", "default: the run's, else 1", dict(type=int, choices=TTA_VIEWS)),
+    ("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-dir", None, {}),
+]  # fmt: skip
 # Every subcommand but train: what runs it, its help, its arguments (name or flags, help,
-# options). A number whose name is in RUN_RANGES gets its range in its help; main() checks it.
+# options). No help: TrainConfig's comment on the same name. A number whose name is in
+# RUN_RANGES gets its range in its help; main() checks it.
 COMMANDS = {
     "evaluate": (cmd_evaluate, "metrics of a model on labelled data (JSON)", [*RUN,
         ("--split", "split of PCam HDF5 data (default: test for a run with --split pcam, "
@@ -243,7 +219,7 @@ COMMANDS = {
     "check-submission": (cmd_check_submission, "validate a submission CSV", [("file", None, {}),
         ("--data", "dataset root, its test folder or its sample_submission.csv", REQUIRED)]),
     "pack": (cmd_pack, "decode a source once into a verified uint8 cache", [
-        ("source", None, {}), ("--out", None, REQUIRED),
+        ("source", None, {}), ("--out", "the cache folder to write", REQUIRED),
         ("--split", "split of PCam HDF5 data; train on PCam's HDF5 layout: all three splits",
          dict(default="train", choices=SPLITS)),
         ("--exclude-bad", None, FLAG), ("--workers", "decoding threads", dict(type=int)),
@@ -264,34 +240,32 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="pcam", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    comments = field_comments(TrainConfig)
+    _train_parser(sub, TrainConfig, comments)
     for command, (func, text, arguments) in COMMANDS.items():
         p = sub.add_parser(command, help=text)
         for names, text, options in arguments:
-            bounds = RUN_RANGES.get(names.split()[-1].lstrip("-").replace("-", "_"))
-            text = f"{text} ({bounds})" if bounds else text
-            p.add_argument(*names.split(), help=text, **options)
+            dest = names.split()[-1].lstrip("-").replace("-", "_")
+            text, bounds = text or comments.get(dest), RUN_RANGES.get(dest)
+            p.add_argument(*names.split(), help=f"{text} ({bounds})" if bounds else text, **options)
         p.set_defaults(func=func)
     return parser
 
 
-def _check_numbers(args) -> None:
-    """Refuse a number outside its RUN_RANGES (train's settings: TrainConfig checks them)."""
-    for name, bounds in RUN_RANGES.items():
-        value = getattr(args, name, None)
-        if problem := range_problem(value, bounds, isinstance(value, int), optional=True):
-            raise SettingError(name, value, problem)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command != "train":
-            _check_numbers(args)
+    try:  # the numbers of other subcommands than train (TrainConfig checks train's)
+        for name, bounds in RUN_RANGES.items() if args.command != "train" else ():
+            value = getattr(args, name, None)
+            kind = "int | None" if isinstance(value, int) else "float | None"
+            if problem := value_problem(value, bounds, kind):
+                raise SettingError(name, value, problem)
         args.func(args)
         return 0
     except (ValueError, FileNotFoundError, ImportError) as exc:  # SettingError, DataError too

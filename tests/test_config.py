@@ -143,6 +143,29 @@ def test_train_flags_parse_into_the_values_they_name(monkeypatch, tmp_path):
     assert (got.model, got.epochs, got.recipe) == ("cnn1", 5, None)  # unset flags: defaults
 
 
+def test_train_help_shows_each_settings_trailing_comment_and_values(monkeypatch, capsys):
+    """One text per setting: its trailing comment in TrainConfig is its pcam train --help."""
+    import dataclasses
+
+    from pcamlib.cli import field_comments
+
+    comments = field_comments(TrainConfig)
+    assert set(comments) == {f.name for f in dataclasses.fields(TrainConfig)}
+    monkeypatch.setenv("COLUMNS", "400")  # no help text wraps
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    flags = {}  # "--epochs": its usage and help, joined
+    for line in capsys.readouterr().out.split("options:\n")[1].splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+        flags[flag] = flags.get(flag, "") + " " + line.strip()
+    for name, text in comments.items():
+        assert name == "model_kwargs" or text in flags["--" + name.replace("_", "-")], name
+    assert flags["--epochs"].endswith("passes over the training rows (an integer ≥ 1 and ≤ 10000)")
+    assert flags["--val-limit"].endswith("(an integer ≥ 2, or unset)")
+    assert "{imagenet,none}" in flags["--weights"] and "--no-augment" in flags["--augment"]
+
+
 BAD_RUN = [
     (["evaluate", "--model", "m", "--data", "d", "--batch-size", "0"], "--batch-size 0"),
     (["evaluate", "--model", "m", "--data", "d", "--operating-point", "1.5"], "--operating-point"),
@@ -175,6 +198,12 @@ def test_python_api_names_the_setting_as_python_spells_it():
         config.replace(model_kwargs={"widths": [8, 16], "stem": 8}, image_size=2)
     with pytest.raises(SettingError, match=r"stem must be an integer ≥ 0 and ≤ 1024"):
         config.replace(model_kwargs={"widths": [8, 16], "stem": -1})
+    with pytest.raises(SettingError, match=r"widths must be a non-empty list of integers ≥ 1"):
+        config.replace(model_kwargs={"widths": [8, 0.5]})
+    with pytest.raises(SettingError, match=r"^augment=1: must be one of True, False$"):
+        TrainConfig(augment=1)
+    with pytest.raises(SettingError, match=r"^early_stopping=0: .* ≥ 1, or unset$"):
+        TrainConfig(early_stopping=0)
 
 
 @pytest.fixture
