@@ -1,9 +1,7 @@
-"""Label-preserving transforms and stain tools for uint8 NHWC patches, on the host or in the model.
-
-Dihedral views (tissue has no orientation), shifts, colour and HED stain jitter (Tellez et al.
-2019) run in numpy while batching (``augment_on="host"``) or as seeded ``keras.ops`` layers off at
-inference (``"model"``), with the same maths; Reinhard normalisation is a layer kept at inference.
-"""
+"""Label-preserving transforms and stain tools for uint8 NHWC patches: dihedral views (tissue has
+no orientation), shifts, colour and HED stain jitter (Tellez et al. 2019) in numpy while batching
+(``augment_on="host"``, faster on a CPU) or as seeded ``keras.ops`` layers off at inference
+(``"model"``), with the same maths; Reinhard normalisation is a layer kept at inference."""
 
 import keras
 import numpy as np
@@ -53,7 +51,7 @@ def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
 
 
 def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Move each image's content by its own random (dy, dx) in [-shift, shift], border mirrored."""
+    """Each image's content moved by its own random (dy, dx) in ±shift, the border mirrored."""
     (h, w), s = batch.shape[1:3], int(shift)
     if s >= min(h, w):
         raise ValueError(f"shifts of {s} px do not fit {h}×{w} patches")
@@ -66,8 +64,8 @@ def random_shift(batch: np.ndarray, shift: int, rng: np.random.Generator) -> np.
 
 
 def _colour_affine(mean, u, c: float):
-    """Colour jitter of strength c as scale and offset, from ``u`` ~ U(±1) of shape (n, 1, 1, 5):
-    brightness ±c·128, contrast ×(1±c) about the mean, channel gain ×(1±c/2)."""
+    """Colour jitter as scale and offset, from ``u`` ~ U(±1), (n, 1, 1, 5): brightness ±c·128,
+    contrast ×(1±c) about the mean, channel gain ×(1±c/2)."""
     contrast, gain, bright = 1 + c * u[..., :1], 1 + c / 2 * u[..., 1:4], c * 128 * u[..., 4:]
     return contrast * gain, mean * (1 - contrast) * gain + bright  # ((x-m)·con + m)·gain + b
 
@@ -124,10 +122,8 @@ def reinhard_normalise(batch, means, stds, eps: float = 1e-3, xp=np):
 
 
 def _like(y, x):
-    """``y`` in ``x``'s dtype: integer pixels are rounded and clipped to 0–255 first."""
-    if "int" in keras.backend.standardize_dtype(x.dtype):
-        y = ops.clip(ops.round(y), 0, 255)
-    return ops.cast(y, x.dtype)
+    """``y`` as pixels like ``x``: rounded, clipped to 0–255 and cast to its dtype."""
+    return ops.cast(ops.clip(ops.round(y), 0, 255), x.dtype)
 
 
 class _RandomLayer(keras.layers.Layer):
@@ -227,7 +223,7 @@ for _layer in (RandomDihedral, RandomShift, HEDJitter, RandomColour, ReinhardNor
 
 
 def host_augmentation(config) -> dict:
-    """The :class:`~pcamlib.stream.PatchStream` arguments that augment on the host (numpy)."""
+    """The :class:`~pcamlib.stream.PatchStream` arguments that augment on the host."""
     keys = ("augment", "shift", "color_jitter", "hed_jitter")
     return {k: getattr(config, k) for k in keys} if config.augment_on == "host" else {}
 
@@ -241,15 +237,11 @@ def model_front(config, images=None, rows=None) -> list[keras.layers.Layer]:
             raise ValueError("stain_norm='reinhard' needs training images[rows] for its target")
         target = reinhard_target(images[np.sort(rows[:: max(1, len(rows) // 2000)])])
         front.append(ReinhardNormalization(*target, name="stain_norm"))
-    if config.augment_on == "model":
-        if config.augment:
-            front.append(RandomDihedral(seed=config.seed, name="aug_dihedral"))
-        if config.shift:
-            front.append(RandomShift(config.shift, config.seed + 1, name="aug_shift"))
-        if config.hed_jitter:
-            front.append(HEDJitter(config.hed_jitter, config.seed + 2, name="aug_hed"))
-        if config.color_jitter:
-            front.append(RandomColour(config.color_jitter, config.seed + 3, name="aug_colour"))
+    steps = [(RandomDihedral, config.augment, "dihedral"), (RandomShift, config.shift, "shift")]
+    steps += [(HEDJitter, config.hed_jitter, "hed"), (RandomColour, config.color_jitter, "colour")]
+    for i, (layer, strength, name) in enumerate(steps if config.augment_on == "model" else []):
+        if strength:  # seeds: config.seed + 0..3
+            front.append(layer(strength, config.seed + i, name=f"aug_{name}"))
     return front
 
 

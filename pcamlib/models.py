@@ -1,10 +1,8 @@
-"""Model zoo of the series: the reference's baselines and backbones, plus the CPU recipe net.
+"""The series' models: the reference's baselines and backbones, and the CPU recipe's PCamNet.
 
-Every model takes raw uint8 patches (input ``patch``, 96×96×3) and returns the tumour
-probability (output ``tumor_prob``, float32). Rescaling, resizing and ImageNet
-preprocessing live *inside* the model, so inference can never be fed differently from
-training. Built from ``keras`` alone, so the same code runs on TensorFlow, JAX or PyTorch.
-"""
+Each takes raw uint8 patches (input ``patch``, 96×96×3) and returns the tumour probability
+(``tumor_prob``, float32); rescaling, resizing and ImageNet preprocessing are *inside* the model,
+so inference cannot be fed differently from training. ``keras`` alone: TensorFlow, JAX, PyTorch."""
 
 from __future__ import annotations
 
@@ -31,10 +29,8 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class CaffePreprocess(layers.Layer):
-    """RGB [0,255] → BGR minus ImageNet mean: keras.applications' ``preprocess_input``, as a layer.
-
-    A layer (not a Lambda) so that ``.keras`` files load safely without unsafe deserialisation.
-    """
+    """keras.applications' "caffe" ``preprocess_input`` (RGB → BGR minus the ImageNet mean), as
+    a layer, not a Lambda: ``.keras`` files then load without unsafe deserialisation."""
 
     def call(self, x):
         x = keras.ops.cast(x, self.compute_dtype)
@@ -44,56 +40,37 @@ class CaffePreprocess(layers.Layer):
 
 @dataclass
 class ConvBlock:
-    """Conv→Conv→MaxPool, the reference's block; BatchNorm+ReLU after each conv when asked.
-
-    Applied inline on a functional tensor (``ConvBlock(16)(x)``) rather than as a nested
-    model, so summaries, diagrams and Grad-CAM see every conv layer.
-    """
+    """3×3 Conv→Conv (BatchNorm+ReLU after each if asked)→MaxPool, the reference's block, applied
+    inline (``ConvBlock(16, "b1")(x)``), not nested: summaries and Grad-CAM see every conv."""
 
     n_filter: int
-    kernel_sz: tuple[int, int] = (3, 3)
-    activation: str = "relu"
-    pool_sz: tuple[int, int] = (2, 2)
+    name: str
     batch_norm: bool = False
-    name: str | None = None
 
     def __call__(self, x):
-        prefix = f"{self.name}_" if self.name else ""
         for i in (1, 2):
-            x = layers.Conv2D(
-                self.n_filter,
-                self.kernel_sz,
-                activation=None if self.batch_norm else self.activation,
-                name=f"{prefix}conv{i}",
-            )(x)
+            act = None if self.batch_norm else "relu"
+            x = layers.Conv2D(self.n_filter, 3, activation=act, name=f"{self.name}_conv{i}")(x)
             if self.batch_norm:
-                x = layers.BatchNormalization(name=f"{prefix}bn{i}")(x)
-                x = layers.Activation(self.activation, name=f"{prefix}act{i}")(x)
-        return layers.MaxPooling2D(self.pool_sz, name=f"{prefix}pool")(x)
+                x = layers.BatchNormalization(name=f"{self.name}_bn{i}")(x)
+                x = layers.Activation("relu", name=f"{self.name}_act{i}")(x)
+        return layers.MaxPooling2D(2, name=f"{self.name}_pool")(x)
 
 
 @dataclass
 class TopBlock:
-    """Flatten→Dense(n_units)→[Dropout]→Dense(1, sigmoid): the reference's classifier head."""
+    """Flatten→Dense(n_units, relu)→Dense(1, sigmoid): the reference's classifier head."""
 
     n_units: int
-    activation: str = "relu"
-    drop_out: bool = False
-    drop_rate: float = 0.5
 
     def __call__(self, x):
         x = layers.Flatten(name="flatten")(x)
-        x = layers.Dense(self.n_units, activation=self.activation, name="dense")(x)
-        if self.drop_out:
-            x = layers.Dropout(self.drop_rate, name="dropout")(x)
-        return _probability(x)
+        return _probability(layers.Dense(self.n_units, activation="relu", name="dense")(x))
 
 
 def _probability(x):
-    """The ``tumor_logit`` Dense, then a sigmoid ``tumor_prob``; float32 for mixed precision.
-
-    Naming the logit lets Grad-CAM (and anyone) take gradients before the sigmoid saturates.
-    """
+    """The ``tumor_logit`` Dense (named: Grad-CAM takes gradients before the sigmoid saturates),
+    then the sigmoid ``tumor_prob``; float32 for mixed precision."""
     x = layers.Dense(1, dtype="float32", name="tumor_logit")(x)
     return layers.Activation("sigmoid", dtype="float32", name="tumor_prob")(x)
 
@@ -103,7 +80,7 @@ def _patch_input() -> keras.KerasTensor:
 
 
 def _reference_cnn(image_size: int, blocks: list[ConvBlock], top: TopBlock, name: str):
-    """Rescale (and resize) the patch, then the ConvBlocks and the head: the baselines' layout."""
+    """Rescale (and resize) the patch, then the blocks and the head: the baselines' layout."""
     inputs = _patch_input()
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if image_size != PATCH_SIDE:
@@ -113,49 +90,34 @@ def _reference_cnn(image_size: int, blocks: list[ConvBlock], top: TopBlock, name
     return keras.Model(inputs, top(x), name=name)
 
 
-def CNNModel1(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference's name)
-    """ConvBlock(16) → ConvBlock(32) → Dense(256): the reference's first baseline.
-
-    As specified it has 1,401,617 parameters at 64×64; the reference printed 1,401,873. The
-    256 extra are exactly two BatchNorms (γ, β, mean, variance) over the 32 channels of
-    ConvBlock(32), i.e. the printout had ``batch_norm=True`` there; no padding or size gives
-    +256 (``same`` adds ~0.7 M), so we keep the documented architecture, not the printout.
-    """
-    blocks = [ConvBlock(16, name="block1"), ConvBlock(32, name="block2")]
+def CNNModel1(image_size: int = 64) -> keras.Model:
+    """ConvBlock(16) → ConvBlock(32) → Dense(256): the reference's first baseline, 1,401,617
+    parameters at 64×64. The reference printed 256 more: two BatchNorms (γ, β, mean, variance)
+    over ConvBlock(32)'s 32 channels, i.e. ``batch_norm=True`` there; no padding or size gives
+    +256 (``same`` adds ~0.7 M), so we keep the documented architecture, not the printout."""
+    blocks = [ConvBlock(16, "block1"), ConvBlock(32, "block2")]
     return _reference_cnn(image_size, blocks, TopBlock(256), "cnn1")
 
 
-def CNNModel2(image_size: int = 64) -> keras.Model:  # noqa: N802 (the reference's name)
+def CNNModel2(image_size: int = 64) -> keras.Model:
     """BatchNorm ConvBlocks 32/32 → Dense(512): the reference's 2nd baseline (2,799,073 params)."""
-    blocks = [ConvBlock(32, batch_norm=True, name=f"block{i}") for i in (1, 2)]
+    blocks = [ConvBlock(32, f"block{i}", batch_norm=True) for i in (1, 2)]
     return _reference_cnn(image_size, blocks, TopBlock(512), "cnn2")
 
 
-def backbone_model(
-    name: str,
-    weights: str | None = "imagenet",
-    trainable: bool = False,
-    image_size: int = 96,
-    drop_rate: float | None = None,
-) -> keras.Model:
-    """VGG16/VGG19/ResNet50 with the reference's head.
-
-    Head: Flatten→BN→Dense16→Dropout→Dense8→Dropout→BN→Dense1 (dropout 0.3 VGG, 0.5 ResNet).
-    The backbone is built on the model's own tensor (``input_tensor=``), so its layers are
-    the model's layers and Grad-CAM finds ``block5_conv3`` / ``conv5_block3_out`` by name.
-    ``trainable=False`` freezes the backbone; a frozen BatchNormalization runs in inference
-    mode in Keras 3, so its ImageNet statistics stay: to fine-tune, unfreeze all but those.
-    """
+def _backbone(name: str, weights, trainable: bool, size: int, drop_rate=None) -> keras.Model:
+    """VGG16/VGG19/ResNet50 with the reference's head, Flatten→BN→Dense16→Dropout→Dense8→Dropout
+    →BN→Dense1 (dropout 0.3 VGG, 0.5 ResNet). Built on the model's own tensor, the backbone's
+    layers are the model's (Grad-CAM finds ``block5_conv3`` / ``conv5_block3_out`` by name).
+    A frozen BatchNormalization runs in inference mode in Keras 3, keeping ImageNet statistics."""
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     factory, default_rate = BACKBONES[name]
     rate = default_rate if drop_rate is None else drop_rate
     source = str(fetch_imagenet_weights(name)) if weights == "imagenet" else None
     inputs = x = _patch_input()
-    if image_size != PATCH_SIDE:
-        x = layers.Resizing(image_size, image_size, name="resize")(x)
+    if size != PATCH_SIDE:
+        x = layers.Resizing(size, size, name="resize")(x)
     x = CaffePreprocess(name="imagenet_preprocess")(x)
     backbone = factory(weights=source, include_top=False, input_tensor=x)
     backbone.trainable = trainable
@@ -170,19 +132,11 @@ def backbone_model(
     return keras.Model(inputs, _probability(x), name=f"{name}_{mode}")
 
 
-def PCamNet(
-    crop: int = 64,
-    widths: tuple[int, ...] = (32, 64, 128, 256),
-    drop_rate: float = 0.3,
-    stem: int = 0,
-) -> keras.Model:  # noqa: N802 (matches the other model constructors)
-    """Compact BN-ReLU VGG-style net on the centre crop: the CPU recipe's model.
-
-    The label depends on the centre 32×32 only, so a centre crop keeps the evidence at full
-    resolution while cutting the cost ~(96/crop)²; global average pooling keeps it small.
-    ``stem`` > 0 puts a stride-2 conv of that many channels before the stages: the net then
-    sees the whole 96-px patch (the tissue around the centre) for about the cost of a 64 crop.
-    """
+def PCamNet(crop=64, widths=(32, 64, 128, 256), drop_rate=0.3, stem=0) -> keras.Model:
+    """Compact BN-ReLU VGG-style net, the CPU recipe's. The label depends on the centre 32×32
+    only: a centre crop keeps that at full resolution for ~(crop/96)² of the cost. ``stem`` > 0
+    puts a stride-2 conv of that many channels first: the whole 96-px patch (the tissue around
+    the centre) for about the cost of a 64 crop."""
     inputs = x = _patch_input()
     if crop != PATCH_SIDE:
         x = layers.CenterCrop(crop, crop, name="centre_crop")(x)
@@ -207,11 +161,9 @@ def parameter_table(models: dict[str, keras.Model]):
     """Total / trainable / frozen parameters per model (a DataFrame): a summary's stable part."""
     import pandas as pd
 
-    def count(weights) -> int:
-        return sum(int(np.prod(w.shape)) for w in weights)
-
+    kinds = ("weights", "trainable_weights", "non_trainable_weights")
     counts = [
-        [m.count_params(), count(m.trainable_weights), count(m.non_trainable_weights)]
+        [sum(np.prod(w.shape, dtype=int) for w in getattr(m, k)) for k in kinds]
         for m in models.values()
     ]
     return pd.DataFrame(counts, index=list(models), columns=["total", "trainable", "frozen"])
@@ -240,23 +192,14 @@ class WeightsUnavailable(SettingError):
         super().__init__("weights", "imagenet", text)
 
 
-def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded files: $KERAS_HOME, else ~/.keras (/tmp/.keras read-only)."""
-    if os.environ.get("KERAS_HOME"):
-        return Path(os.environ["KERAS_HOME"])
-    home = os.path.expanduser("~")
-    return Path(home if os.access(home, os.W_OK) else "/tmp") / ".keras"
-
-
 def fetch_imagenet_weights(name: str) -> Path:
-    """The ImageNet weights file of backbone ``name``: from Keras' cache, else downloaded.
-
-    Fails in one line (:class:`WeightsUnavailable`) without network or with a corrupt copy,
-    before any model is built, so a run asked for ImageNet never starts from random weights.
-    """
+    """The ImageNet weights file of backbone ``name``, from Keras' cache ($KERAS_HOME, ~/.keras,
+    /tmp/.keras if home is read-only) or downloaded; else a one-line :class:`WeightsUnavailable`,
+    before any model is built: a run asked for ImageNet never starts from random weights."""
     folder, fname, file_hash = IMAGENET_FILES[name]
-    url = _KERAS_WEIGHTS + folder + fname
-    cache = keras_cache_dir()
+    url, home = _KERAS_WEIGHTS + folder + fname, os.path.expanduser("~")
+    home = home if os.access(home, os.W_OK) else "/tmp"
+    cache = Path(os.environ.get("KERAS_HOME") or Path(home) / ".keras")
     path = cache / "models" / fname
     had_copy = path.is_file()
     try:
@@ -276,12 +219,8 @@ def fetch_imagenet_weights(name: str) -> Path:
 
 
 def resolve_weights(weights: str | None) -> str | None:
-    """'imagenet' if the ImageNet weights can be had here (cached or downloadable), else None.
-
-    Keeps the series running on offline machines: transfer learning then starts from random
-    weights, with a warning that says why and what to do, instead of crashing on the download.
-    An explicit ``TrainConfig(weights="imagenet")`` never falls back: it is refused instead.
-    """
+    """'imagenet' if the ImageNet weights can be had here, else None with a warning (why, what
+    to do): offline notebooks go on from random weights; :func:`train` refuses instead."""
     if weights != "imagenet":
         return weights
     try:
@@ -300,21 +239,15 @@ def build_model(
     trainable: bool | None = None,
     **kwargs,
 ) -> keras.Model:
-    """One entry point by short name: cnn1, cnn2, vgg16, vgg19, resnet50 or pcamnet.
-
-    Backbones default to training from scratch when ``weights`` is None and to a frozen
-    (transfer-learning) backbone when ``weights='imagenet'``, unless ``trainable`` says otherwise.
-    """
+    """The model ``name`` (one of ``MODEL_NAMES``). A backbone is frozen (transfer learning) with
+    ``weights='imagenet'`` and trained from scratch without, unless ``trainable`` says."""
     if name in BACKBONES:
-        if trainable is None:
-            trainable = weights is None
-        return backbone_model(
-            name, weights=weights, trainable=trainable, image_size=image_size or 96, **kwargs
-        )
+        trainable = weights is None if trainable is None else trainable
+        return _backbone(name, weights, trainable, image_size or 96, **kwargs)
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if weights is not None:
         raise ValueError(f"{name} has no pretrained weights; use weights=None")
     if name == "pcamnet":
         return PCamNet(crop=image_size or 64, **kwargs)
-    return (CNNModel1 if name == "cnn1" else CNNModel2)(image_size=image_size or 64, **kwargs)
+    return (CNNModel1 if name == "cnn1" else CNNModel2)(image_size or 64, **kwargs)

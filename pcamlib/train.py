@@ -1,10 +1,7 @@
-"""Training runs on this machine's GPUs (or CPU) that leave a resumable run directory.
-
-``RUN_DIR/`` holds ``config.json``, ``split.csv``, ``history.csv``, ``best.keras`` (best val
-AUC), ``last.keras`` (with the run state in its zip: one rename commits weights, optimizer and
-state), ``final.keras``, ``state.json`` (a readable copy) and ``tensorboard/`` if asked. A
-resumed run replays each epoch's batch order and host augmentation (they follow seed and epoch).
-"""
+"""Resumable training runs on this machine's GPUs (or CPU). ``RUN_DIR/``: config.json, split.csv,
+history.csv, best.keras (best val AUC), last.keras (the run state in its zip: one rename commits
+weights, optimizer and state), final.keras, state.json (a readable copy), tensorboard/. A resumed
+run replays each epoch's batch order and host augmentation (they follow seed and epoch)."""
 
 from __future__ import annotations
 
@@ -22,19 +19,17 @@ import keras
 import numpy as np
 import pandas as pd
 
+from . import pretrained
 from .augment import host_augmentation, model_front, with_input_layers
 from .cache import PackedCache, atomic_path, atomic_write_text
 from .config import PRECISION_MODES, STRATEGIES, SettingError, TrainConfig, check_paths, forced_mode
 from .models import build_model, fetch_imagenet_weights
-from .pretrained import NAME as PRETRAINED
-from .pretrained import load_pretrained
 from .stream import EpochBatches, PatchStream, run_split, training_cache, write_split
 
 # Config fields that may change before a run resumes; the LR schedule keeps its first length.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "cache_dir", "data", "out", "tta"}
 STATE_ENTRY = "pcamlib/state.json"  # the run state's name inside last.keras
-# Per schedule: the warm-up starts at peak / divisor; the decay ends at alpha × peak.
-SCHEDULES = {"constant": (10, 1.0), "cosine": (10, 0.01), "onecycle": (25, 1e-3)}
+SCHEDULES = {"constant": (10, 1.0), "cosine": (10, 0.01), "onecycle": (25, 1e-3)}  # see below
 # ROC AUC thresholds spaced in logit space, sigmoid(-40…16): Keras' 200 in [0, 1] cannot rank
 # probabilities all below 0.005, where stale BatchNorm statistics put a short run's patches.
 AUC_THRESHOLDS = (1 / (1 + np.exp(-np.linspace(-40, 16, 999)))).tolist()
@@ -62,15 +57,14 @@ def _device_details() -> tuple[str, int]:
 
 
 def describe_device() -> str:
-    """'CPU', or the GPU's name and count (e.g. '1× NVIDIA H100 80GB HBM3')."""
+    """'CPU', or the GPUs' count and name (e.g. '1× NVIDIA H100 80GB HBM3')."""
     kind, count = accelerator()
     return "CPU" if kind == "cpu" else f"{count}× {_device_details()[0]}"
 
 
 def precision_policy(mode: str = "auto") -> str:
-    """The Keras dtype policy of a ``mixed_precision`` setting: 'off' float32, 'on' mixed,
-    'auto' mixed on a GPU and float32 on a CPU (unless ``PCAM_MODE=gpu`` rehearses a GPU run).
-    Mixed is bfloat16 from compute capability 8 on, float16 (loss-scaled by Keras) before."""
+    """The dtype policy of ``mixed_precision`` ``mode``: 'auto' is mixed on a GPU (or with
+    ``PCAM_MODE=gpu``), else float32; mixed is bfloat16 from compute capability 8, else float16."""
     if mode not in PRECISION_MODES:
         raise ValueError(f"mixed_precision must be one of {PRECISION_MODES}; got {mode!r}")
     if mode in ("off", "bfloat16", "float16"):
@@ -82,7 +76,7 @@ def precision_policy(mode: str = "auto") -> str:
 
 @contextlib.contextmanager
 def precision(mode: str = "auto"):
-    """Set the global dtype policy for the block (models built inside it), then restore it."""
+    """The global dtype policy of ``mode`` for the block (models built inside it), then the old."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision_policy(mode))
     try:
@@ -119,16 +113,14 @@ class TrainResult:
     best_model_path: Path
 
     def __repr__(self) -> str:  # short: notebooks show it, and paths differ per machine
-        best = self.history["val_auc"].max() if "val_auc" in self.history else float("nan")
-        return (
-            f"TrainResult(run={self.run_dir.name!r}, epochs={len(self.history)}, "
-            f"best_val_auc={best:.4f}, best_model={self.best_model_path.name!r})"
-        )
+        best = self.history.get("val_auc", pd.Series([np.nan])).max()
+        run, epochs, path = self.run_dir.name, len(self.history), self.best_model_path.name
+        return f"TrainResult(run={run!r}, {epochs=}, best_val_auc={best:.4f}, best_model={path!r})"
 
 
 def save_model_atomic(model: keras.Model, path: Path, state: dict | None = None) -> None:
     """``model.save`` (with ``state`` added to its zip) to a temp name, then rename."""
-    with atomic_path(path, durable=True) as tmp:
+    with atomic_path(path) as tmp:
         model.save(tmp)
         if state is not None:
             with zipfile.ZipFile(tmp, "a") as archive:
@@ -147,21 +139,19 @@ def read_state(path: str | os.PathLike) -> dict | None:
 def load_model(path: str | os.PathLike) -> keras.Model:
     """A ``.keras`` file, a run directory's best (else final, else last) model, or
     ``"pretrained"``: the PCamNet shipped with pcamlib."""
-    if str(path) == PRETRAINED:
-        return load_pretrained()
+    if str(path) == pretrained.NAME:
+        return pretrained.load_pretrained()
     path, names = Path(path), ("best.keras", "final.keras", "last.keras")
     path = next((path / n for n in names if (path / n).is_file()), path)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path}: run directory has no best/final/last .keras model")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
+        raise FileNotFoundError(f"{path}: model file not found (nor best/final/last.keras in it)")
     return keras.saving.load_model(path, compile=False)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int, replicas: int = 1):
-    """Optimizer and LR schedule, the peak LR scaled by replicas (a bigger global batch): a
-    linear warm-up (from peak/10, peak/25 for one-cycle) over ``warmup_epochs``, then 'constant'
-    holds, 'cosine' decays to 1% and 'onecycle' (30% warm-up by default) to 0.1%."""
+    """The optimizer on its schedule, the peak LR × replicas (a bigger global batch): a linear
+    warm-up over ``warmup_epochs`` (one-cycle: 30% by default) from peak/10 (one-cycle: /25),
+    then 'constant' holds, 'cosine' decays to 1% and 'onecycle' to 0.1% (``SCHEDULES``)."""
     peak, total = config.lr * replicas, max(1, config.epochs * steps_per_epoch)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     if config.schedule == "onecycle":
@@ -216,8 +206,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         state["stopped_early"] = state["epoch"] < self.config.epochs and _stops(state, self.config)
         save_model_atomic(self.model, self.run_dir / "last.keras", state)  # the commit point
         write_readable_copies(self.run_dir, state)
-        if state["stopped_early"]:
-            self.model.stop_training = True
+        self.model.stop_training = state["stopped_early"]
 
 
 def write_readable_copies(run_dir: Path, state: dict) -> None:
@@ -242,22 +231,9 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict:
     return state
 
 
-def _check_before_writing(config: TrainConfig, cache: PackedCache | None) -> None:
-    """Refuse what the files, the network or the packages cannot honour."""
-    check_paths(config, need_data=cache is None)
-    if config.weights == "imagenet":
-        fetch_imagenet_weights(config.model)
-    if config.tensorboard:  # Keras' TensorBoard callback writes through tf.summary
-        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
-
-
-def _build(config: TrainConfig, **weights) -> keras.Model:
-    size, kwargs = config.image_size, config.model_kwargs
-    return build_model(
-        config.model, image_size=size, trainable=config.trainable, **weights, **kwargs
-    )
+def _build(config: TrainConfig, weights: str | None = None) -> keras.Model:
+    kwargs = dict(image_size=config.image_size, trainable=config.trainable, weights=weights)
+    return build_model(config.model, **kwargs, **config.model_kwargs)
 
 
 def init_weights(config: TrainConfig) -> list | None:
@@ -266,7 +242,7 @@ def init_weights(config: TrainConfig) -> list | None:
         return None
     try:
         source = load_model(config.init)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (OSError, ValueError) as exc:
         raise SettingError("init", config.init, str(exc).splitlines()[0]) from None
     if [w.shape for w in source.weights] != [w.shape for w in _build(config).weights]:
         why = f"its layers differ from model {config.model} with image_size {config.image_size} "
@@ -284,9 +260,13 @@ def train(
 ) -> TrainResult:
     """Train ``config`` into ``config.out``, resuming an interrupted run of the same config;
     nothing is written before every check has passed. ``batch_size`` is per replica, the peak
-    LR ``lr × replicas``; an epoch is the train split's full batches (or ``steps_per_epoch``).
-    ``train(TrainConfig.from_recipe("pcam-cpu", data="data/sample", out="runs/r"))``"""
-    _check_before_writing(config, cache)
+    LR ``lr × replicas``; an epoch is the train split's full batches (or ``steps_per_epoch``)."""
+    check_paths(config, need_data=cache is None)
+    if config.weights == "imagenet":  # refused in one line when it cannot be had
+        fetch_imagenet_weights(config.model)
+    need = ("tensorflow", "tensorboard") if config.tensorboard else ()  # tf.summary writes logs
+    if missing := [m for m in need if importlib.util.find_spec(m) is None]:
+        raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
     run_dir = Path(config.out)
     init = None if (run_dir / "last.keras").is_file() else init_weights(config)
     state = _resume_state(run_dir, config)
@@ -298,23 +278,21 @@ def train(
     atomic_write_text(run_dir / "config.json", config.to_json())
     with precision(config.mixed_precision) as policy, scope:
         if state["epoch"] and (state["policy"], state["replicas"]) != (policy, replicas):
-            warnings.warn(
-                f"resuming a {state['policy']} run on {state['replicas']} replica(s) with "
-                f"{policy} on {replicas}: the history will differ from an uninterrupted run",
-                stacklevel=2,
-            )
+            was = f"{state['policy']} run on {state['replicas']} replica(s)"
+            why = "the history will differ from an uninterrupted run"
+            warnings.warn(f"resuming a {was} with {policy} on {replicas}: {why}", stacklevel=2)
         state.update(policy=policy, replicas=replicas)
         model = _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks or [])
-    best = run_dir / "best.keras"
-    best = best if best.is_file() else run_dir / "final.keras"
+    best = next(p for p in (run_dir / "best.keras", run_dir / "final.keras") if p.is_file())
     return TrainResult(run_dir, model, pd.DataFrame(state["history"]), best)
 
 
 def _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks):
     """Fit the resumed (or a new, compiled) model from its saved epoch on; save it as final."""
     (train_idx, val_idx, _), batch = rows, config.batch_size * replicas
-    host = host_augmentation(config)  # nothing when augment_on == "model"
-    order = dict(shuffle=True, seed=config.seed, workers=config.workers, **host)
+    order = dict(
+        shuffle=True, seed=config.seed, workers=config.workers, **host_augmentation(config)
+    )
     stream = PatchStream(cache.images, cache.labels, train_idx, batch_size=batch, **order)
     steps = min(config.steps_per_epoch or len(train_idx), len(train_idx) // batch)
     train_data = EpochBatches(stream, steps)
@@ -324,7 +302,7 @@ def _fit(config, state, run_dir, cache, rows, replicas, init, verbose, callbacks
         model = keras.saving.load_model(run_dir / "last.keras")
         write_readable_copies(run_dir, state)
     else:
-        model = _build(config, weights=config.weights)
+        model = _build(config, config.weights)
         if init is not None:
             model.set_weights(init)
         model = with_input_layers(model, model_front(config, cache.images, train_idx))
