@@ -199,9 +199,8 @@ def _validate(path: Path, data: str | os.PathLike | None) -> None:
 
 
 def submit_file(file, message: str, *, run=None, data=None, timeout=600.0, poll=10.0) -> dict:
-    """Check ``file`` and the run behind it (``run``, default: the one ``write_submission``
-    noted), submit it, wait up to ``timeout`` s for its score, print it and keep the record in
-    ``RUN_DIR/kaggle.json``. Raises :class:`KaggleError` when Kaggle did not score it."""
+    """Check ``file`` and its ``run`` (default: the one ``write_submission`` noted), submit it,
+    wait up to ``timeout`` s for its score, print it, record it in ``RUN_DIR/kaggle.json``."""
     path = Path(file)
     _validate(path, data)
     run = run if run is not None else submission_run(path)

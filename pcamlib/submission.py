@@ -87,9 +87,8 @@ def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> Non
 def check_submission(
     path_or_frame: str | os.PathLike[str] | pd.DataFrame, expected_ids: Iterable[str] | None
 ) -> pd.DataFrame:
-    """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label``
-    float. ``expected_ids=None`` skips the missing/extra-id checks; every problem found is
-    reported in one :class:`SubmissionError`."""
+    """The submission as ``id`` str/``label`` float, once its columns, ids (unless
+    ``expected_ids`` is None) and probabilities pass; every problem in one SubmissionError."""
     if isinstance(path_or_frame, pd.DataFrame):
         frame, where = path_or_frame.reset_index(drop=True), "submission frame"
     else:
@@ -149,10 +148,9 @@ def _problems(ids: pd.Series, raw: pd.Series, labels: pd.Series, expected_ids) -
 def write_submission(
     ids: Iterable[Any], probs: Any, path: str | os.PathLike[str], *, expected_ids=None, run=None
 ) -> Path:
-    """Write ``id,label`` probabilities (never thresholded, in ``expected_ids`` order when given)
-    atomically, re-read and checked before the rename. ``run`` (the run directory or .keras file
-    behind ``probs``) must pass :func:`check_no_leak`; it is noted beside the file for ``pcam
-    submit`` (``PATH.run.json``)."""
+    """Write ``id,label`` probabilities (never thresholded; ``expected_ids``' order) atomically,
+    checked again before the rename. ``run``, behind ``probs``, must pass :func:`check_no_leak`;
+    it is noted beside the file (``PATH.run.json``) for ``pcam submit``."""
     if run is not None:
         check_no_leak(run)
     ids, p = [str(i) for i in ids], vector(probs, "probs")
@@ -210,8 +208,7 @@ def _data_path(data: str, run_dir: Path) -> Path | None:
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
-    """The PCam splits a run trained on: by PCam's file names in its data path and in the
-    source of the cache there, the PCam HDF5 layout there, and PCam ids in its split.csv."""
+    """The PCam splits a run trained on, by file names, a packed cache's source, the layout, ids."""
     from .stream import read_split  # lazily: it imports Keras
 
     found = set(_PCAM_FILE.findall(data))
@@ -247,9 +244,8 @@ def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
             raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
         seen.add(run_dir.resolve())
         config = _json(run_dir / "config.json")
-        sources.append(
-            TrainingSource(str(run_dir), config["data"], _pcam_splits(config["data"], run_dir))
-        )
+        data = config["data"]
+        sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))
         if config["init"] is None:
             return sources
         found = None if is_pretrained(config["init"]) else _data_path(config["init"], run_dir)
