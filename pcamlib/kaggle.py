@@ -53,15 +53,19 @@ def _colab_secret(name: str) -> str | None:
     return None
 
 
+def _complete(found: dict[str, str]) -> bool:
+    user, key, token = map(found.get, NAMES)
+    return bool((user and key) or token)
+
+
 def kaggle_credentials() -> dict[str, str] | None:
     """The Kaggle CLI's environment from the first source with credentials (the environment, Colab
     secrets, kaggle.json, ~/.kaggle/access_token, which the CLI reads itself), else None."""
     env = dict(os.environ)
-    secrets = {name: secret for name in NAMES if (secret := _colab_secret(name))}
-    for found in (env, {**env, **secrets}):
-        user, key, token = map(found.get, NAMES)
-        if (user and key) or token:
-            return found
+    if _complete(env):
+        return env
+    if _complete(found := {**env, **{n: s for n in NAMES if (s := _colab_secret(n))}}):
+        return found  # asked only now: Colab may ask the user to grant access
     home = Path.home()
     for folder in (env.get("KAGGLE_CONFIG_DIR"), home / ".kaggle", home / ".config" / "kaggle"):
         if folder and (Path(folder) / "kaggle.json").is_file():
