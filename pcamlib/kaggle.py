@@ -1,14 +1,12 @@
 """The Kaggle competition through its CLI: credentials, the data, a submission and its score
 (kept in ``RUN_DIR/kaggle.json``). Credentials reach only the CLI's environment: pcamlib never
-prints, logs or writes them, and scrubs them from whatever the CLI prints.
-"""
+prints, logs or writes them, and scrubs them from whatever the CLI prints."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -17,6 +15,8 @@ import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from tqdm import tqdm  # text bars: tqdm.auto warns in kernels without ipywidgets
 
 from .cache import atomic_write_text
 from .config import KAGGLE_INPUT, project_root
@@ -36,9 +36,8 @@ RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
 SUBMISSIONS = f"kaggle.com/c/{COMPETITION}/submissions"
 RULES = f"rules at kaggle.com/c/{COMPETITION}"
-SUBMIT_FAILED = re.compile(r"forbidden|unauthori[sz]ed|could not|error|you must", re.I)
+NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 KINDS = ("public", "private")  # the two leaderboards
-PathLike = str | os.PathLike[str]
 KEY = ("fileName", "date", "description")  # one submission in the listing
 
 
@@ -47,31 +46,29 @@ class KaggleError(DataError):
 
 
 def _colab_secret(name: str) -> str | None:
-    """A Colab secret, or None: not Colab, no such secret, or this notebook has no access."""
-    with contextlib.suppress(Exception):
-        from google.colab import userdata  # only importable on Colab
+    with contextlib.suppress(Exception):  # not Colab, no such secret, or no access to it
+        from google.colab import userdata
 
         return userdata.get(name) or None
     return None
 
 
+def _complete(found: dict[str, str]) -> bool:
+    user, key, token = map(found.get, NAMES)
+    return bool((user and key) or token)
+
+
 def kaggle_credentials() -> dict[str, str] | None:
-    """Environment for the Kaggle CLI from the first source with credentials, else None: the
-    environment's ``KAGGLE_USERNAME``/``KAGGLE_KEY`` or ``KAGGLE_API_TOKEN``, Colab secrets of
-    those names, ``kaggle.json`` (``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``),
-    then ``~/.kaggle/access_token`` (which the CLI reads itself)."""
+    """The Kaggle CLI's environment from the first source with credentials (the environment, Colab
+    secrets, kaggle.json, ~/.kaggle/access_token, which the CLI reads itself), else None."""
     env = dict(os.environ)
-    if (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")) or env.get("KAGGLE_API_TOKEN"):
+    if _complete(env):
         return env
-    secrets = {name: _colab_secret(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
-    if all(secrets.values()):
-        return {**env, **secrets}
-    if token := _colab_secret("KAGGLE_API_TOKEN"):
-        return {**env, "KAGGLE_API_TOKEN": token}
+    if _complete(found := {**env, **{n: s for n in NAMES if (s := _colab_secret(n))}}):
+        return found  # asked only now: Colab may ask the user to grant access
     home = Path.home()
-    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    for folder in [*folders, home / ".kaggle", home / ".config" / "kaggle"]:
-        if (folder / "kaggle.json").is_file():
+    for folder in (env.get("KAGGLE_CONFIG_DIR"), home / ".kaggle", home / ".config" / "kaggle"):
+        if folder and (Path(folder) / "kaggle.json").is_file():
             return {**env, "KAGGLE_CONFIG_DIR": str(folder)}
     tokens = [home / ".kaggle" / name for name in ("access_token", "access_token.txt")]
     return env if any(t.is_file() and t.read_text().strip() for t in tokens) else None
@@ -93,13 +90,23 @@ def resolve_out(out: str | os.PathLike) -> Path:
 
 
 def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
-    """The competition unpacked in ``out`` (train/, test/…) via ``OUT.download/``, unless there."""
-    from tqdm.auto import tqdm
-
+    """The competition unpacked in ``out`` (train/, test/…) unless there: the CLI's zip is kept
+    in ``OUT.download/`` until unpacked into ``OUT.partial/``, which becomes ``out`` when whole."""
     out = resolve_out(out)
     if (out / "train_labels.csv").is_file() and not force:
         return out
-    archive = _fetch_archive(out.with_name(out.name + ".download"), _cli_env())
+    env, folder = _cli_env(), out.with_name(out.name + ".download")
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / f"{COMPETITION}.zip"
+    command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
+    if not zipfile.is_zipfile(archive):  # missing, or cut short by an interruption
+        archive.unlink(missing_ok=True)
+        if code := subprocess.run(command, env=env).returncode:
+            why = f"check the credentials and that you accepted the {RULES}; rerun to resume"
+            raise DataError(f"kaggle download failed (exit {code}); {why}")
+    if not zipfile.is_zipfile(archive):
+        archive.unlink(missing_ok=True)
+        raise DataError(f"{archive}: the download is not a readable zip archive; rerun to fetch it")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted unpack starts over
     with zipfile.ZipFile(archive) as zf:
@@ -109,29 +116,11 @@ def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = Fa
         raise DataError(f"{archive}: the archive has no train_labels.csv")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
-    shutil.rmtree(archive.parent, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
-def _fetch_archive(folder: Path, env: dict[str, str]) -> Path:
-    """The competition zip in ``folder``, fetched by the CLI (its progress bar) unless there."""
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / f"{COMPETITION}.zip"
-    command = ["kaggle", "competitions", "download", "-c", COMPETITION, "-p", str(folder)]
-    for attempt in range(3):
-        if zipfile.is_zipfile(archive):  # False when missing
-            return archive
-        if attempt == 2:
-            raise DataError(f"{archive}: the download is not a readable zip archive twice in a row")
-        archive.unlink(missing_ok=True)
-        if code := subprocess.run(command, env=env).returncode:
-            raise DataError(
-                f"kaggle download failed (exit {code}); check the credentials and "
-                f"that you accepted the {RULES}; rerun to resume"
-            )
-
-
-def kaggle_scores(run_dir: PathLike) -> dict[str, float]:
+def kaggle_scores(run_dir: str | os.PathLike) -> dict[str, float]:
     """``{"kaggle_public", "kaggle_private"}`` of a run's submission, NaN when none was scored."""
     path = Path(run_dir) / RECORD
     try:
@@ -141,7 +130,7 @@ def kaggle_scores(run_dir: PathLike) -> dict[str, float]:
         raise KaggleError(f"{path}: unreadable ({exc})") from None
     if not all(v is None or isinstance(v, int | float) for v in values):
         raise KaggleError(f"{path}: public/private must be numbers or null, got {values}")
-    scores = (math.nan if v is None else float(v) for v in values)
+    scores = [float("nan" if v is None else v) for v in values]
     return dict(zip(("kaggle_public", "kaggle_private"), scores, strict=True))
 
 
@@ -187,33 +176,22 @@ def _submissions(env: dict[str, str]) -> list[dict[str, str]]:
     raise _failure("competitions submissions", text, code)
 
 
-def _status(row: dict[str, str] | None) -> str:
-    """'complete', 'pending' or 'error' (newer CLIs print ``SubmissionStatus.COMPLETE``)."""
-    return "" if row is None else row.get("status", "").rsplit(".", 1)[-1].strip().lower()
-
-
-def _score(text: str | None) -> float | None:
-    """A score as Kaggle lists it ('' or 'nan' until scored), None when there is none."""
-    return float(text) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", text or "") else None
-
-
-def _wait(env, name: str, before: set, timeout: float, poll: float, progress: bool):
-    """The new submission of ``name`` once scored, or as it is when ``timeout`` runs out."""
-    from tqdm.auto import tqdm
-
-    start, desc = time.monotonic(), "waiting for Kaggle's score"
-    with tqdm(total=round(timeout), desc=desc, unit="s", disable=not progress) as bar:
+def _wait(env: dict, name: str, before: set, timeout: float, poll: float) -> tuple[dict, str]:
+    """The new submission of ``name`` and its status ('complete', 'pending', 'error', '') once
+    scored, or as they are when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    with tqdm(desc="waiting for Kaggle's score", unit=" polls") as bar:
         while True:
             new = [r for r in _submissions(env) if tuple(map(r.get, KEY)) not in before]
-            row = next((r for r in new if r.get("fileName") == name), None)
-            elapsed = time.monotonic() - start
-            if _status(row) in ("complete", "error") or elapsed >= timeout:
-                return row
-            time.sleep(min(poll, timeout - elapsed))
-            bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
+            row = next((r for r in new if r.get("fileName") == name), {})
+            status = row.get("status", "").rsplit(".", 1)[-1].strip().lower()  # SubmissionStatus.X
+            if status in ("complete", "error") or time.monotonic() >= deadline:
+                return row, status
+            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+            bar.update()
 
 
-def _validate(path: Path, data: PathLike | None) -> None:
+def _validate(path: Path, data: str | os.PathLike | None) -> None:
     """Check against ``data``'s test ids (default: the full data's, Kaggle input's), else rows."""
     if data is None:
         listings = [resolve_out(FULL_DATA), KAGGLE_INPUT]
@@ -224,19 +202,9 @@ def _validate(path: Path, data: PathLike | None) -> None:
         raise KaggleError(f"{path}: {len(frame):,} rows, but {why}; --data DIR checks the ids")
 
 
-def submit_file(
-    file: PathLike,
-    message: str,
-    *,
-    run: PathLike | None = None,
-    data: PathLike | None = None,
-    timeout: float = 600.0,
-    poll: float = 10.0,
-    progress: bool = True,
-) -> dict:
-    """Validate, leak-check, submit ``file``, wait up to ``timeout`` s for its score and print it;
-    the record, also in ``RUN_DIR/kaggle.json`` of ``run`` (default: the run that
-    ``write_submission`` recorded). Raises :class:`KaggleError` when Kaggle did not score it."""
+def submit_file(file, message: str, *, run=None, data=None, timeout=600.0, poll=10.0) -> dict:
+    """Check ``file`` and its ``run`` (default: the one ``write_submission`` noted), submit it,
+    wait up to ``timeout`` s for its score, print it, record it in ``RUN_DIR/kaggle.json``."""
     path = Path(file)
     _validate(path, data)
     run = run if run is not None else submission_run(path)
@@ -245,20 +213,23 @@ def submit_file(
     env = _cli_env()
     before = {tuple(map(row.get, KEY)) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    # Its 'Successfully submitted' line, or a clean exit without an error, is success.
-    args = ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message]
-    _, text, code = _kaggle(args, env)
-    if (code or SUBMIT_FAILED.search(text)) and "successfully submitted" not in text.lower():
+    _, text, code = _kaggle(
+        ["competitions", "submit", "-c", COMPETITION, "-f", str(path), "-m", message], env
+    )
+    # Old CLIs exit 0 on errors: success is their 'Successfully submitted', or no error printed.
+    failed = code or re.search(r"forbidden|unauthori[sz]ed|could not|error|you must", text, re.I)
+    if failed and "successfully submitted" not in text.lower():
         raise _failure("competitions submit", text, code)
-    row = _wait(env, path.name, before, timeout, poll, progress) or {}
+    row, status = _wait(env, path.name, before, timeout, poll)
     record = {"file": str(path.resolve()), "message": message, "submitted_at": submitted_at}
-    record |= {key: _score(row.get(f"{key}Score")) for key in KINDS}
-    record["status"] = _status(row) or "not listed"
-    # The run's directory keeps the scores (none for an unknown run or the shipped model).
+    for kind in KINDS:  # '' or 'nan' until scored
+        score = row.get(f"{kind}Score") or ""
+        record[kind] = float(score) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", score) else None
+    record["status"] = status or "not listed"
     folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
     kept = ""
-    if folder and (folder / "config.json").is_file():
-        atomic_write_text(folder / RECORD, json.dumps(record, indent=1) + "\n", durable=True)
+    if folder and (folder / "config.json").is_file():  # a run's, not the shipped model's
+        atomic_write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
         kept = f"; recorded in {folder / RECORD}"
     if record["status"] == "error":
         raise KaggleError(f"{path}: Kaggle could not score this submission; see {SUBMISSIONS}")
@@ -270,7 +241,7 @@ def submit_file(
     return record
 
 
-def submit(file: PathLike, message: str, **options) -> dict | None:
+def submit(file: str | os.PathLike, message: str, **options) -> dict | None:
     """The notebooks' one call: :func:`submit_file`, or None and a hint without credentials."""
     if kaggle_credentials() is None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")

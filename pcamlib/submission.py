@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_path, atomic_write_text
+from .config import project_root
 from .pretrained import NAME, is_pretrained
 from .sources import H5_PATTERN, few, vector
 
 COLUMNS = ["id", "label"]
+RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
 
 
 class SubmissionError(ValueError):
@@ -35,14 +37,12 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     order), else its ``test/`` listing; a folder's ``<id>.tif`` (sorted); a csv's ``id`` column."""
     p = Path(path)
     if p.is_dir() and (p / "sample_submission.csv").is_file():
-        return expected_test_ids(p / "sample_submission.csv")
-    if p.is_dir():
-        folder, ids = _test_tifs(p)
-        if not ids:
-            raise SubmissionError(
-                f"no .tif files in test directory {folder}, and no sample_submission.csv in {p}"
-            )
-        return ids
+        p = p / "sample_submission.csv"
+    elif p.is_dir():
+        if not (found := _test_tifs(p))[1]:
+            why = f"no .tif files in test directory {found[0]}, and no sample_submission.csv in {p}"
+            raise SubmissionError(why)
+        return found[1]
     if not p.is_file():
         raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a sample csv")
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
@@ -62,8 +62,8 @@ def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
 
 
 def kaggle_test_ids(data_dir: str | os.PathLike[str]) -> list[str] | None:
-    """The ids a Kaggle submission from ``data_dir`` must cover, or None, after one line saying
-    why, where it holds no Kaggle test set (PCam's test split must never reach a submission)."""
+    """The ids a Kaggle submission from ``data_dir`` must cover, or None after one line saying
+    why (PCam's test split must never reach a submission)."""
     if is_kaggle_test(data_dir):
         return expected_test_ids(data_dir)
     print(
@@ -87,66 +87,50 @@ def missing_ids(expected: Iterable[str], have: Iterable[str], where: str) -> Non
 def check_submission(
     path_or_frame: str | os.PathLike[str] | pd.DataFrame, expected_ids: Iterable[str] | None
 ) -> pd.DataFrame:
-    """Validate a submission (columns, ids, probabilities); return it as ``id`` str/``label``
-    float. ``expected_ids=None`` skips the missing/extra-id checks; every problem found is
-    reported in one :class:`SubmissionError`."""
+    """The submission as ``id`` str/``label`` float, once its columns, ids (unless
+    ``expected_ids`` is None) and probabilities pass; every problem in one SubmissionError."""
     if isinstance(path_or_frame, pd.DataFrame):
         frame, where = path_or_frame.reset_index(drop=True), "submission frame"
     else:
         where = str(Path(path_or_frame))
         try:  # as strings, so odd cells are reported rather than silently coerced
             frame = pd.read_csv(where, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError as err:
-            raise SubmissionError(f"{where} is empty; expected a header row 'id,label'") from err
-    _check_columns(frame, where)
+        except pd.errors.EmptyDataError:
+            raise SubmissionError(f"{where} is empty; expected a header row 'id,label'") from None
+    if (cols := [str(c) for c in frame.columns]) != COLUMNS:
+        missing = [c for c in COLUMNS if c not in cols]
+        extra = [c for c in cols if c not in COLUMNS]
+        detail = [f"missing column(s) {missing}"] * bool(missing)
+        detail += [f"unexpected column(s) {few(extra)}"] * bool(extra)
+        hint = " - is the header row 'id,label' missing?" if missing else ""
+        got = f"{where}: expected exactly the columns {COLUMNS}, got {cols}: "
+        raise SubmissionError(got + ("; ".join(detail) or "columns in the wrong order") + hint)
     ids = frame["id"].astype(str)
     labels = pd.to_numeric(frame["label"], errors="coerce").astype(np.float64)
-    if problems := _id_problems(ids, expected_ids) + _label_problems(ids, frame["label"], labels):
+    if problems := _problems(ids, frame["label"], labels, expected_ids):
         raise SubmissionError(f"{where} is not a valid submission:\n - " + "\n - ".join(problems))
     return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
 
 
-def _check_columns(frame: pd.DataFrame, where: str) -> None:
-    cols = [str(c) for c in frame.columns]
-    if cols == COLUMNS:
-        return
-    missing, extra = [c for c in COLUMNS if c not in cols], [c for c in cols if c not in COLUMNS]
-    detail = [f"missing column(s) {missing}"] * bool(missing)
-    detail += [f"unexpected column(s) {few(extra)}"] * bool(extra)
-    hint = " - is the header row 'id,label' missing?" if missing else ""
-    got = f"{where}: expected exactly the columns {COLUMNS}, got {cols}: "
-    raise SubmissionError(got + ("; ".join(detail) or "columns in the wrong order") + hint)
-
-
-def _id_problems(ids: pd.Series, expected_ids: Iterable[str] | None) -> list[str]:
-    empty, dup = ids.str.strip() == "", ids[ids.duplicated()].unique().tolist()
+def _problems(ids: pd.Series, raw: pd.Series, labels: pd.Series, expected_ids) -> list[str]:
+    expected = None if expected_ids is None else [str(i) for i in expected_ids]
+    empty, dup, unique = ids.str.strip() == "", ids[ids.duplicated()], ids.drop_duplicates()
+    have = set(ids)
+    missing = [] if expected is None else [i for i in expected if i not in have]
+    extra = [] if expected is None else unique[~unique.isin(expected)].tolist()
+    blank = raw.astype(str).str.strip().str.lower().isin(["nan", ""])
+    odd = labels.isna() & ~pd.isna(raw) & ~blank
+    nan, inf = labels.isna() & ~odd, np.isinf(labels)
+    out = [f"{ids[i]!r}: {labels[i]:g}" for i in labels.index[((labels < 0) | (labels > 1)) & ~inf]]
+    hard = len(labels) > 1 and labels.isin([0.0, 1.0]).all()
     found = [
         (not len(ids), "no rows"),
         (empty.any(), f"{int(empty.sum())} empty id(s) at row(s) {few(ids.index[empty].tolist())}"),
-        (dup, f"{len(dup)} duplicate id(s): {few(dup)}"),
-    ]
-    if expected_ids is not None:
-        expected, got, unique = [str(i) for i in expected_ids], set(ids), ids.drop_duplicates()
-        missing = [i for i in expected if i not in got]
-        extra = unique[~unique.isin(expected)].tolist()
-        found += [
-            (missing, f"{len(missing)} missing id(s) of {len(expected)}: {few(missing)}"),
-            (extra, f"{len(extra)} unexpected id(s) not in the test set: {few(extra)}"),
-        ]
-    return [message for bad, message in found if bad]
-
-
-def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[str]:
-    blank = raw.astype(str).str.strip().str.lower().isin(["nan", ""])
-    non_numeric = labels.isna() & ~pd.isna(raw) & ~blank
-    nan, inf = labels.isna() & ~non_numeric, np.isinf(labels)
-    outside = ~labels.isna() & ~inf & ((labels < 0.0) | (labels > 1.0))
-    odd = [f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[non_numeric]]
-    out = [f"{ids[i]!r}: {labels[i]:g}" for i in labels.index[outside]]
-    hard = len(labels) > 1 and labels.isin([0.0, 1.0]).all()
-    constant = len(labels) > 1 and labels.nunique() == 1 and not hard
-    found = [
-        (odd, f"{len(odd)} non-numeric label(s): {few(odd, fmt=str)}"),
+        (len(dup), f"{dup.nunique()} duplicate id(s): {few(dup.unique().tolist())}"),
+        (missing, f"{len(missing)} missing id(s) of {len(expected or [])}: {few(missing)}"),
+        (extra, f"{len(extra)} unexpected id(s) not in the test set: {few(extra)}"),
+        (odd.any(), f"{int(odd.sum())} non-numeric label(s): "
+         + few([f"{ids[i]!r}: {raw[i]!r}" for i in raw.index[odd]], fmt=str)),
         (nan.any(), f"{int(nan.sum())} NaN/empty label(s) for id(s) {few(ids[nan].tolist())}"),
         (inf.any(), f"{int(inf.sum())} infinite label(s) for id(s) {few(ids[inf].tolist())}"),
         (out, f"{len(out)} label(s) outside [0, 1]: {few(out, fmt=str)}"),
@@ -154,8 +138,9 @@ def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[s
         (hard, f"all {len(labels)} labels are exactly 0 or 1. Kaggle scores this competition by "
          "ROC AUC, which only uses the ranking of the tumour probabilities; hard 0/1 labels "
          "collapse it into two ties and throw most of the AUC away. Write the probabilities."),
-        (constant, f"all {len(labels)} labels equal {labels.max():g}; a constant submission has "
-         "no ranking, so its ROC AUC is 0.5 - did the model collapse?"),
+        (len(labels) > 1 and labels.nunique() == 1 and not hard, f"all {len(labels)} labels "
+         f"equal {labels.max():g}; a constant submission has no ranking, so its ROC AUC is 0.5 "
+         "- did the model collapse?"),
     ]  # fmt: skip
     return [message for bad, message in found if bad]
 
@@ -163,16 +148,9 @@ def _label_problems(ids: pd.Series, raw: pd.Series, labels: pd.Series) -> list[s
 def write_submission(
     ids: Iterable[Any], probs: Any, path: str | os.PathLike[str], *, expected_ids=None, run=None
 ) -> Path:
-    """Write ``id,label`` probabilities (never thresholded, in ``expected_ids`` order when
-    given) atomically, re-read and checked before the rename. ``run``, the run directory or
-    .keras file behind ``probs``, must pass :func:`check_no_leak`; it is recorded beside the
-    file (``PATH.run.json``) for ``pcam submit``.
-
-    Examples:
-        >>> test = load_patches("data/sample", "test")
-        >>> probs = predict_cache(load_model("pretrained"), test, tta=8)
-        >>> write_submission(test.ids, probs, "submission.csv", run="pretrained")
-    """
+    """Write ``id,label`` probabilities (never thresholded; ``expected_ids``' order) atomically,
+    checked again before the rename. ``run``, behind ``probs``, must pass :func:`check_no_leak`;
+    it is noted beside the file (``PATH.run.json``) for ``pcam submit``."""
     if run is not None:
         check_no_leak(run)
     ids, p = [str(i) for i in ids], vector(probs, "probs")
@@ -184,20 +162,19 @@ def write_submission(
         frame = frame.set_index("id").loc[expected].reset_index()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target, durable=True) as tmp:
+    with atomic_path(target) as tmp:
         frame.to_csv(tmp, index=False)
         check_submission(tmp, expected)
     note = target.with_name(target.name + RUN_NOTE)
     note.unlink(missing_ok=True)  # another run's note would name the wrong run
     if run is not None:
         made_by = run if is_pretrained(run) else _run_dir(Path(run).resolve(), "the run")
-        atomic_write_text(note, json.dumps({"run": str(made_by)}) + "\n", durable=True)
+        atomic_write_text(note, json.dumps({"run": str(made_by)}) + "\n")
     return target
 
 
 # --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
 
-RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
 # PCam's file names and ids (pcam_h5 "valid/7", TFDS "valid_7", class-folder exports "0/valid_7")
 _PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
 _PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
@@ -211,6 +188,9 @@ class TrainingSource(NamedTuple):
     pcam_splits: frozenset[str]
 
 
+PRETRAINED_SOURCE = TrainingSource(NAME, "PCam train (pcamlib.pretrained)", frozenset({"train"}))
+
+
 def _json(path: Path, key: str | None = None) -> Any:
     """A JSON file (or its ``key``), or a refusal naming the file."""
     try:
@@ -222,16 +202,13 @@ def _json(path: Path, key: str | None = None) -> Any:
 
 def _data_path(data: str, run_dir: Path) -> Path | None:
     """The recorded data path as it exists now: as given, from the project root or the run."""
-    from .config import project_root
-
     path = Path(data).expanduser()
     found = (p for p in (path, project_root() / path, run_dir.parent / path) if p.exists())
     return next(found, None) if data else None
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
-    """The PCam splits a run trained on: by PCam's file names in its data path and in the
-    source of the cache there, the PCam HDF5 layout there, and PCam ids in its split.csv."""
+    """The PCam splits a run trained on, by file names, a packed cache's source, the layout, ids."""
     from .stream import read_split  # lazily: it imports Keras
 
     found = set(_PCAM_FILE.findall(data))
@@ -256,13 +233,10 @@ def _run_dir(link: Path, named_by: str) -> Path:
     )
 
 
-PRETRAINED_SOURCE = TrainingSource(NAME, "PCam train (pcamlib.pretrained)", frozenset({"train"}))
-
-
 def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
     """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``
-    (a run directory or .keras file in one; ``"pretrained"``; null ends it). A link whose data
-    is not recorded is refused; PCam patches under other names are not recognised."""
+    (a run directory or .keras file; ``"pretrained"``; null ends it). A link whose data is not
+    recorded is refused; PCam patches under other names are not recognised."""
     sources, seen, link, named_by = [], set(), str(run), "the run"
     while not is_pretrained(link):
         run_dir = _run_dir(Path(link), named_by)
@@ -297,7 +271,6 @@ def check_no_leak(run: str | os.PathLike[str]) -> list[TrainingSource]:
 def submission_run(path: str | os.PathLike[str]) -> Path | None:
     """The run that wrote a submission (its note, else the run directory it sits in), or None."""
     path = Path(path)
-    note = path.with_name(path.name + RUN_NOTE)
-    if note.is_file():
+    if (note := path.with_name(path.name + RUN_NOTE)).is_file():
         return Path(_json(note, "run"))
     return path.parent if (path.parent / "config.json").is_file() else None

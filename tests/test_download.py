@@ -169,11 +169,17 @@ def test_an_interrupted_unpack_never_looks_complete_and_the_rerun_finishes(
     assert sorted(p.name for p in out.parent.iterdir()) == ["full"]
 
 
-def test_a_truncated_download_is_fetched_again_then_refused_by_name(fake_kaggle, no_credentials):
+def test_a_truncated_download_is_refused_by_name_and_fetched_again_on_a_rerun(
+    fake_kaggle, no_credentials
+):
     out = no_credentials / "data" / "full"
     fake_kaggle(b"PK\x03\x04 truncated", competition_zip())
+    with pytest.raises(DataError, match="not a readable zip archive; rerun to fetch it"):
+        download_competition(out)
+    assert not out.exists() and not list((out.parent / "full.download").iterdir())
     assert download_competition(out) == out
-    fake_kaggle(b"garbage", b"garbage")
-    with pytest.raises(DataError, match="not a readable zip archive"):
-        download_competition(no_credentials / "data" / "again")
-    assert not (no_credentials / "data" / "again").exists()
+    left = no_credentials / "data" / "again.download" / f"{kaggle.COMPETITION}.zip"
+    left.parent.mkdir()
+    left.write_bytes(b"PK\x03\x04 cut short")  # an interrupted earlier download
+    fake_kaggle(competition_zip())
+    assert download_competition(no_credentials / "data" / "again").is_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -20,16 +21,7 @@ from pcamlib import download
 from pcamlib.cache import load_patches
 from pcamlib.cli import main
 from pcamlib.config import SAMPLE_DIR
-from pcamlib.download import (
-    PCAM_HDF5,
-    PCAM_META,
-    Expected,
-    Release,
-    download_pcam,
-    get_full_data,
-    pcam_complete,
-    zenodo_release,
-)
+from pcamlib.download import PCAM_HDF5, PCAM_META, ZENODO_FILES, download_pcam, get_full_data
 from pcamlib.sources import DataError, read_image
 
 SIZES = {"train": 6, "valid": 4, "test": 4}
@@ -138,7 +130,7 @@ def assert_nothing_looks_complete(out: Path) -> None:
 
 def test_downloads_verifies_and_writes_the_layout_pcamlib_reads(mirror, release_files, tmp_path):
     out = tmp_path / "data" / "pcam"
-    assert download_pcam(out, mirror=mirror.url, progress=False) == out
+    assert download_pcam(out, mirror=mirror.url) == out
     assert sorted(p.name for p in out.parent.iterdir()) == ["pcam"]  # nothing else left
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [n.removesuffix(".gz") for n in PCAM_HDF5] + PCAM_META
@@ -155,7 +147,7 @@ def test_downloads_verifies_and_writes_the_layout_pcamlib_reads(mirror, release_
         assert cache.labels is not None
         assert sorted(set(cache.groups[rows])) == [f"{split}_slide_0", f"{split}_slide_1"]
     served = len(mirror.log)
-    assert download_pcam(out, mirror=mirror.url, progress=False) == out
+    assert download_pcam(out, mirror=mirror.url) == out
     assert len(mirror.log) == served  # complete: nothing is fetched again
 
 
@@ -164,20 +156,13 @@ def test_a_dropped_connection_is_refused_by_name_then_the_rerun_resumes(mirror, 
     cut = len(mirror.files[TRAIN_X]) // 2
     mirror.drops[TRAIN_X] = cut
     with pytest.raises(DataError, match=rf"^{TRAIN_X}: network error after {cut:,} bytes"):
-        download_pcam(out, mirror=mirror.url, retries=0, progress=False)
+        download_pcam(out, mirror=mirror.url)
     assert_nothing_looks_complete(out)
     assert (tmp_path / "pcam.download" / f"{TRAIN_X}.part").stat().st_size == cut
-    assert download_pcam(out, mirror=mirror.url, retries=0, progress=False) == out
+    assert download_pcam(out, mirror=mirror.url) == out
     assert requests_for(mirror, TRAIN_X) == [None, f"bytes={cut}-"]  # resumed, not restarted
     assert requests_for(mirror, PCAM_HDF5[0]) == [None]  # finished files are not fetched again
-    assert pcam_complete(out) and not (tmp_path / "pcam.partial").exists()
-
-
-def test_a_drop_is_resumed_within_the_same_call(mirror, tmp_path, monkeypatch):
-    monkeypatch.setattr(download.time, "sleep", lambda s: None)
-    mirror.drops[TRAIN_X] = 1000
-    assert download_pcam(tmp_path / "pcam", mirror=mirror.url, retries=1, progress=False)
-    assert requests_for(mirror, TRAIN_X) == [None, "bytes=1000-"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pcam"]  # nothing else left
 
 
 def test_a_checksum_mismatch_is_refused_by_name_and_the_bad_file_removed(mirror, tmp_path):
@@ -187,16 +172,21 @@ def test_a_checksum_mismatch_is_refused_by_name_and_the_bad_file_removed(mirror,
     mirror.files[name] = bytes(data)
     out = tmp_path / "pcam"
     with pytest.raises(DataError, match=rf"^{name}: SHA256 checksum mismatch \(got [0-9a-f]{{64}}"):
-        download_pcam(out, mirror=mirror.url, progress=False)
+        download_pcam(out, mirror=mirror.url)
     assert_nothing_looks_complete(out)
     assert not list((tmp_path / "pcam.download").glob(name + "*"))  # refetched on a rerun
 
 
-def test_a_published_size_that_differs_is_refused_by_name(mirror, tmp_path):
-    files = {n: Expected(len(b) + 1, "sha256", "0" * 64) for n, b in mirror.files.items()}
-    release = Release(mirror.url + "/{name}", {TRAIN_X: files[TRAIN_X]}, "test")
+def zenodo_at(monkeypatch, url: str, size: int, digest: str) -> None:
+    """Zenodo's release stood in for by ``url``: its one file TRAIN_X, of that size and digest."""
+    monkeypatch.setattr(download, "ZENODO_URL", url + "/{name}")
+    monkeypatch.setattr(download, "ZENODO_FILES", {TRAIN_X: (size, digest)})
+
+
+def test_a_published_size_that_differs_is_refused_by_name(mirror, tmp_path, monkeypatch):
+    zenodo_at(monkeypatch, mirror.url, len(mirror.files[TRAIN_X]) + 1, "0" * 64)
     with pytest.raises(DataError, match=rf"^{TRAIN_X}: .* serves [\d,]+ bytes, but the release"):
-        download_pcam(tmp_path / "pcam", release=release, progress=False)
+        download_pcam(tmp_path / "pcam")
     assert not (tmp_path / "pcam").exists()
 
 
@@ -205,53 +195,58 @@ def test_a_404_is_refused_by_name(mirror, tmp_path, missing):
     del mirror.files[missing]
     out = tmp_path / "pcam"
     with pytest.raises(DataError, match=rf"^{missing}: HTTP 404 Not Found from http://127"):
-        download_pcam(out, mirror=mirror.url, progress=False)
+        download_pcam(out, mirror=mirror.url)
     assert not out.exists()
 
 
-def test_no_server_is_a_network_error_naming_the_file(tmp_path):
+def test_no_server_is_a_network_error_naming_the_file(tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    release = Release(f"http://127.0.0.1:{port}/{{name}}", {TRAIN_X: Expected(9, "md5", "0")}, "t")
+    zenodo_at(monkeypatch, f"http://127.0.0.1:{port}", 9, "0" * 32)
     with pytest.raises(DataError, match=rf"^{TRAIN_X}: network error after 0 bytes \(.*refused"):
-        download_pcam(tmp_path / "pcam", release=release, retries=0, progress=False)
+        download_pcam(tmp_path / "pcam")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-@pytest.mark.parametrize("stage", ["download", "unpack"])
-def test_a_full_disk_is_refused_by_name(mirror, tmp_path, stage):
-    fetched, unpacked = PCAM_META[0], PCAM_HDF5[0].removesuffix(".gz")  # the first of each
-    folder = tmp_path / ("pcam.download" if stage == "download" else "pcam.partial")
-    folder.mkdir()
-    target = folder / (f"{fetched}.part" if stage == "download" else f".{unpacked}.tmp")
+def test_a_full_disk_is_refused_by_name(mirror, tmp_path, monkeypatch):
+    target = tmp_path / "pcam.download" / f"{PCAM_META[0]}.part"  # the first file fetched
+    target.parent.mkdir()
     target.symlink_to("/dev/full")  # writes there fail with ENOSPC, as on a full disk
-    with pytest.raises(DataError, match=rf"{re.escape(str(target))}: disk full \("):
-        download_pcam(tmp_path / "pcam", mirror=mirror.url, progress=False)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(target))}: disk full \("):
+        download_pcam(tmp_path / "pcam", mirror=mirror.url)
+    target.unlink()
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download.shutil, "copyfileobj", no_space)  # the first unpack
+    partial = re.escape(str(tmp_path / "pcam.partial"))
+    with pytest.raises(DataError, match=rf"^{partial}/\.camelyon.*\.h5: disk full \("):
+        download_pcam(tmp_path / "pcam", mirror=mirror.url)
     assert not (tmp_path / "pcam").exists()
+    assert len(list((tmp_path / "pcam.partial").iterdir())) == 3  # the meta csvs, no temp file
 
 
 def test_mirror_checksums_must_cover_every_hdf5_file(mirror, tmp_path):
     listed = {n: b for n, b in mirror.files.items() if n != TRAIN_X and n != "SHA256SUMS"}
     mirror.files["SHA256SUMS"] = sha256sums(listed)
     with pytest.raises(DataError, match=rf"SHA256SUMS: no checksum for {TRAIN_X}$"):
-        download_pcam(tmp_path / "pcam", mirror=mirror.url, progress=False)
+        download_pcam(tmp_path / "pcam", mirror=mirror.url)
     mirror.files["SHA256SUMS"] = b"not a checksum line\n"
     with pytest.raises(DataError, match=r"SHA256SUMS:1: not a sha256sum line"):
-        download_pcam(tmp_path / "pcam", mirror=mirror.url, progress=False)
+        download_pcam(tmp_path / "pcam", mirror=mirror.url)
 
 
 def test_zenodo_checksums_are_built_in_for_all_nine_files():
-    release = zenodo_release()
-    assert list(release.files) == PCAM_META + PCAM_HDF5  # small files first
-    for name, expected in release.files.items():
-        is_meta = name.endswith(".csv")
-        assert expected.algorithm == ("md5" if is_meta else "sha256")
-        assert re.fullmatch(f"[0-9a-f]{{{32 if is_meta else 64}}}", expected.digest)
-        assert (expected.size is None) == is_meta
-    assert release.files[TRAIN_X].size == 6_421_353_462
+    assert list(ZENODO_FILES) == PCAM_META + PCAM_HDF5  # small files first
+    for name, (size, digest) in ZENODO_FILES.items():
+        is_meta = name.endswith(".csv")  # an MD5, no size; a SHA-256 and the size
+        assert re.fullmatch(f"[0-9a-f]{{{32 if is_meta else 64}}}", digest)
+        assert (size is None) == is_meta
+    assert ZENODO_FILES[TRAIN_X][0] == 6_421_353_462
     url = f"https://zenodo.org/records/2546921/files/{TRAIN_X}?download=1"
-    assert release.template.format(name=TRAIN_X) == url
+    assert download.ZENODO_URL.format(name=TRAIN_X) == url
 
 
 def test_get_full_data_and_the_cli_take_source_pcam(mirror, tmp_path, capsys):
