@@ -196,10 +196,7 @@ def quiet_keras() -> None:
         try:
             import keras
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
+            keras.distribution.list_devices()  # where CUDA reports itself
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
