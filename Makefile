@@ -18,7 +18,7 @@ setup: $(BIN)/pcam
 
 # Executes the series in place (outputs stored in the notebooks) and writes artefacts to outputs/.
 run: setup
-	PCAM_SMOKE=0 TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pcamlib.notebook notebooks
+	PCAM_SMOKE=0 TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python notebooks/series.py
 
 # Library and series on TensorFlow (Colab's default); the series again on the GPU path
 # (pcam-gpu, bfloat16, augmentation in the model); then library and GPU-path series on JAX,
@@ -31,7 +31,7 @@ test: setup
 
 # After editing [project.urls] Repository in pyproject.toml (a fork): set-up cells and badges.
 sync: setup
-	$(BIN)/python -m pcamlib.notebook --sync notebooks
+	$(BIN)/python notebooks/series.py --sync
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

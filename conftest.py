@@ -7,11 +7,11 @@ run, only smaller, and writes its artefacts to a throw-away folder instead of ou
 import os
 import tempfile
 
+from notebooks.series import quiet_kernels  # pytest puts this folder on sys.path
+
 os.environ["PCAM_SMOKE"] = "1"
 os.environ.setdefault("PCAM_OUT", tempfile.mkdtemp(prefix="pcam-test-outputs-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from pcamlib.notebook import quiet_kernels  # noqa: E402  (after the environment is set)
 
 quiet_kernels()

@@ -15,33 +15,26 @@ One job per module, imports flowing down this list:
 - ``notebook``, ``download``, ``cli``: each notebook's ``start()``, the full data, ``pcam``
 - ``pretrained``: the shipped PCamNet
 
-The one-call functions are importable from here (``from pcamlib import load_patches``); each
-name imports only its own module, so ``import pcamlib`` stays instant. (``train`` and
-``evaluate`` are modules: ``from pcamlib.train import train``.)
+The one-call functions are importable from here (``from pcamlib import load_patches``), each
+importing only its own module, so ``import pcamlib`` stays instant; ``train`` and ``evaluate``
+are modules (``from pcamlib.train import train``).
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
+# Each one-call function and the module it lives in.
 _HOME = {
-    "load_patches": "cache",
-    "TrainConfig": "config",
-    "build_model": "models",
-    "load_model": "train",
-    "predict_proba": "metrics",
-    "results_table": "evaluate",
-    "write_submission": "submission",
-    "check_submission": "submission",
-    "start": "notebook",
-    "get_full_data": "download",
-    "pretrained_run": "pretrained",
-}
+    "load_patches": "cache", "TrainConfig": "config", "build_model": "models",
+    "load_model": "train", "predict_proba": "metrics", "results_table": "evaluate",
+    "write_submission": "submission", "check_submission": "submission", "start": "notebook",
+    "get_full_data": "download", "pretrained_run": "pretrained",
+}  # fmt: skip
 __all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):
     if name not in _HOME:
         raise AttributeError(f"module 'pcamlib' has no attribute {name!r}")
-    import importlib
-
-    module = importlib.import_module(f"{__name__}.{_HOME[name]}")
-    return getattr(module, name)
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

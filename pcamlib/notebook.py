@@ -1,12 +1,8 @@
-"""The notebook session (Settings, ``S = start(…)``) and the series: ``python -m pcamlib.notebook
-[--sync] [PATH]`` runs the notebooks in place, or rewrites their set-up cells and badges from
-pyproject's ``Repository`` URL, the one place a fork edits. The set-up cell runs this file before
-pcamlib is importable, so module level imports the standard library only.
-"""
+"""The notebook session: ``S = start(…)`` and its :class:`Settings`. The set-up cell runs this
+file before pcamlib is importable, so module level imports the standard library only."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import logging
@@ -15,30 +11,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-# Every notebook's first code cell (at most 8 lines): it finds the enclosing clone or clones REPO
-# (to /tmp on Kaggle, whose working folder is kept output), then importable_start() from it.
-SETUP_CELL = """\
-import os, pathlib, runpy  # noqa: E401, I001  (OUTPUTS: "drive" or a folder; BACKEND: "jax")
-
-OUTPUTS, BACKEND, REPO = "", "", "{repo}.git"  # defaults: outputs/, TF
-base = pathlib.Path("/tmp" if os.path.isdir("/kaggle/working") else ".").resolve()
-home = next((p for p in (base, *base.parents) if (p / "data/sample").is_dir()), base / "pcamlib")
-home.exists() or get_ipython().system(f'git clone -q --depth 1 {{REPO}} "{{home}}"')  # no clone yet
-start = runpy.run_path(f"{{home}}/pcamlib/notebook.py")["importable_start"](home)  # pip if needed
-S = start(home, outputs=OUTPUTS, backend=BACKEND)"""
-
-BADGES = (
-    "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-    "(https://colab.research.google.com/github/{slug}/blob/main/notebooks/{name}) "
-    "[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]"
-    "(https://kaggle.com/kernels/welcome?src={repo}/blob/main/notebooks/{name})"
-)
-BADGE_LINE = re.compile(r"^\[!\[Open in Colab\].*$", re.MULTILINE)
 DRIVE = Path("/content/drive")
 BACKENDS = ("tensorflow", "jax")  # the Keras backends the series runs on
 # TensorFlow's native start-up lines (absl info/warnings, CPU advice; cuInit without a driver).
@@ -62,13 +38,12 @@ class Settings:
 
     @property
     def recipe(self) -> str:
-        """``pcam-gpu`` on a GPU, ``pcam-cpu`` on a CPU."""
         return "pcam-cpu" if self.accelerator == "cpu" else "pcam-gpu"
 
     @property
     def init(self) -> str | None:
-        """``"pretrained"`` for pcam-cpu on the sample (scores leave out the shipped weights'
-        training patches), else None (random)."""
+        """'pretrained' for pcam-cpu on the sample (scores leave out the shipped weights' training
+        patches), else None (random)."""
         from .config import project_root
 
         on_sample = self.data_dir.resolve() == (project_root() / "data" / "sample").resolve()
@@ -76,7 +51,6 @@ class Settings:
 
     @property
     def mode(self) -> str:
-        """'smoke', 'CPU' or 'GPU', and whether PCAM_MODE forced the path."""
         forced = f", {self.accelerator.upper()} path forced (PCAM_MODE)" if self.forced else ""
         return ("smoke" if self.smoke else self.accelerator.upper()) + forced
 
@@ -94,10 +68,9 @@ class Settings:
         """A demonstration budget (batches, rows): ``value`` without a GPU, None with one."""
         return value if self.accelerator == "cpu" else None
 
-    def epochs(self, full: int, cpu: int | None = None) -> int:
-        """``full`` epochs on a GPU, ``cpu`` (if given) without one, 1 in smoke mode."""
-        by_device = cpu if cpu is not None and self.accelerator == "cpu" else full
-        return 1 if self.smoke else by_device
+    def epochs(self, full: int, cpu: int) -> int:
+        """``full`` epochs on a GPU, ``cpu`` without one, 1 in smoke mode."""
+        return 1 if self.smoke else cpu if self.accelerator == "cpu" else full
 
 
 def data_kind(data_dir: Path) -> str:
@@ -112,8 +85,8 @@ def data_kind(data_dir: Path) -> str:
 
 
 def settings() -> Settings:
-    """Read the environment once. Outputs: $PCAM_OUT, else the project's ``outputs/`` (on Kaggle,
-    whose project folder may be read-only, /kaggle/working/outputs)."""
+    """Read the environment once; outputs go to $PCAM_OUT, else outputs/ (on Kaggle, whose
+    project folder may be read-only, in /kaggle/working)."""
     from . import config
     from .train import accelerator
 
@@ -154,7 +127,24 @@ def start(home=None, outputs: str = "", mode: str | None = None, backend: str = 
         os.environ["PCAM_MODE"] = mode
     if outputs:
         os.environ["PCAM_OUT"] = str(Path(outputs).expanduser())
-    _quiet_noise()
+    # Third-party noise out, by category and module only (pcamlib's own warnings stay).
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
+    # TensorFlow logs each retrace, which notebooks that train several models do by design.
+    retrace = "triggered tf.function retracing"
+    logging.getLogger("tensorflow").addFilter(lambda record: retrace not in record.getMessage())
+    # No machine-specific source paths in stored outputs.
+    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
+    # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100})
+    with contextlib.suppress(ImportError):  # not in a notebook kernel
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("jpeg")
+    quiet_keras()
     found = settings()
     if found.cache_dir is not None:  # load_patches (and the CLI) read it from here
         os.environ.setdefault("PCAM_CACHE_DIR", str(found.cache_dir))
@@ -174,27 +164,6 @@ def _use_backend(name: str) -> None:
         os.environ["KERAS_BACKEND"] = name
 
 
-def _quiet_noise() -> None:
-    """Third-party noise out, by category and module only (pcamlib's own warnings stay)."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="keras")
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers")
-    # TensorFlow logs each retrace, which notebooks that train several models do by design.
-    retrace = "triggered tf.function retracing"
-    logging.getLogger("tensorflow").addFilter(lambda record: retrace not in record.getMessage())
-    # No machine-specific source paths in stored outputs.
-    warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
-    # 100 dpi keeps figure text readable on GitHub and Colab; JPEG keeps tissue photos small.
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100})
-    with contextlib.suppress(ImportError):  # not in a notebook kernel
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-        set_matplotlib_formats("jpeg")
-    quiet_keras()
-
-
 def status_line(s) -> str:
     """One line: the session's data (with counts), device, backend, precision and mode."""
     import keras
@@ -207,9 +176,11 @@ def status_line(s) -> str:
         n_train = max(0, len(labels.read_bytes().splitlines()) - 1)  # minus the header
         n_test = len(list((s.data_dir / "test").glob("*.tif")))
         data += f" ({n_train:,} train / {n_test:,} test patches)"
-    parts = [("data", data), ("device", describe_device()), ("backend", keras.backend.backend())]
-    parts += [("precision", precision_policy("auto")), ("mode", s.mode)]
-    return " · ".join(f"{name}: {value}" for name, value in parts)
+    device, backend = describe_device(), keras.backend.backend()
+    return (
+        f"data: {data} · device: {device} · backend: {backend} · "
+        f"precision: {precision_policy('auto')} · mode: {s.mode}"
+    )
 
 
 def quiet_keras() -> None:
@@ -225,10 +196,7 @@ def quiet_keras() -> None:
         try:
             import keras
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                tf.config.list_physical_devices("GPU")  # where CUDA reports itself
+            keras.distribution.list_devices()  # where CUDA reports itself
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -251,90 +219,3 @@ def importable_start(home: str | Path):
             raise RuntimeError(f"{' '.join(pip)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
         importlib.invalidate_caches()
     return importlib.import_module("pcamlib.notebook").start
-
-
-def repository_url(pyproject: str | Path = "pyproject.toml") -> str:
-    """``[project.urls] Repository`` of pyproject.toml, e.g. https://github.com/pcamlib/pcamlib."""
-    text = Path(pyproject).read_text()
-    match = re.search(r'^Repository\s*=\s*"(https://github\.com/[^"]+?)/?"', text, re.M)
-    if match is None:
-        raise SystemExit(f'{pyproject}: no [project.urls] Repository = "https://github.com/…"')
-    return match[1]
-
-
-def notebook_paths(folder: str | Path) -> list[Path]:
-    """The series' notebooks in order; a single notebook's path gives just that one."""
-    if Path(folder).is_file():
-        return [Path(folder)]
-    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
-    if not paths:
-        raise SystemExit(f"{folder}: no NN_*.ipynb notebooks found")
-    return paths
-
-
-def sync_series(folder: str | Path = "notebooks") -> list[str]:
-    """Rewrite the set-up cell and badges of every notebook in ``folder`` from the Repository
-    URL of the pyproject.toml beside it; the names of those that changed."""
-    import nbformat
-
-    repo, changed = repository_url(Path(folder).resolve().parent / "pyproject.toml"), []
-    slug = repo.removeprefix("https://github.com/")
-    for path in notebook_paths(folder):
-        notebook = nbformat.read(path, as_version=4)
-        title, setup = notebook.cells[0], notebook.cells[1]
-        badges = BADGES.format(slug=slug, repo=repo, name=path.name)
-        new = BADGE_LINE.sub(badges, title.source), SETUP_CELL.format(repo=repo)
-        if (title.source, setup.source) != new:
-            title.source, setup.source = new
-            nbformat.write(notebook, path)
-            changed.append(path.name)
-    return changed
-
-
-def quiet_kernels() -> None:
-    """Point $IPYTHONDIR at kernels that keep TensorFlow's C++ log lines out of stored outputs
-    (and ``--nbval`` comparisons): ipykernel forwards fd output into cells unless told not to."""
-    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="pcam-ipython-")
-    profile = Path(os.environ["IPYTHONDIR"], "profile_default")
-    profile.mkdir()
-    (profile / "ipython_kernel_config.py").write_text("c.IPKernelApp.capture_fd_output = False\n")
-
-
-def run_series(folder: str | Path, timeout: int = 3600) -> None:
-    """Run the notebooks of ``folder`` (or one notebook) in place, each from its folder; a
-    failing cell stops the series, naming notebook and cell."""
-    import nbclient
-    import nbformat
-
-    quiet_kernels()
-    sync_series(folder if Path(folder).is_dir() else Path(folder).parent)
-    for path in notebook_paths(folder):
-        notebook, began = nbformat.read(path, as_version=4), time.perf_counter()
-        print(f"running {path} …", flush=True)
-        try:  # no per-cell timestamps: a rerun leaves only real changes
-            options = dict(timeout=timeout, kernel_name="python3", record_timing=False)
-            nbclient.execute(notebook, cwd=str(path.parent), **options)
-        except nbclient.exceptions.CellExecutionError as exc:
-            failed = f"{path}: a cell failed (outputs saved in the notebook)"
-            raise SystemExit(f"{failed}\n{exc}") from None
-        finally:
-            nbformat.write(notebook, path)
-        print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    about = "Run the notebook series in order, in place."
-    parser = argparse.ArgumentParser("python -m pcamlib.notebook", description=about)
-    parser.add_argument("path", nargs="?", default="notebooks", help="the folder, or one notebook")
-    parser.add_argument("--sync", action="store_true", help="only rewrite set-up cells and badges")
-    args = parser.parse_args(argv)
-    if not Path(args.path).exists():
-        parser.error(f"{args.path}: no such folder or notebook")
-    if args.sync:
-        print("synced:", ", ".join(sync_series(args.path)) or "nothing to change")
-    else:
-        run_series(args.path)
-
-
-if __name__ == "__main__":
-    main()

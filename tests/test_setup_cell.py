@@ -22,8 +22,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from notebooks.series import SETUP_CELL, notebook_paths, repository_url
 from pcamlib.config import REPO_ROOT
-from pcamlib.notebook import SETUP_CELL, notebook_paths, repository_url
 
 NOTEBOOKS = notebook_paths(REPO_ROOT / "notebooks")
 FAKE_COLAB = {  # what the set-up and data cells may touch on Colab
