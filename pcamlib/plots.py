@@ -1,16 +1,10 @@
-"""Charts from plain arrays (scikit-learn's Displays where they exist), the stain figure and
-architecture diagrams (visualkeras' layered view), so notebooks stay thin."""
-
-from __future__ import annotations
+"""Charts from plain arrays (sklearn's Displays where they exist), stain figure, model diagrams."""
 
 import itertools
-import math
-import os
 import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,13 +17,12 @@ from sklearn.calibration import CalibrationDisplay
 
 from .augment import hed_jitter, reinhard_normalise, reinhard_target
 from .cache import atomic_path
-from .metrics import expected_calibration_error, require_both_classes, validate_binary
+from .metrics import expected_calibration_error, validate_binary
 from .sources import labels01
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class
-_STEPS = {"element": "step", "common_norm": False}  # per-class histograms, each normalised
-_DENSITY = {"bins": 50, "stat": "density", **_STEPS, **_BY_CLASS}
+_STEPS = {"element": "step", "common_norm": False, **_BY_CLASS}  # per-class, each normalised
 _TITLES = {"loss": "Loss", "accuracy": "Accuracy", "auc": "ROC AUC"}  # train()'s metrics
 MAX_CHANNEL_IMAGES = 5000  # plot_channel_stats reads a seeded subset of at most this many
 MAX_BOXES = 40  # a diagram of a longer model draws one box per stage
@@ -37,8 +30,7 @@ MAX_BOXES = 40  # a diagram of a longer model draws one box per stage
 
 def grid(n: int, ncols: int, cell: tuple[float, float], extra_h: float = 0.0):
     """A figure with ``n`` axes in rows of at most ``ncols`` cells; the spare axes are hidden."""
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
+    ncols, nrows = max(1, min(ncols, n)), max(1, (n + ncols - 1) // ncols)
     size = (ncols * cell[0], nrows * cell[1] + extra_h)
     fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
     for ax in axes.flat[n:]:
@@ -46,17 +38,8 @@ def grid(n: int, ncols: int, cell: tuple[float, float], extra_h: float = 0.0):
     return fig, axes
 
 
-def _best(frame: pd.DataFrame, epochs: np.ndarray) -> tuple[int, str, str] | None:
-    """(row, column, label) of the best validation AUC, else of the lowest val_loss, else None."""
-    for col, pick, what in (("val_auc", np.nanargmax, "AUC"), ("val_loss", np.nanargmin, "loss")):
-        if col in frame and frame[col].notna().any():
-            i = int(pick(frame[col].to_numpy()))
-            return i, col, f"best val {what} {frame[col].iloc[i]:.4f} @ epoch {epochs[i]}"
-    return None
-
-
-def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> None:
-    """One metric's train and validation curves (or the learning rate, on a log scale)."""
+def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str, best) -> None:
+    """One metric's train and validation curves (the learning rate: log scale), best marked."""
     if base == "learning_rate":
         ax.plot(epochs, history[base], color="grey", marker=".")
         ax.set(yscale="log", title="Learning rate")
@@ -67,37 +50,39 @@ def _history_panel(ax, history: pd.DataFrame, epochs: np.ndarray, base: str) -> 
         ax.set_title(_TITLES.get(base, base.replace("_", " ")))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
+    if best is not None:
+        i, col, label = best
+        ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
+        if col == f"val_{base}":
+            ax.plot(epochs[i], history[col].iloc[i], "*", ms=14, c="gold", mec="k", label=label)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Train vs validation curves per metric of ``TrainResult.history`` (``epoch`` from 1), the
-    best validation AUC's epoch marked (else the lowest ``val_loss``'s)."""
+    """Train vs validation curves per metric; the best val AUC's epoch (else val loss's) marked."""
     if history.empty:
         raise ValueError("history is empty: no epochs to plot")
-    epochs = history["epoch"].to_numpy()
     found = {c.removeprefix("val_") for c in history.select_dtypes("number")}
     found -= {"epoch", "learning_rate", "seconds"}
     panels = [b for b in _TITLES if b in found] + sorted(found - set(_TITLES))
     panels += ["learning_rate"] if "learning_rate" in history else []
     if not panels:
         raise ValueError(f"history has no numeric metric columns; columns are {list(history)}")
-    best = _best(history, epochs)
+    epochs, best = history["epoch"].to_numpy(), None
+    for col, pick, what in (("val_auc", np.nanargmax, "AUC"), ("val_loss", np.nanargmin, "loss")):
+        if best is None and col in history and history[col].notna().any():
+            i = int(pick(history[col].to_numpy()))
+            best = i, col, f"best val {what} {history[col].iloc[i]:.4f} @ epoch {epochs[i]}"
     fig, axes = grid(len(panels), 3, (5, 3.6))
     for ax, base in zip(axes.flat, panels, strict=False):
-        _history_panel(ax, history, epochs, base)
-        if best is not None:
-            i, col, label = best
-            ax.axvline(epochs[i], color="0.5", linestyle="--", linewidth=1)
-            if col == f"val_{base}":
-                ax.plot(epochs[i], history[col].iloc[i], "*", ms=14, c="gold", mec="k", label=label)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _history_panel(ax, history, epochs, base, best)
     fig.suptitle("Training history" + (f" - {best[2]}" if best else ""))
     fig.tight_layout()
     return fig
 
 
-def plot_label_balance(labels: Any) -> Figure:
+def plot_label_balance(labels) -> Figure:
     """Class counts with percentages, to see the imbalance before choosing metrics and splits."""
     y = labels01(labels)
     names = np.take(CLASS_NAMES, y)
@@ -111,21 +96,19 @@ def plot_label_balance(labels: Any) -> Figure:
     return fig
 
 
-def plot_channel_stats(images: Any, labels: Any) -> Figure:
-    """Per-class distributions of each patch's mean R, G, B (stain/brightness EDA), over a
-    seeded subset of at most ``MAX_CHANNEL_IMAGES`` patches, so a memmap is never read whole."""
+def plot_channel_stats(images, labels) -> Figure:
+    """Per-class histograms of patch mean R, G, B over a seeded subset: never a whole memmap."""
     y = labels01(labels)
     if len(y) != len(images):
         raise ValueError(f"labels has {len(y)} rows but images has {len(images)}")
-    idx = np.arange(len(y))
-    if len(idx) > MAX_CHANNEL_IMAGES:
-        idx = np.sort(np.random.default_rng(0).choice(idx, MAX_CHANNEL_IMAGES, replace=False))
+    n = min(len(y), MAX_CHANNEL_IMAGES)  # all of them, sorted, when there are fewer
+    idx = np.sort(np.random.default_rng(0).choice(len(y), n, replace=False))
     means = np.asarray(images[idx]).mean(axis=(1, 2), dtype=np.float32)
     frame = pd.DataFrame(means, columns=["red", "green", "blue"])
     frame["class"] = np.take(CLASS_NAMES, y[idx])
     fig, axes = grid(3, 3, (4.5, 3.6))
     for ax, name in zip(axes.flat, ["red", "green", "blue"], strict=True):
-        sns.histplot(frame, x=name, hue="class", ax=ax, **_DENSITY)
+        sns.histplot(frame, x=name, hue="class", ax=ax, bins=50, stat="density", **_STEPS)
         ax.set(xlabel=f"mean {name} intensity per patch", title=name.capitalize())
     fig.suptitle(f"Per-class channel intensity (n = {len(idx):,} patches)")
     fig.tight_layout()
@@ -157,28 +140,21 @@ def plot_stain_tools(patch: np.ndarray, sources: Mapping[str, np.ndarray]) -> Fi
     return fig
 
 
-def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
+def plot_roc(curves: Mapping[str, tuple]) -> Figure:
     """ROC curves of several models (``{name: (y_true, y_prob)}``), AUC in the legend."""
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict {model name: (y_true, y_prob)}")
     data = {}
     for name, pair in curves.items():  # all checked before drawing, so a bad one is named
         try:
-            data[name] = validate_binary(*pair)
-            require_both_classes(data[name][0])
+            data[name] = validate_binary(*pair, both=True)
         except (TypeError, ValueError) as err:
             raise ValueError(f"curve {name!r}: {err}") from err
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for k, (name, (yt, yp)) in enumerate(data.items()):
+    for k, (name, (yt, yp)) in enumerate(data.items(), 1):
         label = {"label": f"{name} (AUC = {skm.roc_auc_score(yt, yp):.4f})"}
-        skm.RocCurveDisplay.from_predictions(  # the chance line drawn once, last
-            yt,
-            yp,
-            ax=ax,
-            curve_kwargs=label,
-            plot_chance_level=k == len(data) - 1,
-            chance_level_kw={"label": "chance"},
-        )
+        last = {"plot_chance_level": k == len(data), "chance_level_kw": {"label": "chance"}}
+        skm.RocCurveDisplay.from_predictions(yt, yp, ax=ax, curve_kwargs=label, **last)
     ax.set(xlabel="false positive rate (1 - specificity)", title="ROC")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.grid(alpha=0.3)
@@ -186,7 +162,7 @@ def plot_roc(curves: Mapping[str, tuple[Any, Any]]) -> Figure:
     return fig
 
 
-def plot_confusion(y_true: Any, y_prob: Any, threshold: float = 0.5) -> Figure:
+def plot_confusion(y_true, y_prob, threshold: float = 0.5) -> Figure:
     """Confusion matrix at a threshold, with counts and per-true-class percentages."""
     yt, yp = validate_binary(y_true, y_prob)
     cm = skm.confusion_matrix(yt, (yp >= threshold).astype(int), labels=[0, 1])
@@ -200,9 +176,8 @@ def plot_confusion(y_true: Any, y_prob: Any, threshold: float = 0.5) -> Figure:
     return fig
 
 
-def plot_reliability(y_true: Any, y_prob: Any) -> Figure:
+def plot_reliability(y_true, y_prob) -> Figure:
     """Reliability diagram (10 bins, ECE in the title) over bars counting each bin's patches."""
-    ece = expected_calibration_error(y_true, y_prob, 10)
     yt, yp = validate_binary(y_true, y_prob)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     counts = ax.twinx()
@@ -212,65 +187,52 @@ def plot_reliability(y_true: Any, y_prob: Any) -> Figure:
     ax.patch.set_visible(False)
     CalibrationDisplay.from_predictions(yt, yp, n_bins=10, ax=ax, name="model")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="predicted tumour probability")
+    ece = expected_calibration_error(yt, yp, 10)
     ax.set(ylabel="fraction tumour", title=f"Reliability (ECE = {ece:.4f}, 10 bins)")
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
 
-def plot_prob_hist(y_true: Any, y_prob: Any) -> Figure:
+def plot_prob_hist(y_true, y_prob) -> Figure:
     """Predicted-probability histograms per true class (log counts, 0.5 marked): the separation."""
     yt, yp = validate_binary(y_true, y_prob)
     fig, ax = plt.subplots(figsize=(6, 4))
-    edges = np.linspace(0, 1, 51)
-    sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=edges, ax=ax, **_STEPS, **_BY_CLASS)
+    sns.histplot(x=yp, hue=np.take(CLASS_NAMES, yt), bins=np.linspace(0, 1, 51), ax=ax, **_STEPS)
     ax.axvline(0.5, color="k", linestyle="--", linewidth=1)
     ax.set(yscale="log", xlabel="predicted tumour probability", ylabel="patches")
     ax.set_title("Predicted probability by true class")
     return fig
 
 
-class _LayerView(types.SimpleNamespace):
-    """A read-only layer with the ``output_shape`` visualkeras reads (Keras 3 layers lack it)."""
-
-    def __getattr__(self, name):  # only called for attributes not set on the view
-        return getattr(self._layer, name)
-
-
-def _stages(layers):
-    """(None, layer) each, or past MAX_BOXES (stem, last layer) per run of ``conv2_block1_*``."""
-    if len(layers) <= MAX_BOXES:
-        return [(None, layer) for layer in layers]
-    runs = [list(r) for _, r in itertools.groupby(layers, key=lambda la: la.name.split("_")[0])]
-    return [(run[0].name.split("_")[0] if len(run) > 1 else None, run[-1]) for run in runs]
-
-
-def _render(model):
-    """visualkeras' layered view of read-only layer views, one class per layer type or stage."""
+def _render(model) -> Image.Image:
+    """visualkeras' layered view of stand-ins with the type, name and ``output_shape`` it reads
+    (Keras 3 layers lack it); past MAX_BOXES, one box per stage (``conv2_block1_*`` …)."""
     import visualkeras
 
     if getattr(model, "inputs", None) is None:
         what = "a subclassed model, or a Sequential model built without keras.Input"
         raise TypeError(f"{type(model).__name__} is not a functional graph ({what})")
+    stages = [(None, layer) for layer in model.layers]
+    if len(stages) > MAX_BOXES:
+        runs = [list(g) for _, g in itertools.groupby(model.layers, lambda x: x.name.split("_")[0])]
+        stages = [(run[0].name.split("_")[0] if len(run) > 1 else None, run[-1]) for run in runs]
     classes, views = {}, []  # visualkeras keys legend and colours by type(layer)
-    for stem, layer in _stages(list(model.layers)):
-        key = stem or type(layer)
-        if key not in classes:
-            classes[key] = type(key if isinstance(key, str) else key.__name__, (_LayerView,), {})
+    for stem, layer in stages:
+        key = stem or type(layer).__name__
         out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
         shape = tuple(None if d is None else int(d) for d in out.shape)
-        views.append(classes[key](_layer=layer, output_shape=shape))
+        view = classes.setdefault(key, type(key, (types.SimpleNamespace,), {}))
+        views.append(view(name=layer.name, output_shape=shape))
     try:  # DejaVu Sans where installed, else Pillow's built-in font, at a readable size
         font = ImageFont.truetype("DejaVuSans.ttf", 14)
     except OSError:
         font = ImageFont.load_default(size=14)
-    # legend_text_spacing_offset=0: its default is deprecated and warns on every call
-    view = types.SimpleNamespace(layers=views)
+    view = types.SimpleNamespace(layers=views)  # legend_text_spacing_offset's default warns
     return visualkeras.layered_view(view, legend=True, font=font, legend_text_spacing_offset=0)
 
 
-def draw_model(model, path: str | os.PathLike | None = None) -> Image.Image | None:
-    """``model`` as a visualkeras layered view, saved to ``path`` if given. Never raises: a
-    diagram must not break a run or notebook, so a failure is a warning and ``None``."""
+def draw_model(model, path=None) -> Image.Image | None:
+    """A visualkeras diagram, saved to ``path`` if given; never raises (a warning and None)."""
     try:
         img = _render(model)
         if path is not None:

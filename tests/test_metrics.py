@@ -373,6 +373,8 @@ def test_predict_proba_rejects_bad_outputs(images):
         predict_proba(_FakeModel(lambda x: np.full((len(x), 1), 3.0)), images, progress=False)
     with pytest.raises(ValueError, match=r"shape \(10, 2\)"):
         predict_proba(_FakeModel(lambda x: np.zeros((len(x), 2))), images[:10], progress=False)
+    with pytest.raises(ValueError, match="images 0..9 is a list"):
+        predict_proba(_FakeModel(lambda x: [np.zeros((len(x), 1))]), images[:10], progress=False)
     with pytest.raises(ValueError, match="tta must be 1 or 8"):
         predict_proba(_FakeModel(lambda x: x), images, tta=4, progress=False)
     with pytest.raises(ValueError, match="NHWC|H, W, C"):
