@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, format_problems, open_source
+from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, few, open_source
 
 CHUNK = 1024  # images per resume point
 FORMAT_VERSION = 4
@@ -64,12 +64,6 @@ def content_hash(image: np.ndarray) -> str:
 
 def _digest(hashes: list[str]) -> str:
     return hashlib.sha1("".join(hashes).encode()).hexdigest()[:16]
-
-
-def first_bad_hash(hashes: pd.Series) -> int | None:
-    """Position of the first value that is not a content hash (16 hex digits), else None."""
-    bad = ~hashes.str.fullmatch(r"[0-9a-f]{16}").fillna(False).astype(bool)
-    return int(np.argmax(bad)) if bad.any() else None
 
 
 @dataclass
@@ -153,8 +147,11 @@ def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -
 
 
 def _bad_items_error(problems: list[Problem], name: str) -> DataError:
+    """``name: N bad item(s)``, one indented line for each of the first 50, and what to do."""
+    listed = " (all in DataError.problems)" if len(problems) > 50 else ""
+    lines = few(problems, 50, fmt=lambda p: f"{p.id} ({p.where}): {p.reason}", sep="\n  ")
     hint = "pass on_error='exclude' to leave them out (listed in excluded.csv)"
-    return DataError(f"{format_problems(problems, name)}\n({hint})", problems)
+    return DataError(f"{name}: {len(problems)} bad item(s){listed}\n  {lines}\n({hint})", problems)
 
 
 def _reuse(out: Path, fingerprint: str, on_error: str, source_name: str) -> PackedCache | None:

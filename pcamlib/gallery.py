@@ -7,9 +7,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .metrics import validate_binary
+from .metrics import labels01, validate_binary
 from .plots import grid
-from .sources import labels01
 
 CENTRE = 32  # PCam labels only the centre 32x32 px of each 96x96 patch.
 BATCH = 32  # Grad-CAM images per gradient step

@@ -8,8 +8,34 @@ from scipy.stats import rankdata
 from sklearn import metrics as skm
 from tqdm import tqdm
 
-from .augment import N_DIHEDRAL, dihedral_views
-from .sources import first_bad, labels01, vector
+from .sources import few, not01
+
+
+def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
+    """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
+    rows, values = np.flatnonzero(mask), np.asarray(values).tolist()  # plain 2, not np.int64(2)
+    return f"{len(rows)} {what}: " + few(rows, fmt=lambda i: f"row {i}: {values[i]!r}")
+
+
+def vector(values, name: str) -> np.ndarray:
+    """``values`` as a 1-D array, an (N, 1) column flattened; any other shape is an error."""
+    v = np.asarray(values)
+    v = v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v
+    if v.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,) or (N, 1); got shape {v.shape}")
+    return v
+
+
+def labels01(values, name: str = "labels") -> np.ndarray:
+    """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
+    y = vector(values, name)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
+    if (bad := not01(y)).any():
+        raise ValueError(f"{name} must contain only 0/1 labels; " + first_bad(bad, y, "bad labels"))
+    return y.astype(np.int64)
 
 
 def validate_binary(y_true, y_prob, name="y_prob", *, both=False) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +169,8 @@ def predict_proba(
     """Tumour probabilities (N,) float32, batch by batch so a 6 GB memmap never loads whole;
     ``images`` needs ``len()`` and slicing (with ``rows``: indexing) to uint8 NHWC arrays.
     ``tta=8``: the mean of the 8 dihedral views; ``per_view``: all, (N, tta), unchanged first."""
+    from .augment import N_DIHEDRAL, dihedral_views  # keras: not at import (pcam predict's checks)
+
     if tta not in (1, N_DIHEDRAL):
         raise ValueError(f"tta must be 1 or 8; got {tta!r}")
     if int(batch_size) != batch_size or batch_size < 1:

@@ -17,8 +17,7 @@ from sklearn.calibration import CalibrationDisplay
 
 from .augment import hed_jitter, reinhard_normalise, reinhard_target
 from .cache import atomic_path
-from .metrics import expected_calibration_error, validate_binary
-from .sources import labels01
+from .metrics import expected_calibration_error, labels01, validate_binary
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 _BY_CLASS = {"hue_order": CLASS_NAMES, "palette": ("#4C72B0", "#C44E52")}  # one colour per class

@@ -1,9 +1,6 @@
-"""Where patches come from: one reader over the layouts users have, and the input checks.
-
-Kaggle (``train_labels.csv`` + ``train/``, ``test/``), PCam's HDF5 release and class folders
-``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. Listing problems go to ``PatchSource.problems``; a
-bad image raises a ``DataError`` naming the file and the reason: nothing is dropped unsaid.
-"""
+"""Where patches come from: Kaggle (``train_labels.csv`` + ``train/``, ``test/``), PCam's HDF5
+release, class folders ``DIR/{0,1}/*`` or ``DIR/<split>/{0,1}/*``. Listing problems go to
+``PatchSource.problems``; a bad image raises a ``DataError`` naming the file and the reason."""
 
 from __future__ import annotations
 
@@ -33,36 +30,9 @@ def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: 
     return shown + (sep if "\n" in sep else " ") + f"(+{more} more)" if more > 0 else shown
 
 
-def first_bad(mask: np.ndarray, values: np.ndarray, what: str) -> str:
-    """``"3 bad labels: row 2: 7, row 5: -1, …"``: the offending rows of ``values`` by index."""
-    rows, values = np.flatnonzero(mask), np.asarray(values).tolist()  # plain 2, not np.int64(2)
-    return f"{len(rows)} {what}: " + few(rows, fmt=lambda i: f"row {i}: {values[i]!r}")
-
-
 def not01(values: Any) -> np.ndarray:
     """True where a value is not a 0/1 label (NaN, other numbers and non-numbers included)."""
     return ~np.isin(np.asarray(values), (0, 1))
-
-
-def vector(values: Any, name: str) -> np.ndarray:
-    """``values`` as a 1-D array, an (N, 1) column flattened; any other shape is an error."""
-    v = np.asarray(values)
-    v = v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v
-    if v.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (N,) or (N, 1); got shape {v.shape}")
-    return v
-
-
-def labels01(values: Any, name: str = "labels") -> np.ndarray:
-    """1-D 0/1 labels as int64 (bools and (N, 1) columns accepted), or an error naming bad rows."""
-    y = vector(values, name)
-    if len(y) == 0:
-        raise ValueError(f"{name} is empty")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise ValueError(f"{name} must be numeric 0/1 labels; got dtype {y.dtype}")
-    if (bad := not01(y)).any():
-        raise ValueError(f"{name} must contain only 0/1 labels; " + first_bad(bad, y, "bad labels"))
-    return y.astype(np.int64)
 
 
 class DataError(ValueError):
@@ -82,13 +52,6 @@ class Problem:
     reason: str
 
 
-def format_problems(problems: list[Problem], header: str, limit: int = 50) -> str:
-    """``header: N bad item(s)`` then one indented line per item, the first ``limit`` of them."""
-    listed = " (all in DataError.problems)" if len(problems) > limit else ""
-    lines = few(problems, limit, fmt=lambda p: f"{p.id} ({p.where}): {p.reason}", sep="\n  ")
-    return f"{header}: {len(problems)} bad item(s){listed}\n  {lines}"
-
-
 # TIFF tag → the values a Kaggle patch has (None: absent): 96×96, 8-bit, uncompressed, RGB,
 # 3 interleaved unsigned samples, no extra (alpha) sample.
 PLAIN_TAGS = {
@@ -98,8 +61,7 @@ PLAIN_TAGS = {
 
 
 def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
-    """Pixels of a single-page TIFF with ``PLAIN_TAGS``, as Kaggle stores patches, read 2× faster
-    than ``tifffile.imread``; None for any other TIFF, for tifffile to decode (or reject)."""
+    """A TIFF with ``PLAIN_TAGS`` (Kaggle's), 2× faster than tifffile; None for any other TIFF."""
     bo = "<" if data[:2] == b"II" else ">"
     try:  # a header or IFD cut short raises struct.error: let tifffile explain
         (ifd,) = struct.unpack_from(bo + "I", data, 4)
@@ -128,8 +90,7 @@ def _plain_tiff(data: bytes, where: str) -> np.ndarray | None:
 
 
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Decode TIFF (own fast path, else tifffile), PNG or JPEG (Pillow) into 96×96×3 uint8 RGB;
-    unreadable bytes, grayscale, RGBA, 16-bit or other sizes are errors naming ``where``."""
+    """TIFF, PNG or JPEG → 96×96×3 uint8 RGB; any other image is a DataError naming ``where``."""
     try:
         if data[:4] not in (b"II*\x00", b"MM\x00*"):
             from PIL import Image
@@ -240,7 +201,7 @@ def _read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
-    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``row``; bad rows): rows
+    """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``where``; bad rows): rows
     with an empty id, a label other than 0/1, or an id listed twice are left out."""
     frame = _read_csv(csv_path := Path(csv_path), "labels file", ["id", "label"])
     frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
@@ -257,7 +218,8 @@ def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem
         for i, rows in frame[dup].groupby("id", sort=False)["row"]
     ]
     frame = frame[~(bad | dup)].reset_index(drop=True)
-    return frame.assign(label=frame["label"].astype(float).astype(np.int8)), problems
+    where = f"{csv_path}:" + frame["row"].astype(str)
+    return frame.assign(label=frame["label"].astype(float).astype(np.int8), where=where), problems
 
 
 def _images_in(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
@@ -288,18 +250,27 @@ def _paired(name: str, listed: pd.DataFrame, files: dict, problems: list, no_fil
 
 
 def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
-    """Kaggle layout: every label row needs a file and every file a label."""
+    """Kaggle layout: every label row needs a file and every file a label; ``groups_csv``: the
+    patch→slide map (``id,wsi`` csv, e.g. the community patch_id_wsi file)."""
     root, folder = Path(root), Path(root) / "train"
-    labels, problems = read_labels(csv_path := root / "train_labels.csv")
+    labels, problems = read_labels(root / "train_labels.csv")
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found next to train_labels.csv")
     files, more = _images_in(folder)
-    listed = labels.assign(where=f"{csv_path}:" + labels["row"].astype(str))
     no_file = f"label row without an image file (no {folder}/{{}}.tif)".format
     unlisted = "image file without a row in train_labels.csv"
     name = f"kaggle-train:{root.resolve()}"
-    source = _paired(name, listed, files, problems + more, no_file, unlisted)
-    source.groups = _read_groups(Path(groups_csv), source.ids) if groups_csv else None
+    source = _paired(name, labels, files, problems + more, no_file, unlisted)
+    if groups_csv:
+        frame = _read_csv(groups_csv := Path(groups_csv), "slide map")
+        group_col = next((c for c in ("wsi", "slide", "group") if c in frame.columns), None)
+        if group_col is None:
+            raise DataError(f"{groups_csv}: needs a slide column named wsi, slide or group")
+        id_col = "id" if "id" in frame.columns else frame.columns[0]
+        groups = frame.drop_duplicates(id_col, keep="last").set_index(id_col)[group_col]
+        if missing := [i for i in source.ids if i not in groups.index]:
+            raise DataError(f"{groups_csv}: no slide for {len(missing)} id(s), e.g. {missing[:5]}")
+        source.groups = groups[source.ids].to_numpy(str)
     return source
 
 
@@ -323,21 +294,18 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
 
 def class_folders(root: str | os.PathLike) -> PatchSource:
     """``DIR/0/*`` and ``DIR/1/*``: the label is the folder name (e.g. PCam exported as JPEG)."""
-    root, listed, problems = Path(root), {}, []
-    for y in (0, 1):
-        if not (root / str(y)).is_dir():
-            expected = f"expected {root}/0 and {root}/1"
-            raise DataError(f"{root / str(y)}: class folder missing ({expected})")
-        listed[y], found = _images_in(root / str(y))
-        problems += found
-    both = sorted(set(listed[0]) & set(listed[1]))
-    why = "in both class folders: {} has label 0 and 1".format
-    problems += [Problem(s, str(root), why(listed[0][s].name)) for s in both]
-    items = [(y, s, p) for y in (0, 1) for s, p in sorted(listed[y].items()) if s not in both]
+    root = Path(root)
+    for y in "01":
+        if not (root / y).is_dir():
+            raise DataError(f"{root / y}: class folder missing (expected {root}/0 and {root}/1)")
+    (zero, problems), (one, more) = _images_in(root / "0"), _images_in(root / "1")
+    both, why = zero.keys() & one.keys(), "in both class folders: {} has label 0 and 1".format
+    problems += more + [Problem(s, str(root), why(zero[s].name)) for s in sorted(both)]
+    items = sorted((y, s) for y, found in enumerate((zero, one)) for s in found if s not in both)
     if not items and not problems:
         raise DataError(f"{root}: class folders 0/ and 1/ contain no images")
-    ids, paths = [f"{y}/{s}" for y, s, _ in items], [p for _, _, p in items]
-    labels = np.asarray([y for y, _, _ in items], np.int8)
+    ids, paths = [f"{y}/{s}" for y, s in items], [(zero, one)[y][s] for y, s in items]
+    labels = np.asarray([y for y, _ in items], np.int8)
     return PatchSource(f"folders:{root.resolve()}", ids, labels, None, paths, problems)
 
 
@@ -405,19 +373,6 @@ def is_pcam_layout(root: str | os.PathLike) -> bool:
     return all((Path(root) / name).is_file() for name in names)
 
 
-def _read_groups(csv_path: Path, ids: list[str]) -> np.ndarray:
-    """Patch→slide map (``id,wsi`` csv, e.g. the community patch_id_wsi file) for ``ids``."""
-    frame = _read_csv(csv_path, "slide map")
-    group_col = next((c for c in ("wsi", "slide", "group") if c in frame.columns), None)
-    if group_col is None:
-        raise DataError(f"{csv_path}: needs a slide column named wsi, slide or group")
-    id_col = "id" if "id" in frame.columns else frame.columns[0]
-    groups = frame.drop_duplicates(id_col, keep="last").set_index(id_col)[group_col].reindex(ids)
-    if missing := groups.index[groups.isna()].tolist():
-        raise DataError(f"{csv_path}: no slide for {len(missing)} id(s), e.g. {missing[:5]}")
-    return groups.to_numpy(str)
-
-
 def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) -> PatchSource:
     """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test');
     on PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test)."""
@@ -435,9 +390,8 @@ def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) 
         return class_folders(root / split if (root / split / "0").is_dir() else root)
     if split == "test" and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
         return kaggle_test(root)
-    kinds = (
-        f"train_labels.csv + train/ (Kaggle), camelyonpatch_level_2_split_{split}_x.h5 "
-        f"(PCam HDF5), 0/ and 1/ class folders (or {split}/0 and {split}/1), or a folder of "
-        "test .tif files"
+    raise DataError(
+        f"{root}: not a known layout. Expected one of: train_labels.csv + train/ (Kaggle), "
+        f"camelyonpatch_level_2_split_{split}_x.h5 (PCam HDF5), 0/ and 1/ class folders "
+        f"(or {split}/0 and {split}/1), or a folder of test .tif files"
     )
-    raise DataError(f"{root}: not a known layout. Expected one of: {kinds}")

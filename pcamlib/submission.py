@@ -15,8 +15,9 @@ import pandas as pd
 
 from .cache import atomic_path, atomic_write_text
 from .config import project_root
+from .metrics import vector
 from .pretrained import NAME, is_pretrained
-from .sources import H5_PATTERN, few, vector
+from .sources import H5_PATTERN, few
 
 COLUMNS = ["id", "label"]
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it

@@ -1,4 +1,4 @@
-"""Atomic writes (pcamlib.cache) and the shared input checks (pcamlib.sources)."""
+"""Atomic writes and bad-item listings (pcamlib.cache), the input checks (sources, metrics)."""
 
 import os
 import stat
@@ -6,8 +6,9 @@ import stat
 import numpy as np
 import pytest
 
-from pcamlib.cache import atomic_path, atomic_write_text
-from pcamlib.sources import Problem, few, first_bad, format_problems, labels01, not01
+from pcamlib.cache import _bad_items_error, atomic_path, atomic_write_text
+from pcamlib.metrics import first_bad, labels01
+from pcamlib.sources import Problem, few, not01
 
 
 def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
@@ -65,13 +66,20 @@ def test_labels01_accepts_bools_floats_and_columns():
     assert labels01([1.0, 0.0]).dtype == np.int64
 
 
-def test_format_problems_lists_the_first_and_counts_the_rest():
-    problems = [Problem(f"id{i}", f"f{i}.tif", "corrupt") for i in range(4)]
-    text = format_problems(problems, "data", limit=2)
-    assert text.splitlines() == [
-        "data: 4 bad item(s) (all in DataError.problems)",
+def test_bad_items_are_listed_the_first_50_then_counted():
+    problems = [Problem(f"id{i}", f"f{i}.tif", "corrupt") for i in range(52)]
+    err = _bad_items_error(problems, "data")
+    lines = str(err).splitlines()
+    assert lines[:3] == [
+        "data: 52 bad item(s) (all in DataError.problems)",
         "  id0 (f0.tif): corrupt",
         "  id1 (f1.tif): corrupt",
-        "  (+2 more)",
     ]
-    assert format_problems(problems[:1], "data") == "data: 1 bad item(s)\n  id0 (f0.tif): corrupt"
+    assert lines[50:] == [
+        "  id49 (f49.tif): corrupt",
+        "  (+2 more)",
+        "(pass on_error='exclude' to leave them out (listed in excluded.csv))",
+    ]
+    assert err.problems == problems
+    one = str(_bad_items_error(problems[:1], "data")).splitlines()
+    assert one[:2] == ["data: 1 bad item(s)", "  id0 (f0.tif): corrupt"]

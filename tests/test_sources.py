@@ -140,6 +140,21 @@ def test_listing_problems_are_each_named(tmp_path):
     assert len(source.paths) == len(source.labels) == 3
 
 
+def test_kaggle_slide_map_gives_groups_and_names_what_is_missing(tmp_path):
+    root = make_kaggle(tmp_path / "data", n=4)
+    ids = LABELS.id[:4].tolist()
+    slides = pd.DataFrame({"id": ids + [ids[0]], "wsi": ["a", "b", "c", "d", "e"]})
+    slides.to_csv(tmp_path / "slides.csv", index=False)  # a repeated id: its last row counts
+    source = open_source(root, "train", groups_csv=tmp_path / "slides.csv")
+    assert source.groups.tolist() == ["e", "b", "c", "d"]
+    slides[1:4].rename(columns={"wsi": "slide"}).to_csv(tmp_path / "some.csv", index=False)
+    with pytest.raises(DataError, match=r"some.csv: no slide for 1 id\(s\), e.g. \['"):
+        open_source(root, "train", groups_csv=tmp_path / "some.csv")
+    slides[["id"]].assign(x=1).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv: needs a slide column named wsi, slide or group"):
+        open_source(root, "train", groups_csv=tmp_path / "bad.csv")
+
+
 def test_class_folders_and_split_subfolders(tmp_path):
     image = tifffile.imread(real_tiff(0))
     for split in ("train", "valid"):
