@@ -17,9 +17,10 @@ from .cache import atomic_path, atomic_write_text
 from .config import project_root
 from .metrics import vector
 from .pretrained import NAME, is_pretrained
-from .sources import H5_PATTERN, few
+from .sources import SPLITS, DataError, _read_csv, few, kaggle_test
 
 COLUMNS = ["id", "label"]
+SAMPLE = "sample_submission.csv"
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
 
 
@@ -27,44 +28,39 @@ class SubmissionError(ValueError):
     """A submission that Kaggle would reject or score badly."""
 
 
-def _test_tifs(path: Path) -> tuple[Path, list[str]]:
-    """The test folder (``path/test``, else ``path``) and the sorted ids of its ``<id>.tif``."""
-    folder = path / "test" if (path / "test").is_dir() else path
-    return folder, sorted(f.stem for f in folder.iterdir() if f.suffix.lower() in (".tif", ".tiff"))
-
-
 def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
-    """Every test id a submission must cover: a dataset root's ``sample_submission.csv`` (file
-    order), else its ``test/`` listing; a folder's ``<id>.tif`` (sorted); a csv's ``id`` column."""
+    """Every test id a submission must cover: a sample csv's ``id`` column (file order; a dataset
+    root's sample_submission.csv), else the test images :func:`kaggle_test` finds (sorted)."""
     p = Path(path)
-    if p.is_dir() and (p / "sample_submission.csv").is_file():
-        p = p / "sample_submission.csv"
-    elif p.is_dir():
-        if not (found := _test_tifs(p))[1]:
-            why = f"no .tif files in test directory {found[0]}, and no sample_submission.csv in {p}"
-            raise SubmissionError(why)
-        return found[1]
-    if not p.is_file():
+    if p.is_dir() and not (p / SAMPLE).is_file():
+        try:
+            test = kaggle_test(p)
+        except DataError:
+            why = f"{p}: no .tif test images in it or in its test/ folder, and no {SAMPLE}"
+            raise SubmissionError(why) from None
+        return sorted(test.ids + [q.id for q in test.problems])  # a.tif and a.tiff: still id a
+    csv = p / SAMPLE if p.is_dir() else p
+    if not csv.is_file():
         raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a sample csv")
-    frame = pd.read_csv(p, dtype=str, keep_default_na=False)
-    if "id" not in frame.columns:
-        raise SubmissionError(f"{p} has no 'id' column (columns: {list(frame.columns)})")
-    if dup := frame["id"][frame["id"].duplicated()].unique().tolist():
-        raise SubmissionError(f"{p} lists {len(dup)} ids more than once: {few(dup)}")
-    return frame["id"].tolist()
+    ids = _read_csv(csv, "sample submission", ["id"])["id"].str.strip()  # as kaggle_test reads it
+    if dup := sorted(set(ids[ids.duplicated()])):
+        raise SubmissionError(f"{csv} lists {len(dup)} ids more than once: {few(dup)}")
+    return ids.tolist()
 
 
 def is_kaggle_test(path: str | os.PathLike[str]) -> bool:
-    """Does ``path`` hold a Kaggle test set (a sample_submission.csv or test .tif files)?"""
+    """Does ``path`` hold a Kaggle test set (a sample_submission.csv or test images)?"""
     p = Path(path)
-    if not p.is_dir():
-        return p.name == "sample_submission.csv" and p.is_file()
-    return (p / "sample_submission.csv").is_file() or bool(_test_tifs(p)[1])
+    if p.is_dir() and not (p / SAMPLE).is_file():
+        try:
+            return bool(expected_test_ids(p))
+        except SubmissionError:  # no test images
+            return False
+    return p.is_dir() or p.name == SAMPLE and p.is_file()
 
 
 def kaggle_test_ids(data_dir: str | os.PathLike[str]) -> list[str] | None:
-    """The ids a Kaggle submission from ``data_dir`` must cover, or None after one line saying
-    why (PCam's test split must never reach a submission)."""
+    """The ids a Kaggle submission from ``data_dir`` must cover, or None after one line why."""
     if is_kaggle_test(data_dir):
         return expected_test_ids(data_dir)
     print(
@@ -152,8 +148,7 @@ def write_submission(
     """Write ``id,label`` probabilities (never thresholded; ``expected_ids``' order) atomically,
     checked again before the rename. ``run``, behind ``probs``, must pass :func:`check_no_leak`;
     it is noted beside the file (``PATH.run.json``) for ``pcam submit``."""
-    if run is not None:
-        check_no_leak(run)
+    sources = [] if run is None else check_no_leak(run)
     ids, p = [str(i) for i in ids], vector(probs, "probs")
     if len(ids) != len(p):
         raise SubmissionError(f"{len(ids)} ids but {len(p)} probabilities")
@@ -169,16 +164,18 @@ def write_submission(
     note = target.with_name(target.name + RUN_NOTE)
     note.unlink(missing_ok=True)  # another run's note would name the wrong run
     if run is not None:
-        made_by = run if is_pretrained(run) else _run_dir(Path(run).resolve(), "the run")
+        made_by = run if is_pretrained(run) else sources[0].model
         atomic_write_text(note, json.dumps({"run": str(made_by)}) + "\n")
     return target
 
 
 # --- No leaked score: Kaggle's test set is drawn from PCam's valid and test splits ---------
 
-# PCam's file names and ids (pcam_h5 "valid/7", TFDS "valid_7", class-folder exports "0/valid_7")
-_PCAM_FILE = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_")
-_PCAM_ID = r"^(?:[01]/)?(train|valid|test)[/_]\d+$"
+# PCam's file names, and its ids: pcam_h5 "valid/7" (stream.PCAM_ID), TFDS "valid_7" and
+# class-folder exports "0/valid_7"
+_SPLIT = f"({'|'.join(SPLITS)})"
+_PCAM_FILE = re.compile(f"camelyonpatch_level_2_split_{_SPLIT}_")
+_PCAM_ID = rf"^(?:[01]/)?{_SPLIT}[/_]\d+$"
 
 
 class TrainingSource(NamedTuple):
@@ -209,41 +206,31 @@ def _data_path(data: str, run_dir: Path) -> Path | None:
 
 
 def _pcam_splits(data: str, run_dir: Path) -> frozenset[str]:
-    """The PCam splits a run trained on, by file names, a packed cache's source, the layout, ids."""
+    """The PCam splits a run trained on, by file names (a packed cache's source too), and ids."""
     from .stream import read_split  # lazily: it imports Keras
 
     found = set(_PCAM_FILE.findall(data))
-    root = _data_path(data, run_dir)
-    if root is not None and (root / "meta.json").is_file():  # a packed cache: what it packed
+    if (root := _data_path(data, run_dir)) is not None and (root / "meta.json").is_file():
         found |= set(_PCAM_FILE.findall(str(_json(root / "meta.json", "source"))))
-    if root is not None and (root / H5_PATTERN.format(split="train", xy="x")).is_file():
-        found.add("train")  # the PCam HDF5 layout (split pcam: valid/test too, its ids tell)
     ids = read_split(run_dir)["id"]
     return frozenset(found | set(ids.str.extract(_PCAM_ID, expand=False).dropna().unique()))
 
 
-def _run_dir(link: Path, named_by: str) -> Path:
-    """The run directory behind a run directory or .keras file, or a refusal naming why not."""
-    run_dir = link if link.is_dir() else link.parent
-    if link.exists() and (run_dir / "config.json").is_file():
-        return run_dir
-    what = "does not exist" if not link.exists() else "has no config.json beside it"
-    raise SubmissionError(
-        f"{link} ({named_by}) {what}, so what it was trained on cannot be checked; a "
-        "submission needs a run directory that records its data"
-    )
-
-
 def training_sources(run: str | os.PathLike[str]) -> list[TrainingSource]:
-    """Every dataset behind a run's weights: its own ``config.json`` data, then along ``init``
-    (a run directory or .keras file; ``"pretrained"``; null ends it). A link whose data is not
-    recorded is refused; PCam patches under other names are not recognised."""
-    sources, seen, link, named_by = [], set(), str(run), "the run"
+    """Every dataset behind a run's weights, along ``init`` (a run directory or .keras file,
+    ``"pretrained"``; null ends it); unrecorded data is refused, PCam under other names missed."""
+    sources, link, named_by = [], str(run), "the run"
     while not is_pretrained(link):
-        run_dir = _run_dir(Path(link), named_by)
-        if run_dir.resolve() in seen:
+        path = Path(link).resolve()
+        run_dir = path if path.is_dir() else path.parent
+        if not path.exists() or not (run_dir / "config.json").is_file():
+            what = "has no config.json beside it" if path.exists() else "does not exist"
+            raise SubmissionError(
+                f"{path} ({named_by}) {what}, so what it was trained on cannot be checked; a "
+                "submission needs a run directory that records its data"
+            )
+        if str(run_dir) in (source.model for source in sources):
             raise SubmissionError(f"{run_dir}: its init chain loops back to itself")
-        seen.add(run_dir.resolve())
         config = _json(run_dir / "config.json")
         data = config["data"]
         sources.append(TrainingSource(str(run_dir), data, _pcam_splits(data, run_dir)))

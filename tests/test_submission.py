@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pcamlib.sources import DataError
 from pcamlib.submission import (
     SubmissionError,
     check_submission,
     expected_test_ids,
+    is_kaggle_test,
     write_submission,
 )
 
@@ -125,8 +127,23 @@ def test_expected_ids_from_csv_and_directory(tmp_path):
         expected_test_ids(tmp_path / "nope.csv")
     with pytest.raises(SubmissionError, match="more than once"):
         expected_test_ids(_csv(tmp_path, "id,label\na,0\na,0\n", "dup.csv"))
-    with pytest.raises(SubmissionError, match="no 'id' column"):
+    with pytest.raises(DataError, match=r"noid.csv: missing column\(s\) \['id'\]"):
         expected_test_ids(_csv(tmp_path, "name,label\na,0\n", "noid.csv"))
+
+
+def test_which_paths_hold_a_kaggle_test_set(tmp_path):
+    (bare := tmp_path / "bare").mkdir()
+    for name in ("a.tif", "a.tiff", "b.tif"):  # a: two files, still one test id
+        (bare / name).write_bytes(b"")
+    assert is_kaggle_test(bare) and expected_test_ids(bare) == ["a", "b"]
+    (pcam := tmp_path / "pcam").mkdir()
+    (pcam / "camelyonpatch_level_2_split_test_x.h5").write_bytes(b"")
+    (tmp_path / "folders" / "test" / "0").mkdir(parents=True)
+    assert not is_kaggle_test(pcam) and not is_kaggle_test(tmp_path / "folders")
+    (root := tmp_path / "root").mkdir()  # a sample csv alone is enough
+    (root / "sample_submission.csv").write_text("id,label\nb,0\n")
+    assert is_kaggle_test(root) and is_kaggle_test(root / "sample_submission.csv")
+    assert not is_kaggle_test(tmp_path / "nope.csv")
 
 
 @pytest.mark.skipif(not (SAMPLE / "sample_submission.csv").exists(), reason="no data/sample")
