@@ -16,8 +16,9 @@ import pandas as pd
 from .cache import atomic_path, atomic_write_text
 from .config import project_root
 from .metrics import vector
+from .pcam import H5_PATTERN
 from .pretrained import NAME, is_pretrained
-from .sources import H5_PATTERN, few
+from .sources import few
 
 COLUMNS = ["id", "label"]
 RUN_NOTE = ".run.json"  # submission.csv → submission.csv.run.json: the run that wrote it
