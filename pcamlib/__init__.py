@@ -2,17 +2,19 @@
 
 One job per module, imports flowing down this list:
 
-- ``sources``: the layouts users have (Kaggle TIFFs, PCam HDF5, class folders), bad items named
+- ``sources``: the layouts users have (Kaggle TIFFs, class folders), bad items named
 - ``cache``: decode once into a verified uint8 memmap; ``load_patches`` is the one call
 - ``augment``: host (numpy) and in-model (Keras) transforms, HED jitter, Reinhard
-- ``config``: ``TrainConfig``, its checks and the recipes
+- ``config``: ``TrainConfig``, its checks and the recipes; where data and outputs are
+- ``pcam``: PCam's HDF5 release, read as a source (``open_source`` calls it) and downloaded
 - ``stream``: the protocol's train / val / test rows of a run, and its batches
 - ``models``: CNNModel1/2, the VGG16/VGG19/ResNet50 heads, PCamNet, ImageNet weights
 - ``train``: resumable runs, precision and distribution on this machine
 - ``metrics``, ``evaluate``: AUC with DeLong intervals, TTA×8, the leaderboard
-- ``submission``, ``kaggle``: Kaggle CSVs checked before they cost a submission; submit, score
+- ``submission``, ``kaggle``: Kaggle CSVs checked before they cost a submission; the
+  competition's data, submit, score, and ``get_full_data`` (Kaggle's or PCam's)
 - ``plots``, ``gallery``: charts and diagrams; patch pictures and Grad-CAM
-- ``notebook``, ``download``, ``cli``: each notebook's ``start()``, the full data, ``pcam``
+- ``notebook``, ``cli``: each notebook's ``start()``; ``pcam``
 - ``pretrained``: the shipped PCamNet
 
 The one-call functions are importable from here (``from pcamlib import load_patches``), each
@@ -29,7 +31,7 @@ _HOME = {
     "load_patches": "cache", "TrainConfig": "config", "build_model": "models",
     "load_model": "train", "predict_proba": "metrics", "results_table": "evaluate",
     "write_submission": "submission", "check_submission": "submission", "start": "notebook",
-    "get_full_data": "download", "pretrained_run": "pretrained",
+    "get_full_data": "kaggle", "pretrained_run": "pretrained",
 }  # fmt: skip
 __all__ = sorted(_HOME)
 

@@ -175,8 +175,7 @@ def cmd_pack(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from .download import DEFAULT_OUT, download_pcam
-    from .kaggle import download_competition
+    from .kaggle import DEFAULT_OUT, download_competition, download_pcam
 
     if args.mirror and args.source != "pcam":
         raise SettingError("mirror", args.mirror, "is for --source pcam")

@@ -80,6 +80,12 @@ def project_root() -> Path:
     return next(found, Path(__file__).resolve().parent.parent)
 
 
+def resolve_out(out: str | os.PathLike) -> Path:
+    """A relative ``out`` is relative to the project root, wherever the command runs from."""
+    out = Path(out).expanduser()
+    return out if out.is_absolute() else project_root() / out
+
+
 REPO_ROOT = project_root()
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
@@ -104,7 +110,7 @@ def forced_mode() -> str | None:
 
 def default_data_dir() -> Path:
     """$PCAM_DATA, else full data (data/full, a complete data/pcam, Kaggle's), else the sample."""
-    from .sources import is_pcam_layout
+    from .pcam import is_pcam_layout
 
     if os.environ.get("PCAM_DATA"):
         return Path(os.environ["PCAM_DATA"])
@@ -131,7 +137,7 @@ def default_cache_root() -> Path | None:
 
 def pcam_data(data: str | os.PathLike) -> bool:
     """Is ``data`` PCam's HDF5 layout with all three splits, or a cache packed from one?"""
-    from .sources import PCAM_SPLITS, is_pcam_layout
+    from .pcam import PCAM_SPLITS, is_pcam_layout
 
     if not str(data) or is_pcam_layout(data):
         return bool(str(data))

@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm  # text bars: tqdm.auto warns in kernels without ipywidgets
 
 from .cache import atomic_write_text
-from .config import KAGGLE_INPUT, project_root
+from .config import KAGGLE_INPUT, on_kaggle, resolve_out
+from .pcam import download_pcam
 from .sources import DataError
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 
@@ -31,6 +32,7 @@ HOW_TO_ADD = (
     f"kaggle.com/c/{COMPETITION}"
 )
 FULL_DATA = "data/full"  # where the competition goes, relative to the project
+DEFAULT_OUT = {"kaggle": FULL_DATA, "pcam": "data/pcam"}  # get_full_data's sources
 KAGGLE_TEST_ROWS = 57_458  # the competition's test set
 RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
@@ -81,12 +83,6 @@ def _cli_env() -> dict[str, str]:
     if shutil.which("kaggle", path=env.get("PATH")) is None:
         raise KaggleError("the kaggle command is not installed: pip install 'pcamlib[kaggle]'")
     return env
-
-
-def resolve_out(out: str | os.PathLike) -> Path:
-    """A relative ``out`` is relative to the project root, wherever the command runs from."""
-    out = Path(out).expanduser()
-    return out if out.is_absolute() else project_root() / out
 
 
 def download_competition(out: str | os.PathLike = FULL_DATA, *, force: bool = False) -> Path:
@@ -247,3 +243,27 @@ def submit(file: str | os.PathLike, message: str, **options) -> dict | None:
         print(f"No Kaggle credentials, so nothing was submitted. To submit, {HOW_TO_ADD}.")
         return None
     return submit_file(file, message, **options)
+
+
+def get_full_data(
+    out: str | os.PathLike | None = None, *, source: str = "kaggle", mirror: str | None = None
+) -> Path | None:
+    """The notebooks' one call: the full data in ``out``, downloaded once. ``"kaggle"``: the
+    competition (on Kaggle, its attached input), or without credentials a one-line hint and None,
+    so the series goes on with the sample. ``"pcam"``: PCam's release."""
+    if source not in DEFAULT_OUT:
+        raise ValueError(f"source must be one of {', '.join(DEFAULT_OUT)}; got {source!r}")
+    out = resolve_out(out if out is not None else DEFAULT_OUT[source])
+    if source == "pcam":
+        return download_pcam(out, mirror=mirror)
+    if mirror is not None:
+        raise ValueError("mirror is for source='pcam'; the Kaggle data comes from the Kaggle CLI")
+    if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
+        return KAGGLE_INPUT
+    if kaggle_credentials() is None and not (out / "train_labels.csv").is_file():
+        print(
+            "No Kaggle credentials: the series uses the embedded sample. To get the full data, "
+            f"{HOW_TO_ADD}."
+        )
+        return None
+    return download_competition(out)

@@ -76,7 +76,7 @@ class Settings:
 def data_kind(data_dir: Path) -> str:
     """'sample', 'full', 'pcam' or 'Kaggle input': what the status line calls a data folder."""
     from .config import KAGGLE_INPUT
-    from .sources import is_pcam_layout
+    from .pcam import is_pcam_layout
 
     if data_dir.resolve() == KAGGLE_INPUT.resolve():
         return "Kaggle input"

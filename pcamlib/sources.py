@@ -20,8 +20,6 @@ PATCH_SHAPE = (96, 96, 3)
 PATCH_BYTES = 96 * 96 * 3
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-H5_PATTERN = "camelyonpatch_level_2_split_{split}_{xy}.h5"
-PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
 
 
 def few(items: Sequence, limit: int = 5, fmt: Callable[[Any], str] = repr, sep: str = ", ") -> str:
@@ -169,7 +167,7 @@ class PatchSource:
 
     def read_many(self, start: int, stop: int) -> np.ndarray:  # for block_reads
         spans = self._spans(start, stop)
-        return np.concatenate([_read_h5(path, "x", slice(a, b)) for path, a, b in spans])
+        return np.concatenate([read_h5(path, "x", slice(a, b)) for path, a, b in spans])
 
     def fingerprint(self) -> str:
         """Cheap identity: ids, labels, groups, listing problems, file sizes and mtimes."""
@@ -309,7 +307,7 @@ def class_folders(root: str | os.PathLike) -> PatchSource:
     return PatchSource(f"folders:{root.resolve()}", ids, labels, None, paths, problems)
 
 
-def _read_h5(path: Path, name: str, rows: slice | None = None) -> Any:
+def read_h5(path: Path, name: str, rows: slice | None = None) -> Any:
     """Rows of dataset ``name`` (all of y; of x only its (shape, dtype) without ``rows``)."""
     import h5py
 
@@ -322,57 +320,6 @@ def _read_h5(path: Path, name: str, rows: slice | None = None) -> Any:
         raise DataError(f"{path}: unreadable HDF5 ({type(exc).__name__}: {exc})") from None
 
 
-def _h5_split(root: Path, split: str, need_labels: bool) -> PatchSource:
-    """One PCam split: its x file in slices, labels from its y file, slides from its meta csv."""
-    x_path, y_path = (root / H5_PATTERN.format(split=split, xy=xy) for xy in "xy")
-    if not x_path.is_file():
-        raise DataError(f"{x_path}: PCam HDF5 file not found")
-    shape, dtype = _read_h5(x_path, "x")
-    if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
-        raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
-    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
-    source = PatchSource(f"pcam-h5:{x_path.resolve()}", ids, None, parts=[(x_path, n)])
-    if y_path.is_file():
-        if len(y := _read_h5(y_path, "y")) != n:
-            raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_path.name}")
-        bad, why = not01(y), "label {!r} is not 0/1".format
-        source.problems = [
-            Problem(ids[i], f"{y_path}[{i}]", why(y[i].item())) for i in np.flatnonzero(bad)
-        ]
-        source.labels = np.where(bad, -1, y).astype(np.int8)
-    elif need_labels:
-        raise DataError(f"{x_path}: no labels (its _y.h5 file is missing)")
-    meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
-    if meta.is_file() and "wsi" in (frame := pd.read_csv(meta)).columns:
-        if len(frame) != n:
-            raise DataError(f"{meta}: {len(frame)} rows for {n} images")
-        source.groups = frame["wsi"].astype(str).to_numpy()
-    return source
-
-
-def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> PatchSource:
-    """PCam HDF5 files of one split, or of several one after another (``SPLITS``: all of PCam's
-    labelled patches, ids ``valid/7``); slide groups when every meta csv is there."""
-    if isinstance(split, str):
-        return _h5_split(Path(root), split, need_labels=False)
-    splits = [_h5_split(Path(root), s, need_labels=True) for s in split]
-    groups = [s.groups for s in splits]
-    return PatchSource(
-        f"{PCAM_SPLITS}:{Path(root).resolve()}",
-        [i for s in splits for i in s.ids],
-        np.concatenate([s.labels for s in splits]),
-        None if any(g is None for g in groups) else np.concatenate(groups),
-        problems=[p for s in splits for p in s.problems],
-        parts=[p for s in splits for p in s.parts],
-    )
-
-
-def is_pcam_layout(root: str | os.PathLike) -> bool:
-    """Does ``root`` hold PCam's six HDF5 files (x and y of train, valid and test)?"""
-    names = (H5_PATTERN.format(split=s, xy=xy) for s in SPLITS for xy in "xy")
-    return all((Path(root) / name).is_file() for name in names)
-
-
 def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) -> PatchSource:
     """Recognise the layout at ``spec`` and return its ``split`` ('train', 'valid' or 'test');
     on PCam's full HDF5 layout 'train' is every labelled patch (train, valid and test)."""
@@ -380,6 +327,8 @@ def open_source(spec: str | os.PathLike, split: str = "train", groups_csv=None) 
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not (root := Path(spec)).exists():
         raise DataError(f"{root}: data path does not exist")
+    from .pcam import H5_PATTERN, is_pcam_layout, pcam_h5  # pcam.py builds on this module
+
     if split == "train" and is_pcam_layout(root):
         return pcam_h5(root, SPLITS)
     if (root / H5_PATTERN.format(split=split, xy="x")).is_file():

@@ -19,12 +19,13 @@ from .augment import dihedral, jitter_colour, random_shift
 from .augment import hed_jitter as jitter_hed
 from .cache import PackedCache, atomic_write_text, load_patches
 from .config import SettingError, TrainConfig
+from .pcam import H5_PATTERN, is_pcam_layout
 from .pretrained import NAME, seen_ids
-from .sources import H5_PATTERN, SPLITS, DataError, is_pcam_layout
+from .sources import SPLITS, DataError
 
 PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
 SUBSETS = ("train", "val", "test")
-PCAM_ID = r"(train|valid|test)/\d+"  # the ids pcamlib.sources.pcam_h5 gives
+PCAM_ID = r"(train|valid|test)/\d+"  # the ids pcamlib.pcam.pcam_h5 gives
 OVERLAP_COLUMNS = ["id", "split", "label", "match", "match_label", "distance"]
 
 

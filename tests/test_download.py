@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from pcamlib import kaggle
-from pcamlib.config import project_root
-from pcamlib.download import get_full_data
-from pcamlib.kaggle import download_competition, kaggle_credentials, resolve_out
+from pcamlib.config import project_root, resolve_out
+from pcamlib.kaggle import download_competition, get_full_data, kaggle_credentials
 from pcamlib.sources import DataError
 
 SECRET = "s3cr3t-kaggle-key-0123456789"

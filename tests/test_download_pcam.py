@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcamlib import download
+from pcamlib import pcam as download
 from pcamlib.cache import load_patches
 from pcamlib.cli import main
 from pcamlib.config import SAMPLE_DIR
-from pcamlib.download import PCAM_HDF5, PCAM_META, ZENODO_FILES, download_pcam, get_full_data
+from pcamlib.kaggle import get_full_data
+from pcamlib.pcam import PCAM_HDF5, PCAM_META, ZENODO_FILES, download_pcam
 from pcamlib.sources import DataError, read_image
 
 SIZES = {"train": 6, "valid": 4, "test": 4}

@@ -15,7 +15,8 @@ from pcamlib.cli import main
 from pcamlib.config import SAMPLE_DIR, SettingError, TrainConfig, default_data_dir
 from pcamlib.evaluate import results_table, scoring_rows, subset_rows
 from pcamlib.notebook import data_kind
-from pcamlib.sources import H5_PATTERN, open_source, read_image
+from pcamlib.pcam import H5_PATTERN
+from pcamlib.sources import open_source, read_image
 from pcamlib.stream import run_split
 from pcamlib.submission import SubmissionError, check_no_leak
 from pcamlib.train import train

@@ -1,6 +1,6 @@
-"""The full data: PCam's release (Zenodo 2546921, CC0) in ``pcam_h5``'s layout, or the competition
-(:mod:`pcamlib.kaggle`). Files resume (Range requests) in ``OUT.download/`` on the next call, are
-verified and unpacked into ``OUT.partial/``, renamed ``OUT`` when whole."""
+"""PCam's HDF5 release (Zenodo 2546921, CC0): its layout read as a ``PatchSource``, and its
+download. Files resume (Range requests) in ``OUT.download/`` on the next call, are verified and
+unpacked into ``OUT.partial/``, renamed ``OUT`` when whole."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ import shutil
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from http.client import HTTPException
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from tqdm import tqdm  # text bars: tqdm.auto warns in kernels without ipywidgets
 
 from .cache import atomic_path
-from .config import KAGGLE_INPUT, on_kaggle
-from .kaggle import FULL_DATA, HOW_TO_ADD, download_competition, kaggle_credentials, resolve_out
-from .sources import SPLITS, DataError, pcam_h5
+from .config import resolve_out
+from .sources import PATCH_SHAPE, SPLITS, DataError, PatchSource, Problem, not01, read_h5
 
-DEFAULT_OUT = {"kaggle": FULL_DATA, "pcam": "data/pcam"}
+H5_PATTERN = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+PCAM_SPLITS = "pcam-splits"  # the name (before ':') of the source of PCam's three splits
 ZENODO_URL = "https://zenodo.org/records/2546921/files/{name}?download=1"
 SUMS = "SHA256SUMS"
 CHUNK = 1 << 20
@@ -196,25 +199,52 @@ def download_pcam(
     return out
 
 
-def get_full_data(
-    out: str | os.PathLike | None = None, *, source: str = "kaggle", mirror: str | None = None
-) -> Path | None:
-    """The notebooks' one call: the full data in ``out``, downloaded once. ``"kaggle"``: the
-    competition (on Kaggle, its attached input), or without credentials a one-line hint and None,
-    so the series goes on with the sample. ``"pcam"``: PCam's release."""
-    if source not in DEFAULT_OUT:
-        raise ValueError(f"source must be one of {', '.join(DEFAULT_OUT)}; got {source!r}")
-    out = resolve_out(out if out is not None else DEFAULT_OUT[source])
-    if source == "pcam":
-        return download_pcam(out, mirror=mirror)
-    if mirror is not None:
-        raise ValueError("mirror is for source='pcam'; the Kaggle data comes from the Kaggle CLI")
-    if on_kaggle():  # Kaggle Notebooks: the competition is attached as (read-only) input
-        return KAGGLE_INPUT
-    if kaggle_credentials() is None and not (out / "train_labels.csv").is_file():
-        print(
-            "No Kaggle credentials: the series uses the embedded sample. To get the full data, "
-            f"{HOW_TO_ADD}."
-        )
-        return None
-    return download_competition(out)
+def _h5_split(root: Path, split: str, need_labels: bool) -> PatchSource:
+    """One PCam split: its x file in slices, labels from its y file, slides from its meta csv."""
+    x_path, y_path = (root / H5_PATTERN.format(split=split, xy=xy) for xy in "xy")
+    if not x_path.is_file():
+        raise DataError(f"{x_path}: PCam HDF5 file not found")
+    shape, dtype = read_h5(x_path, "x")
+    if tuple(shape[1:]) != PATCH_SHAPE or dtype != np.uint8:
+        raise DataError(f"{x_path}: dataset 'x' is {shape} {dtype}, expected (N, 96, 96, 3) uint8")
+    n, ids = shape[0], [f"{split}/{i}" for i in range(shape[0])]
+    source = PatchSource(f"pcam-h5:{x_path.resolve()}", ids, None, parts=[(x_path, n)])
+    if y_path.is_file():
+        if len(y := read_h5(y_path, "y")) != n:
+            raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_path.name}")
+        bad, why = not01(y), "label {!r} is not 0/1".format
+        source.problems = [
+            Problem(ids[i], f"{y_path}[{i}]", why(y[i].item())) for i in np.flatnonzero(bad)
+        ]
+        source.labels = np.where(bad, -1, y).astype(np.int8)
+    elif need_labels:
+        raise DataError(f"{x_path}: no labels (its _y.h5 file is missing)")
+    meta = root / f"camelyonpatch_level_2_split_{split}_meta.csv"
+    if meta.is_file() and "wsi" in (frame := pd.read_csv(meta)).columns:
+        if len(frame) != n:
+            raise DataError(f"{meta}: {len(frame)} rows for {n} images")
+        source.groups = frame["wsi"].astype(str).to_numpy()
+    return source
+
+
+def pcam_h5(root: str | os.PathLike, split: str | Sequence[str] = "train") -> PatchSource:
+    """PCam HDF5 files of one split, or of several one after another (``SPLITS``: all of PCam's
+    labelled patches, ids ``valid/7``); slide groups when every meta csv is there."""
+    if isinstance(split, str):
+        return _h5_split(Path(root), split, need_labels=False)
+    splits = [_h5_split(Path(root), s, need_labels=True) for s in split]
+    groups = [s.groups for s in splits]
+    return PatchSource(
+        f"{PCAM_SPLITS}:{Path(root).resolve()}",
+        [i for s in splits for i in s.ids],
+        np.concatenate([s.labels for s in splits]),
+        None if any(g is None for g in groups) else np.concatenate(groups),
+        problems=[p for s in splits for p in s.problems],
+        parts=[p for s in splits for p in s.parts],
+    )
+
+
+def is_pcam_layout(root: str | os.PathLike) -> bool:
+    """Does ``root`` hold PCam's six HDF5 files (x and y of train, valid and test)?"""
+    names = (H5_PATTERN.format(split=s, xy=xy) for s in SPLITS for xy in "xy")
+    return all((Path(root) / name).is_file() for name in names)
