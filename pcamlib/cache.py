@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from . import config
 from .sources import PATCH_SHAPE, DataError, PatchSource, Problem, few, open_source
 
 CHUNK = 1024  # images per resume point
@@ -133,17 +134,24 @@ def _read(path: Path) -> tuple[dict, np.ndarray, pd.DataFrame]:
 
 
 def default_cache_dir(source: PatchSource, split: str, data_root: Path | None) -> Path:
-    """``PCAM_CACHE_DIR`` if set; else next to the data when writable; else a per-user dir."""
+    """Where a cache of ``source`` goes unless told: $PCAM_CACHE_DIR; on Kaggle (read-only input)
+    /kaggle/working; with persistent outputs ($PCAM_OUT, not in smoke runs) their ``cache/``, to
+    survive; else beside the data when writable; else a per-user dir."""
     key = hashlib.blake2b(source.name.encode(), digest_size=6).hexdigest()
-    if configured := os.environ.get("PCAM_CACHE_DIR"):
-        return Path(configured) / f"{split}-{key}"
-    if data_root is not None and data_root.is_dir() and os.access(data_root, os.W_OK):
+    if os.environ.get("PCAM_CACHE_DIR"):
+        root = Path(os.environ["PCAM_CACHE_DIR"])
+    elif config.on_kaggle():
+        root = config.KAGGLE_WORKING / ".pcam-cache"
+    elif os.environ.get("PCAM_OUT") and not config.smoke():
+        root = Path(os.environ["PCAM_OUT"]) / "cache"
+    elif data_root is not None and data_root.is_dir() and os.access(data_root, os.W_OK):
         # One cache per source, whatever split name asked for it (Kaggle train = "valid" too).
         kind = source.name.split(":", 1)[0]
         name = {"kaggle-train": "train", "kaggle-test": "test"}.get(kind, f"{kind}-{key}")
         return data_root / ".pcam-cache" / name
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return user_cache / "pcamlib" / f"{split}-{key}"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcamlib"
+    return root / f"{split}-{key}"
 
 
 def _bad_items_error(problems: list[Problem], name: str) -> DataError:

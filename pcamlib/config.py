@@ -1,5 +1,5 @@
 """A run's settings (TrainConfig: a bad one is refused in one line before anything is written),
-the recipes, and where data and caches are. Nothing heavy is imported: ``pcam --help`` is fast."""
+the recipes, and where the data is. Nothing heavy is imported: ``pcam --help`` is fast."""
 
 from __future__ import annotations
 
@@ -122,17 +122,6 @@ def default_data_dir() -> Path:
     if is_pcam_layout(root / "pcam"):  # what pcam download --source pcam leaves when complete
         return root / "pcam"
     return KAGGLE_INPUT if on_kaggle() else root / "sample"
-
-
-def default_cache_root() -> Path | None:
-    """Where packed caches go (None: beside the data): $PCAM_CACHE_DIR, on Kaggle (read-only
-    input) /kaggle/working, with persistent outputs ($PCAM_OUT) their ``cache/``, to survive."""
-    if os.environ.get("PCAM_CACHE_DIR"):
-        return Path(os.environ["PCAM_CACHE_DIR"])
-    if on_kaggle():
-        return KAGGLE_WORKING / ".pcam-cache"
-    out = os.environ.get("PCAM_OUT")
-    return Path(out) / "cache" if out and not smoke() else None
 
 
 def pcam_data(data: str | os.PathLike) -> bool:

@@ -33,7 +33,6 @@ class Settings:
     steps_per_epoch: int | None
     eval_limit: int | None
     accelerator: str
-    cache_dir: Path | None = None  # packed caches (None: beside the data)
     forced: bool = False  # accelerator comes from PCAM_MODE, not from the device
 
     @property
@@ -102,7 +101,6 @@ def settings() -> Settings:
         steps_per_epoch=3 if small else None,
         eval_limit=32 if small else None,
         accelerator=forced or accelerator()[0],
-        cache_dir=config.default_cache_root(),
         forced=forced is not None,
     )
 
@@ -146,8 +144,6 @@ def start(home=None, outputs: str = "", mode: str | None = None, backend: str = 
         set_matplotlib_formats("jpeg")
     quiet_keras()
     found = settings()
-    if found.cache_dir is not None:  # load_patches (and the CLI) read it from here
-        os.environ.setdefault("PCAM_CACHE_DIR", str(found.cache_dir))
     print(status_line(found))
     return found
 

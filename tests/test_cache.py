@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -17,8 +18,8 @@ import pytest
 import tifffile
 
 from pcamlib import cache as cache_mod
-from pcamlib import sources
-from pcamlib.cache import PackedCache, content_hash, load_patches, pack
+from pcamlib import config, sources
+from pcamlib.cache import PackedCache, content_hash, default_cache_dir, load_patches, pack
 from pcamlib.config import SAMPLE_DIR
 from pcamlib.sources import DataError, open_source, read_image
 
@@ -94,6 +95,27 @@ def test_pcam_cache_dir_overrides_location(tmp_path, monkeypatch):
     cache = load_patches(root, progress=False)
     assert cache.path.parent == tmp_path / "elsewhere" and cache.path.name.startswith("train-")
     assert not (root / ".pcam-cache").exists()
+
+
+def test_where_a_cache_goes_unless_told(tmp_path, monkeypatch):
+    """One decision, in this order: $PCAM_CACHE_DIR, Kaggle's working folder, $PCAM_OUT's cache/
+    (not in smoke runs), beside the data, a per-user folder when the data is read-only."""
+    source, data = SimpleNamespace(name="kaggle-train:/data"), make_kaggle(tmp_path / "data", 1)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("PCAM_OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("PCAM_CACHE_DIR", raising=False)
+    assert default_cache_dir(source, "valid", data) == data / ".pcam-cache" / "train"  # smoke
+    monkeypatch.setenv("PCAM_SMOKE", "0")
+    assert default_cache_dir(source, "train", data).parent == tmp_path / "out" / "cache"
+    monkeypatch.setattr(config, "KAGGLE_INPUT", data)  # its train_labels.csv: on Kaggle
+    assert default_cache_dir(source, "train", data).parent == config.KAGGLE_WORKING / ".pcam-cache"
+    monkeypatch.setenv("PCAM_CACHE_DIR", str(tmp_path / "set"))
+    assert default_cache_dir(source, "train", data).parent == tmp_path / "set"
+    monkeypatch.setenv("PCAM_SMOKE", "1")
+    monkeypatch.delenv("PCAM_CACHE_DIR")
+    monkeypatch.setattr(config, "KAGGLE_INPUT", tmp_path / "nowhere")
+    monkeypatch.setattr(os, "access", lambda *_: False)  # a read-only data folder (even as root)
+    assert default_cache_dir(source, "train", data).parent == tmp_path / "user" / "pcamlib"
 
 
 def test_verify_detects_a_corrupt_row_and_pack_repairs_it(tmp_path):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import keras
 import nbformat
@@ -13,13 +14,16 @@ import pytest
 
 from notebooks.series import SETUP_CELL, main, repository_url, sync_series
 from pcamlib import config
+from pcamlib.cache import default_cache_dir
 from pcamlib.config import REPO_ROOT
 from pcamlib.notebook import Settings, settings, start
+
+SOURCE = SimpleNamespace(name="kaggle-train:/data")  # all default_cache_dir reads of a source
 
 
 @pytest.fixture(autouse=True)
 def environment_restored():
-    """start() sets PCAM_HOME/PCAM_OUT/PCAM_CACHE_DIR for the notebook: undo it after each test."""
+    """start() sets PCAM_HOME/PCAM_OUT/PCAM_MODE for the notebook: undo it after each test."""
     saved = dict(os.environ)
     yield
     os.environ.clear()
@@ -89,16 +93,22 @@ def test_kaggle_input_is_found_and_everything_written_goes_to_kaggle_working(
     monkeypatch.setenv("PCAM_HOME", str(tmp_path / "clone"))  # no data/full there
     s = start()
     assert s.data_dir == kaggle_input
-    assert s.out_dir == working / "outputs" and s.cache_dir == working / ".pcam-cache"
+    assert s.out_dir == working / "outputs" and "PCAM_CACHE_DIR" not in os.environ
+    assert default_cache_dir(SOURCE, "train", kaggle_input).parent == working / ".pcam-cache"
     assert "data: Kaggle input (3 train / 1 test patches)" in capsys.readouterr().out
-    assert os.environ["PCAM_CACHE_DIR"] == str(working / ".pcam-cache")  # for load_patches
 
 
 def test_persistent_outputs_are_one_setting(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("PCAM_CACHE_DIR", raising=False)
     monkeypatch.setenv("PCAM_SMOKE", "0")
     s = start(REPO_ROOT, outputs=str(tmp_path / "kept"))
-    assert s.out_dir == tmp_path / "kept" and s.cache_dir == tmp_path / "kept" / "cache"
+    assert s.out_dir == tmp_path / "kept"
+    assert default_cache_dir(SOURCE, "train", None).parent == tmp_path / "kept" / "cache"
+    # The CLI run from a notebook (a child process) packs into the same folder.
+    source = "types.SimpleNamespace(name='kaggle-train:/data')"
+    code = f"import types, pcamlib.cache as c; print(c.default_cache_dir({source}, 'x', None))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.stdout.startswith(f"{tmp_path / 'kept' / 'cache' / 'x-'}"), child.stderr
     with pytest.raises(RuntimeError, match='outputs="drive" needs Google Colab'):
         start(REPO_ROOT, outputs="drive")
 
