@@ -1,11 +1,13 @@
 """pcamlib: metastasis detection in histopathology patches (PCam / Kaggle HCD).
 
-One job per module, imports flowing down this list:
+One job per module, imports flowing down this list (``config`` and ``sources`` reach ``pcam``
+only inside the functions that open PCam's layout):
 
+- ``config``: ``TrainConfig``, its checks and the recipes; where data and outputs are
 - ``sources``: the layouts users have (Kaggle TIFFs, class folders), bad items named
 - ``cache``: decode once into a verified uint8 memmap; ``load_patches`` is the one call
 - ``augment``: host (numpy) and in-model (Keras) transforms, HED jitter, Reinhard
-- ``config``: ``TrainConfig``, its checks and the recipes; where data and outputs are
+- ``pretrained``: the shipped PCamNet
 - ``pcam``: PCam's HDF5 release, read as a source (``open_source`` calls it) and downloaded
 - ``stream``: the protocol's train / val / test rows of a run, and its batches
 - ``models``: CNNModel1/2, the VGG16/VGG19/ResNet50 heads, PCamNet, ImageNet weights
@@ -15,7 +17,6 @@ One job per module, imports flowing down this list:
   competition's data, submit, score, and ``get_full_data`` (Kaggle's or PCam's)
 - ``plots``, ``gallery``: charts and diagrams; patch pictures and Grad-CAM
 - ``notebook``, ``cli``: each notebook's ``start()``; ``pcam``
-- ``pretrained``: the shipped PCamNet
 
 The one-call functions are importable from here (``from pcamlib import load_patches``), each
 importing only its own module, so ``import pcamlib`` stays instant; ``train`` and ``evaluate``

@@ -178,7 +178,7 @@ class TrainConfig:
     workers: int = _f(1, "≥ 1 and ≤ 256")  # threads preparing batches
     split: str | None = _f(None, ("stratified", "slide", "pcam"))  # unset: pcam on PCam's HDF5 data
     groups_csv: str | None = None  # patch→slide csv (id,wsi) for split slide (PCam HDF5: its meta)
-    cache_dir: str | None = None  # where packed caches go; unset: beside the data
+    cache_dir: str | None = None  # where packed caches go; unset: see docs/cli.md
     exclude_bad: bool = False  # leave out unreadable items (listed in excluded.csv)
     recipe: str | None = None  # a named recipe: pcam-cpu or pcam-gpu; explicit settings win
     tta: int = _f(1, TTA_VIEWS)  # views evaluate/predict use by default
