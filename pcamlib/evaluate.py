@@ -1,8 +1,5 @@
-"""Score models on packed data: the rows a run may be scored on, its metrics, the leaderboard.
-
-Rows are a run's ``split.csv`` rows matched by pixels: runs are reported on the protocol's test
-rows, never on patches they trained on unless asked to; validation rows pick thresholds.
-"""
+"""Score models on packed data: a run's ``split.csv`` rows matched by pixels; runs report on the
+protocol's test rows, never on patches they trained on unless asked; val rows pick thresholds."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from sklearn import metrics as skm
 
 from .cache import PackedCache, atomic_write_text
 from .metrics import auc_ci, binary_metrics, predict_proba, youden_threshold
-from .pretrained import NAME, card, is_pretrained, seen_ids
+from .pretrained import NAME, card, is_pretrained, seen_mask
 from .stream import SUBSETS, fingerprint, read_split
 
 
@@ -35,17 +32,14 @@ def _split(run_dir) -> pd.DataFrame:
 
 
 def subset_rows(
-    cache: PackedCache, run_dir: str | os.PathLike | None, subset: str, limit: int | None = None
+    cache: PackedCache, run_dir: str | os.PathLike, subset: str, limit: int | None = None
 ) -> np.ndarray:
     """Row indices of ``cache``: 'all', or the run's 'train', 'val' or 'test' rows (by pixels),
     with ``limit`` the first ``limit // 2`` of each class (smoke runs; the same for every run)."""
     if subset not in (*SUBSETS, "all"):
         raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, all; got {subset!r}")
-    if run_dir is None and subset != "all":
-        raise ValueError(f"subset={subset!r} needs a run directory with split.csv as the model")
-    rows = np.arange(len(cache))
+    rows, split = np.arange(len(cache)), _split(run_dir)
     if subset != "all":
-        split = _split(run_dir)
         if (wanted := split["content"][split["subset"] == subset]).empty:
             hint = " (test_fraction=0): retrain it, or score subset 'val'" * (subset == "test")
             raise ValueError(f"{split.attrs['path']} has no {subset!r} rows{hint}")
@@ -88,15 +82,14 @@ def scoring_rows(
 
 
 def _pretrained_rows(cache: PackedCache, subset: str | None, include_train: bool):
-    """Every row of ``cache`` but those the shipped model trained on (:func:`seen_ids`)."""
+    """Every row of ``cache`` but those the shipped model trained on (:func:`seen_mask`)."""
     if subset not in (None, "all"):
         raise ValueError(f"subset {subset!r} needs a run's split.csv; leave it unset")
-    if (seen := seen_ids(cache)) is None:
+    if (mask := seen_mask(cache)) is None:
         raise ValueError(
             f"{cache.path}: which patches the pretrained model trained on is unknown (Kaggle "
             "training data); score it on the sample, Kaggle's test set or PCam valid/test"
         )
-    mask = _isin(cache.ids, seen)
     rows = np.flatnonzero(~mask | include_train)
     left_out = 0 if include_train else int(mask.sum())
     return rows, {"subset": "all", "train_rows": int(mask[rows].sum()), "seen_left_out": left_out}

@@ -1,8 +1,6 @@
-"""Which rows a run trains, chooses and reports on (docs/protocol.md), and its batch stream.
-
-A run's ``split.csv`` records its parts: test, drawn from the data alone (so every run on the
-same data reports on the same rows), val (the run's seed) and train; and each row's pixel hash.
-"""
+"""Which rows a run trains, chooses and reports on (docs/protocol.md), and its batch stream:
+test drawn from the data alone (every run on the same data reports on the same rows), val by
+the run's seed, the rest train; ``split.csv`` records each row's part and pixel hash."""
 
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ from .augment import hed_jitter as jitter_hed
 from .cache import PackedCache, atomic_write_text, load_patches
 from .config import SettingError, TrainConfig
 from .pcam import H5_PATTERN, is_pcam_layout
-from .pretrained import NAME, seen_ids
+from .pretrained import NAME, seen_mask
 from .sources import SPLITS, DataError
 
 PROTOCOL_SEED = 16  # fixed: the test rows are a property of the data, not of a run
@@ -138,11 +136,11 @@ def run_split(config: TrainConfig, cache: PackedCache, replicas: int):
     protocol = np.full(len(cache), "", dtype=object)
     protocol[train_idx], protocol[val_idx], protocol[test_idx] = "train", "val", "test"
     scored = np.concatenate([val_idx, test_idx])  # the rows whose overlap must be known
-    seen = seen_ids(cache, scored) if config.init == NAME else set()
+    seen = seen_mask(cache, scored) if config.init == NAME else np.zeros(len(cache), bool)
     if seen is None:
         unknown = "which patches the pretrained model trained on is unknown (Kaggle train data)"
         warnings.warn(f"{config.data}: {unknown}: its test score may count some", stacklevel=2)
-    seen = pd.Series(cache.ids, dtype=object).isin(seen or set()).to_numpy()
+        seen = np.zeros(len(cache), bool)
     # Rows it trained on go to train: never validate or test on them.
     train_idx = np.flatnonzero((protocol == "train") | (seen & (protocol != "")))
     val_idx, test_idx = (np.flatnonzero((protocol == p) & ~seen) for p in ("val", "test"))

@@ -34,8 +34,8 @@ def test_val_rows_are_the_runs_own_held_out_ids(runs):
     assert set(rows) != set(other)  # different seeds, different held-out patches
     limited = subset_rows(cache, runs / "a", "val", limit=20)
     assert len(limited) == 20 and cache.labels[limited].sum() == 10
-    with pytest.raises(ValueError, match="split.csv"):
-        subset_rows(cache, None, "val")
+    with pytest.raises(FileNotFoundError, match="no split.csv"):
+        subset_rows(cache, runs / "nowhere", "val")
 
 
 def test_results_table_and_best_run(runs):

@@ -76,19 +76,19 @@ def sample():
     return load_patches(SAMPLE_DIR, "train", progress=False)
 
 
-def test_seen_ids_are_the_listed_twins_on_the_sample_and_unknown_on_other_kaggle_data(sample):
+def test_seen_rows_are_the_listed_twins_on_the_sample_and_unknown_on_other_kaggle_data(sample):
     import pandas as pd
 
     listed = pd.read_csv(pretrained.OVERLAP_FILE, dtype={"id": str})
     twins = set(listed.id[listed.split == "train"])
-    assert pretrained.seen_ids(sample) == twins and len(twins) > 100
+    assert set(np.asarray(sample.ids)[pretrained.seen_mask(sample)]) == twins and len(twins) > 100
 
     class Part:  # 100 of the sample's patches: Kaggle training data the list does not cover
         ids, labels, content = sample.ids[:100], sample.labels[:100], sample.content[:100]
 
-    assert pretrained.seen_ids(Part) is None
+    assert pretrained.seen_mask(Part) is None
     Part.ids = [f"0/patch{i}.jpg" for i in range(100)]  # not Kaggle's: only exact copies count
-    assert pretrained.seen_ids(Part) == set()
+    assert not pretrained.seen_mask(Part).any()
 
 
 def test_exact_copies_of_its_training_patches_are_seen_by_content(sample):
@@ -96,7 +96,7 @@ def test_exact_copies_of_its_training_patches_are_seen_by_content(sample):
         ids, labels = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], np.array([0, 1, 0, 1])
         content = [*sorted(pretrained._train_content())[:2], *sample.content[:2]]
 
-    assert pretrained.seen_ids(Copies) == {"a.jpg", "b.jpg"}
+    assert pretrained.seen_mask(Copies).tolist() == [True, True, False, False]
 
 
 def test_the_leaderboard_scores_it_on_the_protocol_rows_without_its_twins(
@@ -109,7 +109,8 @@ def test_the_leaderboard_scores_it_on_the_protocol_rows_without_its_twins(
     run = pretrained.pretrained_run(tmp_path / "pretrained", sample)
     tiny_run(tmp_path / "small")  # the protocol's defaults: the same 320 test rows
     split = pd.read_csv(run / "split.csv", dtype={"id": str})
-    assert set(split.id[split.subset == "train"]) == pretrained.seen_ids(sample)
+    seen = set(np.asarray(sample.ids)[pretrained.seen_mask(sample)])
+    assert set(split.id[split.subset == "train"]) == seen
     table, _ = results_table([tmp_path / "small", run], sample)
     seen_in_test = int(((split.subset == "train") & (split.protocol == "test")).sum())
     assert table.loc["small", ["n_test", "test_seen"]].tolist() == [320, 0]
@@ -131,7 +132,7 @@ def test_a_fine_tune_never_validates_or_tests_on_the_shipped_models_twins(tmp_pa
         epochs=1, steps_per_epoch=1, val_limit=16,
     )  # fmt: skip
     split = pd.read_csv(train(config, cache=sample, verbose=0).run_dir / "split.csv", dtype=str)
-    twins = split[split.id.isin(pretrained.seen_ids(sample))]
+    twins = split[split.id.isin(np.asarray(sample.ids)[pretrained.seen_mask(sample)])]
     assert (twins.subset == "train").all() and (twins.protocol == "test").any()
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
 import shutil
 import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..cache import atomic_path, atomic_write_text, load_patches
@@ -57,21 +57,21 @@ def card() -> dict:
     return json.loads(_shipped(HERE / "card.json", "the pretrained model's card is").read_text())
 
 
-def seen_ids(cache, rows=None) -> set[str] | None:
-    """Ids of ``cache`` whose patch the shipped model trained on (by content hash; the sample's
-    twins by ``sample_overlap.csv``); None where ``rows`` (to be scored) hold other Kaggle or
-    PCam training data: no list names their twins (Kaggle/PCam test sets are other slides)."""
+def seen_mask(cache, rows=None) -> np.ndarray | None:
+    """Which rows of ``cache`` hold a patch the shipped model trained on (by content hash; the
+    sample's twins by ``sample_overlap.csv``); None where ``rows`` (to be scored) hold other
+    Kaggle or PCam training data: no list names their twins (their test sets are other slides)."""
     from ..stream import fingerprint, read_overlap
 
-    ids = [str(i) for i in cache.ids]
-    seen = {i for i, c in zip(ids, cache.content, strict=True) if c in _train_content()}
+    ids = pd.Series(cache.ids, dtype=str)
+    seen = pd.Series(cache.content, dtype=object).isin(_train_content()).to_numpy()
     split = "train" if cache.labels is not None else "test"
     if split == "train" and fingerprint(ids) != card()["sample_fingerprint"]:
-        scored = ids if rows is None else [ids[i] for i in rows]
         # Kaggle ids (40 hex digits) and PCam's train/N are PCam train: twins no list names.
-        return None if any(re.fullmatch("[0-9a-f]{40}|train/.*", i) for i in scored) else seen
+        scored = ids if rows is None else ids.iloc[rows]
+        return None if scored.str.fullmatch("[0-9a-f]{40}|train/.*").any() else seen
     listed = read_overlap(_shipped(OVERLAP_FILE, "the sample's overlap list is"), split)
-    return seen | (listed & set(ids))
+    return seen | ids.isin(listed).to_numpy()
 
 
 @cache
@@ -83,7 +83,7 @@ def _train_content() -> frozenset[str]:
 
 def pretrained_run(run_dir: str | os.PathLike, cache) -> Path | None:
     """A run directory of the shipped model on ``cache`` for the leaderboard: the protocol's val
-    and test rows less its twins (:func:`seen_ids`, its ``train``); None, warned, if unknown."""
+    and test rows less its twins (:func:`seen_mask`, its ``train``); None, warned, if unknown."""
     from ..config import TrainConfig
     from ..evaluate import evaluate
     from ..stream import run_split, write_split
@@ -94,11 +94,10 @@ def pretrained_run(run_dir: str | os.PathLike, cache) -> Path | None:
     )
     # The protocol's rows alone (nothing trains here); the rows it saw are decided below.
     _, val, test, protocol = run_split(config.replace(init=None, batch_size=1), cache, 1)
-    if (seen := seen_ids(cache, [*val, *test])) is None:
+    if (seen := seen_mask(cache, [*val, *test])) is None:
         unknown = "which of these patches the pretrained model trained on is unknown"
         warnings.warn(f"{cache.path}: {unknown} (Kaggle train data): not scored", stacklevel=2)
         return None
-    seen = pd.Series(cache.ids, dtype=object).isin(seen).to_numpy()
     rows = (seen.nonzero()[0], val[~seen[val]], test[~seen[test]])
     auc = evaluate(load_pretrained(), cache, rows[1], progress=False)[0]["roc_auc"]
     state = {"epoch": len(made["history"]), **{k: made[k] for k in ("best_epoch", "history")}}
