@@ -127,30 +127,19 @@ def _like(y, x):
 
 
 class _RandomLayer(keras.layers.Layer):
-    """Seeded, identity unless training; ``setting`` is the strength's config key (0: identity)."""
+    """Seeded, the identity unless training. Keras saves the arguments given to ``__init__`` as
+    the config, so a subclass's own ``__init__`` names its strength as the setting it is."""
 
-    setting = ""
-
-    def __init__(self, strength=0, seed: int | None = None, **kwargs):
+    def __init__(self, strength=None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.strength, self.seed = strength, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, x, training=False):
-        if not training or (self.setting and not self.strength):
-            return x
-        return _like(self.augment(ops.cast(x, "float32")), x)
+        return _like(self.augment(ops.cast(x, "float32")), x) if training else x
 
     def _uniform(self, x, shape, low=0.0, high=1.0):
         return keras.random.uniform((ops.shape(x)[0], *shape), low, high, seed=self.seed_generator)
-
-    def get_config(self):
-        config = {**super().get_config(), "seed": self.seed}
-        return {**config, self.setting: self.strength} if self.setting else config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.pop(cls.setting, 0), **config)
 
 
 class RandomDihedral(_RandomLayer):
@@ -166,7 +155,8 @@ class RandomDihedral(_RandomLayer):
 class RandomShift(_RandomLayer):
     """:func:`random_shift` as a gather: whole pixels, the border mirrored in, no wrap-around."""
 
-    setting = "shift"
+    def __init__(self, shift: float, seed: int | None = None, **kwargs):
+        super().__init__(shift, seed, **kwargs)
 
     def augment(self, y):
         n, (h, w, c), s = ops.shape(y)[0], y.shape[1:], int(self.strength)
@@ -182,7 +172,8 @@ class RandomShift(_RandomLayer):
 class HEDJitter(_RandomLayer):
     """:func:`hed_jitter` in the graph: the same σ, the same per-image affine map."""
 
-    setting = "sigma"
+    def __init__(self, sigma: float, seed: int | None = None, **kwargs):
+        super().__init__(sigma, seed, **kwargs)
 
     def augment(self, y):
         factors = self._uniform(y, (2, 3), -self.strength, self.strength)  # alpha - 1, beta
@@ -193,8 +184,6 @@ class HEDJitter(_RandomLayer):
 
 class RandomColour(_RandomLayer):
     """:func:`jitter_colour` as a layer, of the same strength (see :func:`_colour_affine`)."""
-
-    setting = "strength"
 
     def augment(self, y):
         u = self._uniform(y, (1, 1, 5), -1.0, 1.0)
@@ -207,14 +196,11 @@ class ReinhardNormalization(keras.layers.Layer):
 
     def __init__(self, means, stds, eps: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.means, self.stds, self.eps = list(map(float, means)), list(map(float, stds)), eps
+        self.means, self.stds, self.eps = means, stds, eps
 
     def call(self, x):
         y = reinhard_normalise(ops.cast(x, "float32"), self.means, self.stds, self.eps, ops)
         return _like(y, x)
-
-    def get_config(self):
-        return {**super().get_config(), "means": self.means, "stds": self.stds, "eps": self.eps}
 
 
 # Registered, so that saved models with these layers load without ``custom_objects``.

@@ -268,8 +268,8 @@ def train(
     if missing := [m for m in need if importlib.util.find_spec(m) is None]:
         raise ImportError(f"tensorboard=True needs {' and '.join(missing)} (pip install them)")
     run_dir = Path(config.out)
-    init = None if (run_dir / "last.keras").is_file() else init_weights(config)
     state = _resume_state(run_dir, config)
+    init = None if state["epoch"] else init_weights(config)
     cache = training_cache(config, cache)
     scope, replicas = distribution(config.strategy)
     *rows, protocol = run_split(config, cache, replicas)
