@@ -15,25 +15,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import io
 import json
 import os
 import re
 import sys
-import tokenize
 from pathlib import Path
 
-from .config import TTA_VIEWS, SettingError, value_problem  # neither imports Keras
+from .config import TTA_VIEWS, SettingError, TrainConfig, value_problem  # no Keras, no pandas
 from .notebook import quiet_keras
 
 # Before anything can import TensorFlow: keep its C++ info and warning lines out (errors show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SPLITS = ("train", "valid", "test")  # sources.SPLITS, not imported: pandas would slow --help
-# The ranges of the other subcommands' numbers (TrainConfig checks train's).
-RUN_RANGES = {"batch_size": "≥ 1 and ≤ 65536", "operating_point": "> 0 and ≤ 1",
-              "workers": "≥ 1 and ≤ 256", "timeout": "> 0 and ≤ 86400",
-              "poll_interval": "> 0 and ≤ 3600"}  # fmt: skip
+# The ranges of the other subcommands' numbers: TrainConfig's (--batch-size, --workers), these.
+RANGES = {f.name: f.metadata.get("allowed") for f in dataclasses.fields(TrainConfig)}
+RANGES = {name: allowed for name, allowed in RANGES.items() if isinstance(allowed, str)}
+RANGES |= {"operating_point": "> 0 and ≤ 1", "timeout": "> 0 and ≤ 86400",
+           "poll_interval": "> 0 and ≤ 3600"}  # fmt: skip
 
 
 def cli_value(value) -> str:
@@ -44,44 +43,36 @@ def cli_value(value) -> str:
 
 
 def field_comments(cls) -> dict[str, str]:
-    """Each field's trailing comment in the source of ``cls`` and its bases: its one text."""
-    found = {}
-    for klass in reversed(cls.__mro__[:-1]):  # not object
-        for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(klass)).readline):
-            if token.type == tokenize.COMMENT and (name := re.match(r"\s+(\w+): \w", token.line)):
-                found[name[1]] = token.string.lstrip("# ")
-    return found
+    """Each field's trailing comment in the source of the dataclass ``cls``: its one text."""
+    return dict(re.findall(r"^ +(\w+): \w[^#\n]*# *(.*)$", inspect.getsource(cls), re.M))
 
 
-def _train_parser(sub, cls, comments: dict[str, str]) -> None:
-    """A flag per field of ``cls``, TrainConfig (model_kwargs is Python only), with its values."""
+def _train_parser(sub, comments: dict[str, str]) -> None:
+    """A flag per field of TrainConfig (model_kwargs is Python only), with its values."""
     p = sub.add_parser("train", help="train a model into a run directory (resumable)")
     p.description = "Every setting is checked before anything is written; unset ones come from "
     p.description += "--recipe, else TrainConfig's defaults."
-    fields = [f for f in dataclasses.fields(cls) if f.name != "model_kwargs"]
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+    spelled = {}  # per field with choices: "none" → None, "yes" → True, "8" → 8
     for f in fields:
         allowed, how = f.metadata.get("allowed"), {"help": comments[f.name]}
         if f.type == "bool":
             how["action"] = argparse.BooleanOptionalAction
         elif isinstance(allowed, tuple):
-            how["choices"] = [cli_value(o) for o in allowed]
+            spelled[f.name] = {cli_value(o): o for o in allowed}
+            how["choices"] = list(spelled[f.name])
         elif allowed:  # and its range as value_problem words it: "an integer ≥ 1, or unset"
             how["type"] = int if f.type.startswith("int") else float
             how["help"] += f" ({value_problem('', allowed, f.type).removeprefix('must be ')})"
         else:  # a path or a name
             how["required"] = f.name in ("data", "out")
         p.add_argument("--" + f.name.replace("_", "-"), **how)
-    p.set_defaults(func=cmd_train, _fields=fields)
+    p.set_defaults(func=cmd_train, _fields=[f.name for f in fields], _spelled=spelled)
 
 
 def cmd_train(args) -> None:
-    from .config import TrainConfig
-
-    values = {f.name: getattr(args, f.name) for f in args._fields}
-    values = {name: value for name, value in values.items() if value is not None}
-    for f in args._fields:  # "none" → None, "yes" → True, "8" → 8
-        if isinstance(f.metadata.get("allowed"), tuple) and f.name in values:
-            values[f.name] = {cli_value(o): o for o in f.metadata["allowed"]}[values[f.name]]
+    values = {name: getattr(args, name) for name in args._fields}
+    values = {k: args._spelled.get(k, {}).get(v, v) for k, v in values.items() if v is not None}
     recipe = values.pop("recipe", None)  # both check every setting before anything is written
     config = TrainConfig.from_recipe(recipe, **values) if recipe else TrainConfig(**values)
     quiet_keras()
@@ -94,36 +85,31 @@ def cmd_train(args) -> None:
     print(json.dumps(summary))
 
 
-def _run_config(*paths: Path) -> dict:
-    """The first of ``paths`` (config.json files) that exists, read; {} if none does."""
+def _run_config(model: str) -> dict:
+    """The shipped model's card, else the config.json of the run ``model`` is or is in, or {}."""
+    if model == "pretrained":
+        from .pretrained import card
+
+        return card()
+    paths = [Path(model) / "config.json", Path(model).parent / "config.json"]
     return next((json.loads(path.read_text()) for path in paths if path.is_file()), {})
-
-
-def _model_and_tta(args):
-    """The model and its views: --tta, else the shipped model's card, the run's config, 1."""
-    quiet_keras()
-    from .pretrained import card
-    from .train import load_model
-
-    pretrained = args.model == "pretrained"
-    config = card() if pretrained else _run_config(Path(args.model) / "config.json")
-    return load_model(args.model), args.tta or config.get("tta", 1)
 
 
 def cmd_evaluate(args) -> None:
     quiet_keras()
     from .cache import load_patches
     from .evaluate import evaluate, scoring_rows
+    from .train import load_model
 
+    config = _run_config(args.model)
     # By default the HDF5 split a run trained on PCam's own splits never saw: test, else valid.
-    found = _run_config(*(d / "config.json" for d in (Path(args.model), Path(args.model).parent)))
-    split = args.split or ("test" if found.get("split") == "pcam" else "valid")
+    split = args.split or ("test" if config.get("split") == "pcam" else "valid")
     cache = load_patches(args.data, split, cache_dir=args.cache_dir)
     # Default: the run's test rows (all rows of data it never saw, by pixels: names repeat).
     rows, scored = scoring_rows(cache, args.model, args.subset, include_train=args.include_train)
-    model, tta = _model_and_tta(args)
+    tta = args.tta or config.get("tta", 1)  # else the run's (the shipped model's card's), else 1
     how = dict(tta=tta, batch_size=args.batch_size, operating_point=args.operating_point)
-    metrics = evaluate(model, cache, rows, **how)[0] | scored
+    metrics = evaluate(load_model(args.model), cache, rows, **how)[0] | scored
     rounded = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(rounded, indent=1))
 
@@ -138,6 +124,7 @@ def cmd_predict(args) -> None:
     quiet_keras()
     from .cache import load_patches
     from .evaluate import predict_cache
+    from .train import load_model
 
     cache = load_patches(args.data, "test", cache_dir=args.cache_dir)
     if expected is None:  # another layout (PCam HDF5, class folders, a cache): all of it
@@ -147,8 +134,8 @@ def cmd_predict(args) -> None:
             why += f"{cache.path / 'excluded.csv'}); a submission must cover every test id"
             raise SettingError("data", args.data, why)
     submission.missing_ids(expected, cache.ids, f"{args.data} (cache {cache.path})")
-    model, tta = _model_and_tta(args)
-    probs = predict_cache(model, cache, tta=tta, batch_size=args.batch_size)
+    tta = args.tta or _run_config(args.model).get("tta", 1)
+    probs = predict_cache(load_model(args.model), cache, tta=tta, batch_size=args.batch_size)
     how = dict(expected_ids=expected, run=args.model)
     path = submission.write_submission(cache.ids, probs, args.out, **how)
     print(f"wrote {len(cache.ids)} tumour probabilities (tta={tta}) to {path}")
@@ -175,15 +162,16 @@ def cmd_pack(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from .kaggle import DEFAULT_OUT, download_competition, download_pcam
+    from .kaggle import download_competition
+    from .pcam import download_pcam
 
     if args.mirror and args.source != "pcam":
         raise SettingError("mirror", args.mirror, "is for --source pcam")
-    out = args.out or DEFAULT_OUT[args.source]
+    how = dict(force=args.force) | ({"out": args.out} if args.out else {})  # else theirs
     if args.source == "pcam":
-        path = download_pcam(out, mirror=args.mirror, force=args.force)
+        path = download_pcam(**how, mirror=args.mirror)
     else:
-        path = download_competition(out, force=args.force)
+        path = download_competition(**how)
     print(f"downloaded to {path}")
 
 
@@ -202,8 +190,8 @@ RUN = [  # evaluate's and predict's
     ("--batch-size", "default 256", dict(type=int, default=256)), ("--cache-dir", None, {}),
 ]  # fmt: skip
 # Every subcommand but train: what runs it, its help, its arguments (name or flags, help,
-# options). No help: TrainConfig's comment on the same name. A number whose name is in
-# RUN_RANGES gets its range in its help; main() checks it.
+# options). No help: TrainConfig's comment on the same name. A number with a range in RANGES
+# or TrainConfig gets it in its help; main() checks it.
 COMMANDS = {
     "evaluate": (cmd_evaluate, "metrics of a model on labelled data (JSON)", [*RUN,
         ("--split", "split of PCam HDF5 data (default: test for a run with --split pcam, "
@@ -239,19 +227,17 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
-
     parser = argparse.ArgumentParser(
         prog="pcam", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     comments = field_comments(TrainConfig)
-    _train_parser(sub, TrainConfig, comments)
+    _train_parser(sub, comments)
     for command, (func, text, arguments) in COMMANDS.items():
         p = sub.add_parser(command, help=text)
         for names, text, options in arguments:
             dest = names.split()[-1].lstrip("-").replace("-", "_")
-            text, bounds = text or comments.get(dest), RUN_RANGES.get(dest)
+            text, bounds = text or comments.get(dest), RANGES.get(dest)
             p.add_argument(*names.split(), help=f"{text} ({bounds})" if bounds else text, **options)
         p.set_defaults(func=func)
     return parser
@@ -260,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:  # the numbers of other subcommands than train (TrainConfig checks train's)
-        for name, bounds in RUN_RANGES.items() if args.command != "train" else ():
+        for name, bounds in RANGES.items() if args.command != "train" else ():
             value = getattr(args, name, None)
             kind = "int | None" if isinstance(value, int) else "float | None"
             if problem := value_problem(value, bounds, kind):

@@ -21,15 +21,16 @@ from tqdm import tqdm  # text bars: tqdm.auto warns in kernels without ipywidget
 from .cache import atomic_write_text
 from .config import KAGGLE_INPUT, on_kaggle, resolve_out
 from .pcam import download_pcam
+from .pretrained import is_pretrained
 from .sources import DataError
 from .submission import check_no_leak, check_submission, expected_test_ids, submission_run
 
 COMPETITION = "histopathologic-cancer-detection"
+RULES = f"rules at kaggle.com/c/{COMPETITION}"
 HOW_TO_ADD = (
     "add KAGGLE_USERNAME and KAGGLE_KEY as Colab secrets (key icon, left bar; values from "
     "Kaggle → Settings → Create New Token), or KAGGLE_API_TOKEN, or put kaggle.json or "
-    "access_token in ~/.kaggle/, or set them in the environment, and accept the rules at "
-    f"kaggle.com/c/{COMPETITION}"
+    f"access_token in ~/.kaggle/, or set them in the environment, and accept the {RULES}"
 )
 FULL_DATA = "data/full"  # where the competition goes, relative to the project
 DEFAULT_OUT = {"kaggle": FULL_DATA, "pcam": "data/pcam"}  # get_full_data's sources
@@ -37,7 +38,6 @@ KAGGLE_TEST_ROWS = 57_458  # the competition's test set
 RECORD = "kaggle.json"
 CLI_TIMEOUT_S = 300  # one CLI call (an upload included)
 SUBMISSIONS = f"kaggle.com/c/{COMPETITION}/submissions"
-RULES = f"rules at kaggle.com/c/{COMPETITION}"
 NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")
 KINDS = ("public", "private")  # the two leaderboards
 KEY = ("fileName", "date", "description")  # one submission in the listing
@@ -204,8 +204,8 @@ def submit_file(file, message: str, *, run=None, data=None, timeout=600.0, poll=
     path = Path(file)
     _validate(path, data)
     run = run if run is not None else submission_run(path)
-    if run is not None:
-        check_no_leak(run)
+    # Its directory (check_no_leak's first source) gets the record; the shipped model cannot leak.
+    folder = None if run is None or is_pretrained(run) else Path(check_no_leak(run)[0].model)
     env = _cli_env()
     before = {tuple(map(row.get, KEY)) for row in _submissions(env)}
     submitted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -222,11 +222,9 @@ def submit_file(file, message: str, *, run=None, data=None, timeout=600.0, poll=
         score = row.get(f"{kind}Score") or ""
         record[kind] = float(score) if re.fullmatch(r"\d*\.?\d+(e-?\d+)?", score) else None
     record["status"] = status or "not listed"
-    folder = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
-    kept = ""
-    if folder and (folder / "config.json").is_file():  # a run's, not the shipped model's
+    kept = "" if folder is None else f"; recorded in {folder / RECORD}"
+    if folder is not None:
         atomic_write_text(folder / RECORD, json.dumps(record, indent=1) + "\n")
-        kept = f"; recorded in {folder / RECORD}"
     if record["status"] == "error":
         raise KaggleError(f"{path}: Kaggle could not score this submission; see {SUBMISSIONS}")
     if record["status"] != "complete":
