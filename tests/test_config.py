@@ -129,12 +129,11 @@ def test_train_flags_parse_into_the_values_they_name(monkeypatch, tmp_path):
 
     seen = []
 
-    class Spy(config.TrainConfig):
-        def __post_init__(self):
-            seen.append(self)
-            raise SettingError("data", self.data, "stop here")
+    def spy(self):
+        seen.append(self)
+        raise SettingError("data", self.data, "stop here")
 
-    monkeypatch.setattr(config, "TrainConfig", Spy)
+    monkeypatch.setattr(config.TrainConfig, "__post_init__", spy)
     flags = "--weights none --trainable no --no-augment --tensorboard --tta 8".split()
     assert main(["train", "--data", "d", "--out", str(tmp_path / "o"), *flags]) == 2
     (got,) = seen
