@@ -1,19 +1,14 @@
-"""The series' models: the reference's baselines and backbones, and the CPU recipe's PCamNet.
-
-Each takes raw uint8 patches (input ``patch``, 96×96×3) and returns the tumour probability
-(``tumor_prob``, float32); rescaling, resizing and ImageNet preprocessing are *inside* the model,
-so inference cannot be fed differently from training. ``keras`` alone: TensorFlow, JAX, PyTorch."""
-
-from __future__ import annotations
+"""The reference's baselines and backbones, and PCamNet: uint8 ``patch`` in, ``tumor_prob`` out;
+rescaling, resizing, ImageNet preprocessing are *inside*: inference is fed as training was."""
 
 import os
 import urllib.error
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 from keras import layers
 
 from .config import MODEL_NAMES, PATCH_SIDE, SettingError
@@ -23,49 +18,40 @@ BACKBONES = {
     "vgg19": (keras.applications.VGG19, 0.3),
     "resnet50": (keras.applications.ResNet50, 0.5),
 }
-# ImageNet means (BGR order) of the "caffe" preprocessing that VGG16/19 and ResNet50 expect.
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="pcamlib")
 class CaffePreprocess(layers.Layer):
-    """keras.applications' "caffe" ``preprocess_input`` (RGB → BGR minus the ImageNet mean), as
-    a layer, not a Lambda: ``.keras`` files then load without unsafe deserialisation."""
+    """The backbones' ``preprocess_input`` as a layer, not a Lambda: no unsafe deserialisation."""
 
     def call(self, x):
-        x = keras.ops.cast(x, self.compute_dtype)
-        bgr = keras.ops.flip(x, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
+        return keras.applications.vgg16.preprocess_input(keras.ops.cast(x, self.compute_dtype))
 
 
-@dataclass
-class ConvBlock:
+def ConvBlock(n_filter: int, name: str, batch_norm: bool = False):
     """3×3 Conv→Conv (BatchNorm+ReLU after each if asked)→MaxPool, the reference's block, applied
     inline (``ConvBlock(16, "b1")(x)``), not nested: summaries and Grad-CAM see every conv."""
 
-    n_filter: int
-    name: str
-    batch_norm: bool = False
-
-    def __call__(self, x):
+    def apply(x):
         for i in (1, 2):
-            act = None if self.batch_norm else "relu"
-            x = layers.Conv2D(self.n_filter, 3, activation=act, name=f"{self.name}_conv{i}")(x)
-            if self.batch_norm:
-                x = layers.BatchNormalization(name=f"{self.name}_bn{i}")(x)
-                x = layers.Activation("relu", name=f"{self.name}_act{i}")(x)
-        return layers.MaxPooling2D(2, name=f"{self.name}_pool")(x)
+            act = None if batch_norm else "relu"
+            x = layers.Conv2D(n_filter, 3, activation=act, name=f"{name}_conv{i}")(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+                x = layers.Activation("relu", name=f"{name}_act{i}")(x)
+        return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+
+    return apply
 
 
-@dataclass
-class TopBlock:
+def TopBlock(n_units: int):
     """Flatten→Dense(n_units, relu)→Dense(1, sigmoid): the reference's classifier head."""
 
-    n_units: int
-
-    def __call__(self, x):
+    def apply(x):
         x = layers.Flatten(name="flatten")(x)
-        return _probability(layers.Dense(self.n_units, activation="relu", name="dense")(x))
+        return _probability(layers.Dense(n_units, activation="relu", name="dense")(x))
+
+    return apply
 
 
 def _probability(x):
@@ -79,8 +65,7 @@ def _patch_input() -> keras.KerasTensor:
     return keras.Input(shape=(PATCH_SIDE, PATCH_SIDE, 3), dtype="uint8", name="patch")
 
 
-def _reference_cnn(image_size: int, blocks: list[ConvBlock], top: TopBlock, name: str):
-    """Rescale (and resize) the patch, then the blocks and the head: the baselines' layout."""
+def _reference_cnn(image_size: int, blocks: list, top, name: str):
     inputs = _patch_input()
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if image_size != PATCH_SIDE:
@@ -92,9 +77,8 @@ def _reference_cnn(image_size: int, blocks: list[ConvBlock], top: TopBlock, name
 
 def CNNModel1(image_size: int = 64) -> keras.Model:
     """ConvBlock(16) → ConvBlock(32) → Dense(256): the reference's first baseline, 1,401,617
-    parameters at 64×64. The reference printed 256 more: two BatchNorms (γ, β, mean, variance)
-    over ConvBlock(32)'s 32 channels, i.e. ``batch_norm=True`` there; no padding or size gives
-    +256 (``same`` adds ~0.7 M), so we keep the documented architecture, not the printout."""
+    parameters at 64×64. The reference printed 256 more, i.e. ``batch_norm=True`` in ConvBlock(32)
+    (2 BNs × 4 × 32); no padding or size gives +256, so we keep the documented architecture."""
     blocks = [ConvBlock(16, "block1"), ConvBlock(32, "block2")]
     return _reference_cnn(image_size, blocks, TopBlock(256), "cnn1")
 
@@ -106,10 +90,9 @@ def CNNModel2(image_size: int = 64) -> keras.Model:
 
 
 def _backbone(name: str, weights, trainable: bool, size: int, drop_rate=None) -> keras.Model:
-    """VGG16/VGG19/ResNet50 with the reference's head, Flatten→BN→Dense16→Dropout→Dense8→Dropout
-    →BN→Dense1 (dropout 0.3 VGG, 0.5 ResNet). Built on the model's own tensor, the backbone's
-    layers are the model's (Grad-CAM finds ``block5_conv3`` / ``conv5_block3_out`` by name).
-    A frozen BatchNormalization runs in inference mode in Keras 3, keeping ImageNet statistics."""
+    """VGG16/VGG19/ResNet50 on the model's own tensor (Grad-CAM finds ``block5_conv3`` /
+    ``conv5_block3_out`` by name) under the reference's head (dropout 0.3 VGG, 0.5 ResNet). A
+    frozen BatchNormalization runs in inference mode in Keras 3, keeping ImageNet statistics."""
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}")
     factory, default_rate = BACKBONES[name]
@@ -123,20 +106,18 @@ def _backbone(name: str, weights, trainable: bool, size: int, drop_rate=None) ->
     backbone.trainable = trainable
     x = layers.Flatten(name="flatten")(backbone.output)
     x = layers.BatchNormalization(name="head_bn1")(x)
-    x = layers.Dense(16, activation="relu", name="head_dense16")(x)
-    x = layers.Dropout(rate, name="head_dropout1")(x)
-    x = layers.Dense(8, activation="relu", name="head_dense8")(x)
-    x = layers.Dropout(rate, name="head_dropout2")(x)
+    for i, units in enumerate((16, 8), start=1):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{units}")(x)
+        x = layers.Dropout(rate, name=f"head_dropout{i}")(x)
     x = layers.BatchNormalization(name="head_bn2")(x)
     mode = "transfer" if not trainable else ("finetune" if weights else "scratch")
     return keras.Model(inputs, _probability(x), name=f"{name}_{mode}")
 
 
 def PCamNet(crop=64, widths=(32, 64, 128, 256), drop_rate=0.3, stem=0) -> keras.Model:
-    """Compact BN-ReLU VGG-style net, the CPU recipe's. The label depends on the centre 32×32
-    only: a centre crop keeps that at full resolution for ~(crop/96)² of the cost. ``stem`` > 0
-    puts a stride-2 conv of that many channels first: the whole 96-px patch (the tissue around
-    the centre) for about the cost of a 64 crop."""
+    """Compact BN-ReLU VGG-style net, the CPU recipe's. The label depends on the centre 32×32 only:
+    a centre crop keeps it at full resolution for ~(crop/96)² of the cost; a ``stem`` (stride-2
+    conv) sees the whole patch, the tissue around the centre, for about a 64 crop's cost."""
     inputs = x = _patch_input()
     if crop != PATCH_SIDE:
         x = layers.CenterCrop(crop, crop, name="centre_crop")(x)
@@ -159,8 +140,6 @@ def PCamNet(crop=64, widths=(32, 64, 128, 256), drop_rate=0.3, stem=0) -> keras.
 
 def parameter_table(models: dict[str, keras.Model]):
     """Total / trainable / frozen parameters per model (a DataFrame): a summary's stable part."""
-    import pandas as pd
-
     kinds = ("weights", "trainable_weights", "non_trainable_weights")
     counts = [
         [sum(np.prod(w.shape, dtype=int) for w in getattr(m, k)) for k in kinds]
@@ -184,22 +163,14 @@ IMAGENET_FILES = {
 class WeightsUnavailable(SettingError):
     """Explicit ImageNet weights that cannot be had: why, where to put them, the alternative."""
 
-    def __init__(self, model: str, path: Path, url: str, reason: str):
-        home = str(Path.home())
-        folder = str(path.parent).replace(home, "~", 1) if home != "/" else str(path.parent)
-        text = f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, $KERAS_HOME/models "
-        text += f"when set), or use weights=None to train {model} from scratch"
-        super().__init__("weights", "imagenet", text)
-
 
 def fetch_imagenet_weights(name: str) -> Path:
-    """The ImageNet weights file of backbone ``name``, from Keras' cache ($KERAS_HOME, ~/.keras,
-    /tmp/.keras if home is read-only) or downloaded; else a one-line :class:`WeightsUnavailable`,
-    before any model is built: a run asked for ImageNet never starts from random weights."""
+    """Backbone ``name``'s ImageNet weights file, from Keras' cache or downloaded, else a one-line
+    :class:`WeightsUnavailable` before any model is built: ImageNet never silently goes random."""
     folder, fname, file_hash = IMAGENET_FILES[name]
     url, home = _KERAS_WEIGHTS + folder + fname, os.path.expanduser("~")
-    home = home if os.access(home, os.W_OK) else "/tmp"
-    cache = Path(os.environ.get("KERAS_HOME") or Path(home) / ".keras")
+    base = home if os.access(home, os.W_OK) else "/tmp"
+    cache = Path(os.environ.get("KERAS_HOME") or Path(base) / ".keras")
     path = cache / "models" / fname
     had_copy = path.is_file()
     try:
@@ -209,12 +180,14 @@ def fetch_imagenet_weights(name: str) -> Path:
     except Exception as exc:  # Keras wraps URLError/HTTPError in a bare Exception
         cause = exc.__context__ if isinstance(exc.__context__, urllib.error.URLError) else exc
         why = str(getattr(cause, "reason", cause)).splitlines()[0]
+        lost = f"the cached {fname} is incomplete or corrupt and cannot be downloaded again"
+        reason = f"{lost if had_copy else 'cannot download ' + fname} (no network? {why})"
         if isinstance(exc, ValueError):  # downloaded, but the checksum does not match
             reason = f"the download of {fname} is corrupt ({why})"
-        else:
-            lost = f"the cached {fname} is incomplete or corrupt and cannot be downloaded again"
-            reason = f"{lost if had_copy else 'cannot download ' + fname} (no network? {why})"
-        raise WeightsUnavailable(name, path, url, reason) from None
+        folder = str(path.parent).replace(home, "~", 1) if home != "/" else str(path.parent)
+        text = f"{reason}; put a copy of {url} in {folder}/ (Keras' cache, $KERAS_HOME/models "
+        text += f"when set), or use weights=None to train {name} from scratch"
+        raise WeightsUnavailable("weights", "imagenet", text) from None
     return Path(found)
 
 
@@ -248,6 +221,5 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if weights is not None:
         raise ValueError(f"{name} has no pretrained weights; use weights=None")
-    if name == "pcamnet":
-        return PCamNet(crop=image_size or 64, **kwargs)
-    return (CNNModel1 if name == "cnn1" else CNNModel2)(image_size or 64, **kwargs)
+    factory = {"cnn1": CNNModel1, "cnn2": CNNModel2, "pcamnet": PCamNet}[name]
+    return factory(image_size or 64, **kwargs)

@@ -219,9 +219,8 @@ def _render(model) -> Image.Image:
     for stem, layer in stages:
         key = stem or type(layer).__name__
         out = layer.output[0] if isinstance(layer.output, list | tuple) else layer.output
-        shape = tuple(None if d is None else int(d) for d in out.shape)
         view = classes.setdefault(key, type(key, (types.SimpleNamespace,), {}))
-        views.append(view(name=layer.name, output_shape=shape))
+        views.append(view(name=layer.name, output_shape=tuple(out.shape)))  # ints and None
     try:  # DejaVu Sans where installed, else Pillow's built-in font, at a readable size
         font = ImageFont.truetype("DejaVuSans.ttf", 14)
     except OSError:
