@@ -185,7 +185,7 @@ class PatchSource:
         return h.hexdigest()
 
 
-def _read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
+def read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
     """``path`` as strings, with an error naming it when it is missing, not CSV or lacks columns."""
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
@@ -201,7 +201,7 @@ def _read_csv(path: Path, what: str, needs: Sequence[str] = ()) -> pd.DataFrame:
 def read_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Problem]]:
     """Kaggle's ``id,label`` csv → (valid rows, with their csv line in ``where``; bad rows): rows
     with an empty id, a label other than 0/1, or an id listed twice are left out."""
-    frame = _read_csv(csv_path := Path(csv_path), "labels file", ["id", "label"])
+    frame = read_csv(csv_path := Path(csv_path), "labels file", ["id", "label"])
     frame["id"], frame["row"] = frame["id"].str.strip(), np.arange(2, len(frame) + 2)  # csv lines
     bad = (frame["id"] == "").to_numpy() | not01(pd.to_numeric(frame["label"], errors="coerce"))
     problems = [
@@ -260,7 +260,7 @@ def kaggle_train(root: str | os.PathLike, groups_csv=None) -> PatchSource:
     name = f"kaggle-train:{root.resolve()}"
     source = _paired(name, labels, files, problems + more, no_file, unlisted)
     if groups_csv:
-        frame = _read_csv(groups_csv := Path(groups_csv), "slide map")
+        frame = read_csv(groups_csv := Path(groups_csv), "slide map")
         group_col = next((c for c in ("wsi", "slide", "group") if c in frame.columns), None)
         if group_col is None:
             raise DataError(f"{groups_csv}: needs a slide column named wsi, slide or group")
@@ -281,7 +281,7 @@ def kaggle_test(root: str | os.PathLike) -> PatchSource:
         raise DataError(f"{folder}: no test images (*.tif) found")
     listed = pd.DataFrame({"id": sorted(files), "where": str(folder)})
     if (sample := root / "sample_submission.csv").is_file():
-        ids = _read_csv(sample, "sample submission", ["id"])["id"].str.strip()
+        ids = read_csv(sample, "sample submission", ["id"])["id"].str.strip()
         twice = sorted(set(ids[ids.duplicated()]))
         problems += [Problem(i, str(sample), "duplicate id (listed twice)") for i in twice]
         listed = pd.DataFrame({"id": ids, "where": str(sample)})

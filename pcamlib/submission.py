@@ -17,7 +17,7 @@ from .cache import atomic_path, atomic_write_text
 from .config import project_root
 from .metrics import vector
 from .pretrained import NAME, is_pretrained
-from .sources import SPLITS, DataError, _read_csv, few, kaggle_test
+from .sources import SPLITS, DataError, few, kaggle_test, read_csv
 
 COLUMNS = ["id", "label"]
 SAMPLE = "sample_submission.csv"
@@ -42,7 +42,7 @@ def expected_test_ids(path: str | os.PathLike[str]) -> list[str]:
     csv = p / SAMPLE if p.is_dir() else p
     if not csv.is_file():
         raise FileNotFoundError(f"{p}: neither a dataset folder, a test directory nor a sample csv")
-    ids = _read_csv(csv, "sample submission", ["id"])["id"].str.strip()  # as kaggle_test reads it
+    ids = read_csv(csv, "sample submission", ["id"])["id"].str.strip()  # as kaggle_test reads it
     if dup := sorted(set(ids[ids.duplicated()])):
         raise SubmissionError(f"{csv} lists {len(dup)} ids more than once: {few(dup)}")
     return ids.tolist()
